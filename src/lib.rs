@@ -1,3 +1,9 @@
 //! ferrotron: 3D-parallel GPT training as one SPMD binary.
 //!
-//! See `README.md` for usage and `DESIGN.md` (shared) for the architecture map.
+//! See `README.md` for usage; the layout follows the shared `DESIGN.md`.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod model;
+pub mod optim;

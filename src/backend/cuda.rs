@@ -1,0 +1,27 @@
+//! CUDA backend entry point. The full backend (NVRTC kernels, cuBLASLt) is future work; what
+//! exists now is the device check, so that `backend = "cuda"` on a machine without CUDA is a
+//! clean error instead of cudarc's panic.
+
+use anyhow::{bail, Result};
+
+/// Number of CUDA devices, or an error "no CUDA device found" when the driver library is
+/// absent or reports none. Never panics (cudarc panics if libcuda cannot be loaded, so the
+/// library's presence is checked first).
+pub fn device_count() -> Result<usize> {
+    // SAFETY: only probes whether the shared library can be loaded.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
+        bail!("no CUDA device found (the CUDA driver library libcuda.so could not be loaded)");
+    }
+    let n = std::panic::catch_unwind(|| {
+        cudarc::driver::result::init().ok()?;
+        cudarc::driver::result::device::get_count().ok()
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    if n <= 0 {
+        bail!("no CUDA device found (the CUDA driver reports no usable device)");
+    }
+    Ok(n as usize)
+}

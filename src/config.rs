@@ -1,0 +1,464 @@
+//! Run configuration: TOML files in `inputs/`, `--set section.key=value` overrides, and
+//! validation up front with messages that name the offending key and the allowed values.
+//!
+//! Sections: `[model] [data] [train] [optim] [parallel] [checkpoint] [log]`. Unknown sections and
+//! keys are errors (serde `deny_unknown_fields`), so a typo never silently falls back to a default.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole run configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub parallel: ParallelConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// GPT-2 shape. `vocab_size` is the real vocabulary (50257 for GPT-2's BPE); the model pads it
+/// internally to a multiple of 64 and masks the padding out of softmax and loss.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    /// Maximum sequence length (rows of the learned position table `wpe`).
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+}
+
+/// Token shards in llm.c's format: a file, a directory, or `dir/prefix_*.bin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    #[serde(default = "default_train_data")]
+    pub train: String,
+    #[serde(default = "default_val_data")]
+    pub val: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: usize,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Sequences per micro-batch on one data-parallel rank.
+    pub micro_batch_size: usize,
+    /// Sequences per optimizer step over all data-parallel ranks.
+    pub global_batch_size: usize,
+    pub seq_len: usize,
+    /// Run validation every this many steps (and at the last step); 0 disables it.
+    #[serde(default)]
+    pub val_every: usize,
+    /// Validation batches (each `micro_batch_size` sequences) per validation run.
+    #[serde(default = "default_val_batches")]
+    pub val_batches: usize,
+    /// Start from a Hugging Face GPT-2 directory instead of random init.
+    #[serde(default)]
+    pub init_hf: Option<PathBuf>,
+    /// Test hook: make the loss NaN at this step (exercises the NaN guard).
+    #[serde(default)]
+    pub debug_nan_at_step: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    #[serde(default = "default_lr")]
+    pub lr: f32,
+    /// Floor of the cosine decay.
+    #[serde(default)]
+    pub min_lr: Option<f32>,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f32,
+    #[serde(default = "default_beta1")]
+    pub beta1: f32,
+    #[serde(default = "default_beta2")]
+    pub beta2: f32,
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+    /// Global gradient-norm clip; 0 disables clipping.
+    #[serde(default = "default_clip")]
+    pub grad_clip: f32,
+    /// ZeRO stage (0 or 1).
+    #[serde(default)]
+    pub zero: u8,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Gpipe,
+    #[serde(rename = "1f1b")]
+    OneFOneB,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelConfig {
+    /// Data-parallel size; inferred as world / (tp * pp) when omitted.
+    #[serde(default)]
+    pub dp: Option<usize>,
+    #[serde(default = "one")]
+    pub tp: usize,
+    #[serde(default = "one")]
+    pub pp: usize,
+    /// Micro-batches per step; derived as global / (micro_batch_size * dp), checked if given.
+    #[serde(default)]
+    pub micro_batches: Option<usize>,
+    #[serde(default = "default_schedule")]
+    pub schedule: Schedule,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Save every this many steps; 0 saves only at the end (when `dir` is set).
+    #[serde(default)]
+    pub every: usize,
+    #[serde(default = "default_keep")]
+    pub keep_last: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Run directory: metrics, loss plot and final weights go here.
+    #[serde(default = "default_out_dir")]
+    pub out_dir: PathBuf,
+    /// Log a line every this many steps (when no progress bar is shown).
+    #[serde(default = "one")]
+    pub every: usize,
+    /// Write `<out_dir>/loss.png` at the end.
+    #[serde(default = "yes")]
+    pub plot: bool,
+    /// Write the final weights as a Hugging Face directory `<out_dir>/final`.
+    #[serde(default = "yes")]
+    pub save_final: bool,
+}
+
+fn default_vocab() -> usize {
+    50257
+}
+fn default_train_data() -> String {
+    "data/fortunes/train_*.bin".into()
+}
+fn default_val_data() -> String {
+    "data/fortunes/val_*.bin".into()
+}
+fn default_seed() -> u64 {
+    1337
+}
+fn default_val_batches() -> usize {
+    8
+}
+fn default_lr() -> f32 {
+    6e-4
+}
+fn default_wd() -> f32 {
+    0.1
+}
+fn default_beta1() -> f32 {
+    0.9
+}
+fn default_beta2() -> f32 {
+    0.95
+}
+fn default_eps() -> f32 {
+    1e-8
+}
+fn default_clip() -> f32 {
+    1.0
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_schedule() -> Schedule {
+    Schedule::OneFOneB
+}
+fn default_keep() -> usize {
+    2
+}
+fn default_out_dir() -> PathBuf {
+    PathBuf::from("runs/default")
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train: default_train_data(),
+            val: default_val_data(),
+        }
+    }
+}
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: default_lr(),
+            min_lr: None,
+            warmup_steps: 0,
+            weight_decay: default_wd(),
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+            grad_clip: default_clip(),
+            zero: 0,
+        }
+    }
+}
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        Self {
+            dp: None,
+            tp: 1,
+            pp: 1,
+            micro_batches: None,
+            schedule: default_schedule(),
+        }
+    }
+}
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            every: 0,
+            keep_last: default_keep(),
+        }
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            out_dir: default_out_dir(),
+            every: 1,
+            plot: true,
+            save_final: true,
+        }
+    }
+}
+
+/// Parse one `--set section.key=value` override into the TOML document. The value is read as
+/// a TOML literal (number, bool, quoted string, array); anything else is taken as a string.
+pub fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .with_context(|| format!("--set {spec:?}: expected section.key=value"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {spec:?}: the key must be section.key (e.g. train.steps=10)");
+    }
+    let value = parse_value(raw.trim());
+    let section = doc
+        .entry(parts[0].to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let table = section
+        .as_table_mut()
+        .with_context(|| format!("--set {spec:?}: `{}` is not a section", parts[0]))?;
+    table.insert(parts[1].to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match wrapped.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+impl Config {
+    /// Read `path`, apply `--set` overrides in order, deserialize and validate.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_str_with_overrides(&text, overrides)
+            .with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parse TOML text, apply overrides, deserialize, validate.
+    pub fn from_str_with_overrides(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut doc: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for o in overrides {
+            apply_override(&mut doc, o)?;
+        }
+        let cfg: Config =
+            Config::deserialize(toml::Value::Table(doc)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that do not depend on the world size. Each error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        let t = &self.train;
+        positive("model.vocab_size", m.vocab_size)?;
+        positive("model.n_positions", m.n_positions)?;
+        positive("model.n_embd", m.n_embd)?;
+        positive("model.n_layer", m.n_layer)?;
+        positive("model.n_head", m.n_head)?;
+        if m.vocab_size > 65536 {
+            bail!(
+                "model.vocab_size = {} exceeds 65536 (token shards store uint16)",
+                m.vocab_size
+            );
+        }
+        if m.n_embd % m.n_head != 0 {
+            bail!(
+                "model.n_embd = {} is not divisible by model.n_head = {}",
+                m.n_embd,
+                m.n_head
+            );
+        }
+        positive("train.steps", t.steps)?;
+        positive("train.micro_batch_size", t.micro_batch_size)?;
+        positive("train.global_batch_size", t.global_batch_size)?;
+        positive("train.seq_len", t.seq_len)?;
+        if t.seq_len > m.n_positions {
+            bail!(
+                "train.seq_len = {} exceeds model.n_positions = {}",
+                t.seq_len,
+                m.n_positions
+            );
+        }
+        if t.global_batch_size % t.micro_batch_size != 0 {
+            bail!(
+                "train.global_batch_size = {} is not a multiple of train.micro_batch_size = {}",
+                t.global_batch_size,
+                t.micro_batch_size
+            );
+        }
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr >= 0.0) {
+            bail!("optim.lr = {} must be a finite number >= 0", o.lr);
+        }
+        if let Some(min) = o.min_lr {
+            if !(min.is_finite() && min >= 0.0 && min <= o.lr) {
+                bail!("optim.min_lr = {min} must be in [0, optim.lr = {}]", o.lr);
+            }
+        }
+        for (k, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("{k} = {v} must be in [0, 1)");
+            }
+        }
+        if !(o.eps > 0.0) {
+            bail!("optim.eps = {} must be > 0", o.eps);
+        }
+        if !(o.grad_clip >= 0.0) || !(o.weight_decay >= 0.0) {
+            bail!("optim.grad_clip and optim.weight_decay must be >= 0");
+        }
+        if o.zero > 1 {
+            bail!("optim.zero = {}: allowed values are 0 and 1", o.zero);
+        }
+        positive("parallel.tp", self.parallel.tp)?;
+        positive("parallel.pp", self.parallel.pp)?;
+        if let Some(dp) = self.parallel.dp {
+            positive("parallel.dp", dp)?;
+        }
+        positive("log.every", self.log.every)?;
+        Ok(())
+    }
+
+    /// Floor of the cosine schedule: `optim.min_lr`, default lr / 10.
+    pub fn min_lr(&self) -> f32 {
+        self.optim.min_lr.unwrap_or(self.optim.lr * 0.1)
+    }
+
+    /// The config as TOML text (stored in checkpoints and run directories).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("serialising config")
+    }
+}
+
+fn positive(key: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        bail!("{key} must be > 0");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[model]
+n_positions = 64
+n_embd = 32
+n_layer = 2
+n_head = 4
+[train]
+steps = 3
+micro_batch_size = 2
+global_batch_size = 4
+seq_len = 16
+"#;
+
+    fn err(text: &str, overrides: &[&str]) -> String {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        format!(
+            "{:#}",
+            Config::from_str_with_overrides(text, &o).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn parses_and_overrides() {
+        let o = vec!["train.steps=7".to_string(), "optim.lr=0.01".to_string()];
+        let c = Config::from_str_with_overrides(BASE, &o).unwrap();
+        assert_eq!(c.train.steps, 7);
+        assert!((c.optim.lr - 0.01).abs() < 1e-9);
+        assert_eq!(c.parallel.schedule, Schedule::OneFOneB);
+        let c = Config::from_str_with_overrides(BASE, &["parallel.schedule=gpipe".into()]).unwrap();
+        assert_eq!(c.parallel.schedule, Schedule::Gpipe);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(BASE, &["train.stepz=3"]);
+        assert!(e.contains("stepz") && e.contains("steps"), "{e}");
+        let e = err(BASE, &["bogus.x=3"]);
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let e = err(&BASE.replace("n_layer = 2\n", ""), &[]);
+        assert!(e.contains("n_layer"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = err(BASE, &["train.steps=abc"]);
+        assert!(e.contains("steps") || e.contains("abc"), "{e}");
+        let e = err(BASE, &["parallel.schedule=zigzag"]);
+        assert!(e.contains("gpipe") && e.contains("1f1b"), "{e}");
+        let e = err(BASE, &["model.n_head=5"]);
+        assert!(e.contains("model.n_head"), "{e}");
+        let e = err(BASE, &["train.global_batch_size=5"]);
+        assert!(e.contains("train.global_batch_size"), "{e}");
+    }
+}

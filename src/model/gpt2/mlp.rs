@@ -1,0 +1,37 @@
+//! The MLP of a block: `fc` (C → 4C), tanh-GELU, `proj` (4C → C).
+//! GELU(x) = ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — Hugging Face's `gelu_new`.
+
+use rayon::prelude::*;
+
+const GELU_K: f32 = 0.797_884_6; // sqrt(2/π)
+const GELU_A: f32 = 0.044715;
+const CHUNK: usize = 4096;
+
+/// Forward GELU elementwise: `out = gelu(x)`, shapes `[N]`.
+pub fn gelu_forward(out: &mut [f32], x: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, xs)| {
+            for (o, &x) in o.iter_mut().zip(xs) {
+                let u = GELU_K * (x + GELU_A * x * x * x);
+                *o = 0.5 * x * (1.0 + u.tanh());
+            }
+        });
+}
+
+/// Backward GELU: `dx = dy · gelu'(x)` with
+/// `gelu'(x) = ½(1 + tanh u) + ½·x·(1 − tanh² u)·√(2/π)·(1 + 3·0.044715·x²)`, `u = √(2/π)(x + 0.044715x³)`.
+pub fn gelu_backward(dx: &mut [f32], x: &[f32], dy: &[f32]) {
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(d, (xs, dys))| {
+            for ((d, &x), &g) in d.iter_mut().zip(xs).zip(dys) {
+                let u = GELU_K * (x + GELU_A * x * x * x);
+                let th = u.tanh();
+                let sech2 = 1.0 - th * th;
+                let grad =
+                    0.5 * (1.0 + th) + 0.5 * x * sech2 * GELU_K * (1.0 + 3.0 * GELU_A * x * x);
+                *d = g * grad;
+            }
+        });
+}

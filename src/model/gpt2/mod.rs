@@ -1,0 +1,69 @@
+//! GPT-2 exactly as Hugging Face `GPT2LMHeadModel`: pre-LN blocks, tanh-GELU, learned
+//! positions, `lm_head` tied to `wte`, LayerNorm eps 1e-5.
+//!
+//! Each layer's forward and backward sit side by side in one file (llm.c style) and work on
+//! flat row-major f32 slices; shapes are in the doc comments (B batch, T time, C channels,
+//! NH heads, hd = C / NH, Vp padded vocabulary).
+
+pub mod attention;
+pub mod block;
+pub mod embedding;
+pub mod head;
+pub mod layernorm;
+pub mod linear;
+pub mod loss;
+pub mod mlp;
+pub mod model;
+pub mod params;
+
+pub use model::{Activations, Gpt2};
+pub use params::ParamLayout;
+
+/// LayerNorm epsilon of GPT-2.
+pub const LN_EPS: f32 = 1e-5;
+
+/// Model shape. `padded_vocab` rounds `vocab_size` up to a multiple of 64 (GEMM-friendly);
+/// the padding rows of `wte` are zero and their logits are masked out of softmax and loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub padded_vocab: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+}
+
+impl Gpt2Config {
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
+        let padded_vocab = vocab_size.div_ceil(64) * 64;
+        Self {
+            vocab_size,
+            padded_vocab,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+        }
+    }
+
+    pub fn from_model_config(m: &crate::config::ModelConfig) -> Self {
+        Self::new(m.vocab_size, m.n_positions, m.n_embd, m.n_layer, m.n_head)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// Model FLOPs per trained token, llm.c's convention: 6·N + 6·L·T·C (N real parameters,
+    /// causal attention counted once).
+    pub fn flops_per_token(&self, num_params: usize, seq_len: usize) -> f64 {
+        6.0 * num_params as f64 + 6.0 * (self.n_layer * seq_len * self.n_embd) as f64
+    }
+}

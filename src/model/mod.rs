@@ -1,0 +1,3 @@
+//! Models. GPT-2 (Hugging Face `GPT2LMHeadModel`-exact) is the one model.
+
+pub mod gpt2;
