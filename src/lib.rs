@@ -5,5 +5,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod model;
 pub mod optim;
+pub mod runtime;

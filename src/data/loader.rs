@@ -1,0 +1,539 @@
+//! Token data in memory plus deterministic, resumable sampling.
+//!
+//! [`TokenData`] holds all shards of a split concatenated (in the order
+//! given) as one `u16` array of N tokens. Two views cut it into windows of
+//! `T = seq_len` tokens:
+//!
+//! * [`TrainSampler`]: `n = (N - 1) / T` non-overlapping windows; window `w`
+//!   has inputs `tokens[w*T .. w*T + T]` and targets `tokens[w*T + 1 .. w*T + T + 1]`.
+//!   A global sample index `g` maps to epoch `e = g / n` and window
+//!   `perm_e[g % n]`, where `perm_e` is a random permutation of `0..n` (exact
+//!   rule in [`epoch_permutation`]). Samples depend only on `(data, T, seed, g)`,
+//!   so any data-parallel layout that assigns global indices consistently
+//!   sees the same global batch, and resuming at `g` reproduces the run.
+//! * [`EvalWindows`]: llm.c-style evaluation: sequence `i` is the window
+//!   `i` above, taken in order.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use super::shard::{check_vocab, read_shard};
+
+/// Odd 64-bit constant (2^64 / golden ratio) used to derive per-epoch seeds.
+pub const EPOCH_SEED_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// All tokens of a split, concatenated in shard order.
+#[derive(Debug, Clone)]
+pub struct TokenData {
+    tokens: Vec<u16>,
+    paths: Vec<PathBuf>,
+}
+
+impl TokenData {
+    /// Read the shards in `paths` (in that order, in parallel) and check that
+    /// every token is `< vocab_size`. Errors name the offending file.
+    pub fn open(paths: &[PathBuf], vocab_size: usize) -> Result<Self> {
+        ensure!(!paths.is_empty(), "no token shard files given");
+        let parts: Vec<Vec<u16>> = paths
+            .par_iter()
+            .map(|p| {
+                let toks = read_shard(p)?;
+                check_vocab(&toks, vocab_size, p)?;
+                Ok(toks)
+            })
+            .collect::<Result<_>>()?;
+        let total = parts.iter().map(Vec::len).sum();
+        let mut tokens = Vec::with_capacity(total);
+        for part in parts {
+            tokens.extend_from_slice(&part);
+        }
+        log::info!(
+            "loaded {} tokens from {} shard file(s) starting with {}",
+            tokens.len(),
+            paths.len(),
+            paths[0].display()
+        );
+        Ok(Self {
+            tokens,
+            paths: paths.to_vec(),
+        })
+    }
+
+    /// Wrap tokens already in memory (no files; used by tests and tools).
+    pub fn from_tokens(tokens: Vec<u16>) -> Self {
+        Self {
+            tokens,
+            paths: Vec::new(),
+        }
+    }
+
+    /// Resolve a shard pattern to a sorted list of files:
+    ///
+    /// * `dir/prefix*suffix` — `*` (any run of characters, possibly several)
+    ///   and `?` (one character) are allowed in the file-name part only,
+    ///   e.g. `data/fortunes/train_*.bin`;
+    /// * a directory — every non-hidden `*.bin` file directly inside it;
+    /// * a file — just that file.
+    ///
+    /// Errors naming the pattern if nothing matches.
+    pub fn from_pattern(pattern: &str) -> Result<Vec<PathBuf>> {
+        let path = Path::new(pattern);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let files = if name.contains(['*', '?']) {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            ensure!(
+                !parent.to_string_lossy().contains(['*', '?']),
+                "shard pattern {pattern}: wildcards are only supported in the file name"
+            );
+            list_matching(parent, |n| glob_match(name, n))
+                .with_context(|| format!("expanding shard pattern {pattern}"))?
+        } else if path.is_dir() {
+            list_matching(path, |n| !n.starts_with('.') && n.ends_with(".bin"))
+                .with_context(|| format!("expanding shard pattern {pattern}"))?
+        } else if path.is_file() {
+            vec![path.to_path_buf()]
+        } else {
+            Vec::new()
+        };
+        if files.is_empty() {
+            bail!("no token shard files match {pattern}");
+        }
+        Ok(files)
+    }
+
+    /// All tokens, concatenated.
+    pub fn tokens(&self) -> &[u16] {
+        &self.tokens
+    }
+
+    /// Number of tokens N.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The shard files read (empty for [`TokenData::from_tokens`]).
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Number of whole windows `(N - 1) / T`; error if zero.
+    fn num_windows(&self, seq_len: usize) -> Result<usize> {
+        ensure!(seq_len >= 1, "seq_len must be >= 1");
+        let n = self.tokens.len().saturating_sub(1) / seq_len;
+        if n == 0 {
+            bail!(
+                "data{} has {} tokens, fewer than seq_len+1 = {}",
+                self.describe(),
+                self.tokens.len(),
+                seq_len + 1
+            );
+        }
+        Ok(n)
+    }
+
+    fn describe(&self) -> String {
+        match self.paths.first() {
+            Some(p) if self.paths.len() == 1 => format!(" ({})", p.display()),
+            Some(p) => format!(" ({} and {} more)", p.display(), self.paths.len() - 1),
+            None => String::new(),
+        }
+    }
+
+    /// Copy window starting at `start` into `inputs`/`targets` (length T each).
+    fn copy_window(&self, start: usize, inputs: &mut [u32], targets: &mut [u32]) {
+        let t = inputs.len();
+        let src = &self.tokens[start..start + t + 1];
+        for (dst, &s) in inputs.iter_mut().zip(&src[..t]) {
+            *dst = u32::from(s);
+        }
+        for (dst, &s) in targets.iter_mut().zip(&src[1..]) {
+            *dst = u32::from(s);
+        }
+    }
+}
+
+/// Regular files in `dir` whose names satisfy `keep`, sorted by path.
+fn list_matching(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries =
+        fs::read_dir(dir).with_context(|| format!("listing directory {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing directory {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        if keep(name) && path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Match `name` against `pattern` where `*` is any (possibly empty) run of
+/// characters and `?` exactly one character. Iterative with backtracking to
+/// the last `*` (linear-ish, no recursion).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = name.chars().collect();
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Uniform integer in `0..bound` (`bound >= 1`) by Lemire's multiply-shift
+/// with rejection: draw `x = rng.next_u64()`, `m = x * bound` (128-bit);
+/// reject while `(m mod 2^64) < (2^64 - bound) mod bound`; return `m >> 64`.
+fn uniform_below(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
+    let threshold = bound.wrapping_neg() % bound;
+    loop {
+        let m = u128::from(rng.next_u64()) * u128::from(bound);
+        if (m as u64) >= threshold {
+            return (m >> 64) as u64;
+        }
+    }
+}
+
+/// The permutation of `0..n` used in epoch `epoch`:
+///
+/// ```text
+/// rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(EPOCH_SEED_MUL))
+/// perm = [0, 1, ..., n-1]
+/// for i in (1..n).rev():            # Fisher–Yates, from the end
+///     j = uniform_below(rng, i + 1) # Lemire, see uniform_below
+///     perm.swap(i, j)
+/// ```
+pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(EPOCH_SEED_MUL));
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        let j = uniform_below(&mut rng, i as u64 + 1) as usize;
+        perm.swap(i, j);
+    }
+    perm
+}
+
+/// Shuffled training windows addressed by a global sample index (see the
+/// module docs). Keeps the permutation of the most recent epoch cached.
+#[derive(Debug, Clone)]
+pub struct TrainSampler {
+    data: Arc<TokenData>,
+    seq_len: usize,
+    seed: u64,
+    n: usize,
+    epoch: u64,
+    perm: Vec<u32>,
+}
+
+impl TrainSampler {
+    /// Error if the data has fewer than `seq_len + 1` tokens or more than
+    /// `u32::MAX` windows.
+    pub fn new(data: Arc<TokenData>, seq_len: usize, seed: u64) -> Result<Self> {
+        let n = data.num_windows(seq_len)?;
+        ensure!(
+            n <= u32::MAX as usize,
+            "{n} windows of {seq_len} tokens exceed the u32 permutation limit"
+        );
+        let perm = epoch_permutation(n, seed, 0);
+        Ok(Self {
+            data,
+            seq_len,
+            seed,
+            n,
+            epoch: 0,
+            perm,
+        })
+    }
+
+    /// Windows per epoch, `n = (N - 1) / T`.
+    pub fn num_windows(&self) -> usize {
+        self.n
+    }
+
+    /// Sequence length T.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Epoch containing global sample `g`.
+    pub fn epoch_of(&self, g: u64) -> u64 {
+        g / self.n as u64
+    }
+
+    /// Window index (`0..n`) used for global sample `g`.
+    pub fn window_of(&mut self, g: u64) -> usize {
+        let n = self.n as u64;
+        let epoch = g / n;
+        if epoch != self.epoch {
+            self.perm = epoch_permutation(self.n, self.seed, epoch);
+            self.epoch = epoch;
+        }
+        self.perm[(g % n) as usize] as usize
+    }
+
+    /// Fill one sequence for global sample `g`. Panics unless both slices
+    /// have length T.
+    pub fn fill(&mut self, g: u64, inputs: &mut [u32], targets: &mut [u32]) {
+        assert_eq!(inputs.len(), self.seq_len, "inputs length != seq_len");
+        assert_eq!(targets.len(), self.seq_len, "targets length != seq_len");
+        let w = self.window_of(g);
+        self.data.copy_window(w * self.seq_len, inputs, targets);
+    }
+
+    /// Fill `count` sequences for global samples `first .. first + count`,
+    /// row-major `[count, T]`. Panics unless both slices have length `count * T`.
+    pub fn fill_batch(
+        &mut self,
+        first: u64,
+        count: usize,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+    ) {
+        let t = self.seq_len;
+        assert_eq!(inputs.len(), count * t, "inputs length != count * seq_len");
+        assert_eq!(
+            targets.len(),
+            count * t,
+            "targets length != count * seq_len"
+        );
+        let rows = inputs.chunks_exact_mut(t).zip(targets.chunks_exact_mut(t));
+        for (k, (inp, tgt)) in rows.enumerate() {
+            self.fill(first + k as u64, inp, tgt);
+        }
+    }
+}
+
+/// Sequential evaluation windows (llm.c validation): sequence `i` has inputs
+/// `tokens[i*T .. i*T + T]` and targets shifted by one.
+#[derive(Debug, Clone)]
+pub struct EvalWindows {
+    data: Arc<TokenData>,
+    seq_len: usize,
+    n: usize,
+}
+
+impl EvalWindows {
+    /// Error if the data has fewer than `seq_len + 1` tokens.
+    pub fn new(data: Arc<TokenData>, seq_len: usize) -> Result<Self> {
+        let n = data.num_windows(seq_len)?;
+        Ok(Self { data, seq_len, n })
+    }
+
+    /// Number of sequences `(N - 1) / T`.
+    pub fn num_sequences(&self) -> usize {
+        self.n
+    }
+
+    /// Sequence length T.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Number of complete batches of `batch_size` sequences.
+    pub fn num_full_batches(&self, batch_size: usize) -> usize {
+        self.n.checked_div(batch_size).unwrap_or(0)
+    }
+
+    /// Fill sequence `i` (length T each). Panics if `i >= num_sequences()`.
+    pub fn sequence(&self, i: usize, inputs: &mut [u32], targets: &mut [u32]) {
+        assert!(
+            i < self.n,
+            "eval sequence {i} out of range (n = {})",
+            self.n
+        );
+        assert_eq!(inputs.len(), self.seq_len, "inputs length != seq_len");
+        assert_eq!(targets.len(), self.seq_len, "targets length != seq_len");
+        self.data.copy_window(i * self.seq_len, inputs, targets);
+    }
+
+    /// Fill batch `b`: sequences `b*B .. b*B + B`, row-major `[B, T]`.
+    /// Panics if `b >= num_full_batches(B)` or the slices are not `B * T` long.
+    pub fn batch(&self, b: usize, batch_size: usize, inputs: &mut [u32], targets: &mut [u32]) {
+        let t = self.seq_len;
+        assert!(
+            b < self.num_full_batches(batch_size),
+            "eval batch {b} out of range"
+        );
+        assert_eq!(inputs.len(), batch_size * t, "inputs length != B * seq_len");
+        assert_eq!(
+            targets.len(),
+            batch_size * t,
+            "targets length != B * seq_len"
+        );
+        let rows = inputs.chunks_exact_mut(t).zip(targets.chunks_exact_mut(t));
+        for (k, (inp, tgt)) in rows.enumerate() {
+            self.sequence(b * batch_size + k, inp, tgt);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::shard::write_shard;
+
+    fn data(n: usize) -> Arc<TokenData> {
+        Arc::new(TokenData::from_tokens(
+            (0..n as u32).map(|i| i as u16).collect(),
+        ))
+    }
+
+    fn samples(s: &mut TrainSampler, first: u64, count: usize) -> Vec<u32> {
+        let t = s.seq_len();
+        let (mut x, mut y) = (vec![0; count * t], vec![0; count * t]);
+        s.fill_batch(first, count, &mut x, &mut y);
+        for (a, b) in x.iter().zip(&y) {
+            assert_eq!(a + 1, *b); // targets are inputs shifted by one
+        }
+        x
+    }
+
+    #[test]
+    fn deterministic_and_seed_dependent() {
+        let d = data(10_001);
+        let mut a = TrainSampler::new(d.clone(), 10, 42).unwrap();
+        let mut b = TrainSampler::new(d.clone(), 10, 42).unwrap();
+        let mut c = TrainSampler::new(d, 10, 43).unwrap();
+        assert_eq!(a.num_windows(), 1000);
+        let sa = samples(&mut a, 0, 64);
+        assert_eq!(sa, samples(&mut b, 0, 64));
+        assert_ne!(sa, samples(&mut c, 0, 64));
+        // Window starts are multiples of T.
+        assert!(sa.chunks(10).all(|r| r[0] % 10 == 0));
+    }
+
+    #[test]
+    fn each_window_once_per_epoch() {
+        let mut s = TrainSampler::new(data(1000), 7, 1).unwrap();
+        let n = s.num_windows();
+        assert_eq!(n, 142);
+        let mut perms = Vec::new();
+        for e in 0..3u64 {
+            let mut seen: Vec<usize> = (0..n as u64)
+                .map(|k| s.window_of(e * n as u64 + k))
+                .collect();
+            perms.push(seen.clone());
+            seen.sort();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        }
+        assert_ne!(perms[0], perms[1]);
+        assert_ne!(perms[0], (0..n).collect::<Vec<_>>());
+        assert_eq!(s.epoch_of(3 * n as u64 - 1), 2);
+    }
+
+    #[test]
+    fn resume_matches_continuous_run() {
+        let d = data(5000);
+        let mut cont = TrainSampler::new(d.clone(), 16, 7).unwrap();
+        let all = samples(&mut cont, 0, 1000); // crosses several epochs (n = 312)
+        let mut resumed = TrainSampler::new(d.clone(), 16, 7).unwrap();
+        assert_eq!(samples(&mut resumed, 700, 300), all[700 * 16..].to_vec());
+        // Data-parallel layout: rank r of 4 takes rows r, r+4, ... of a batch.
+        let mut ranks: Vec<TrainSampler> = (0..4)
+            .map(|_| TrainSampler::new(d.clone(), 16, 7).unwrap())
+            .collect();
+        for (r, s) in ranks.iter_mut().enumerate() {
+            for k in (r..40).step_by(4) {
+                let g = 600 + k as u64;
+                assert_eq!(samples(s, g, 1), all[g as usize * 16..][..16].to_vec());
+            }
+        }
+    }
+
+    #[test]
+    fn too_little_data() {
+        let msg = TrainSampler::new(data(10), 10, 0).unwrap_err().to_string();
+        assert!(
+            msg.contains("data has 10 tokens, fewer than seq_len+1 = 11"),
+            "{msg}"
+        );
+        assert!(EvalWindows::new(data(10), 10).is_err());
+        assert_eq!(TrainSampler::new(data(11), 10, 0).unwrap().num_windows(), 1);
+    }
+
+    #[test]
+    fn eval_layout() {
+        let ev = EvalWindows::new(data(14), 3).unwrap();
+        assert_eq!(ev.num_sequences(), 4); // (14 - 1) / 3
+        assert_eq!(ev.num_full_batches(2), 2);
+        assert_eq!(ev.num_full_batches(3), 1);
+        let (mut x, mut y) = (vec![0; 6], vec![0; 6]);
+        ev.batch(1, 2, &mut x, &mut y);
+        assert_eq!(x, vec![6, 7, 8, 9, 10, 11]);
+        assert_eq!(y, vec![7, 8, 9, 10, 11, 12]);
+        ev.batch(0, 2, &mut x, &mut y);
+        assert_eq!(x, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(y, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("train_*.bin", "train_000000.bin"));
+        assert!(!glob_match("train_*.bin", "val_000000.bin"));
+        assert!(!glob_match("train_*.bin", "train_000000.bin.tmp"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+    }
+
+    #[test]
+    fn open_and_pattern() {
+        let dir = std::env::temp_dir().join(format!("ferrotron-loader-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        write_shard(&dir.join("train_000001.bin"), &[3, 4, 5]).unwrap();
+        write_shard(&dir.join("train_000000.bin"), &[0, 1, 2]).unwrap();
+        write_shard(&dir.join("val_000000.bin"), &[9]).unwrap();
+        let pat = format!("{}/train_*.bin", dir.display());
+        let files = TokenData::from_pattern(&pat).unwrap();
+        assert_eq!(
+            files,
+            vec![dir.join("train_000000.bin"), dir.join("train_000001.bin")]
+        );
+        let d = TokenData::open(&files, 50257).unwrap();
+        assert_eq!(d.tokens(), &[0, 1, 2, 3, 4, 5]);
+        let all = TokenData::from_pattern(dir.to_str().unwrap()).unwrap();
+        assert_eq!(all.len(), 3);
+        let one = format!("{}/val_000000.bin", dir.display());
+        assert_eq!(TokenData::from_pattern(&one).unwrap().len(), 1);
+        let none = format!("{}/test_*.bin", dir.display());
+        let msg = TokenData::from_pattern(&none).unwrap_err().to_string();
+        assert!(msg.contains("test_*.bin"), "{msg}");
+        let msg = format!("{:#}", TokenData::open(&files, 4).unwrap_err());
+        assert!(
+            msg.contains("train_000001.bin") && msg.contains("token id 4"),
+            "{msg}"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

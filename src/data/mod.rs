@@ -1,0 +1,18 @@
+//! Data pipeline: GPT-2 tokenisation, llm.c token shards, and deterministic
+//! sampling.
+//!
+//! * [`prepare`] — text files → `train_NNNNNN.bin` / `val_NNNNNN.bin` shards.
+//! * [`shard`] — the llm.c shard format (1024-byte header + `u16` tokens).
+//! * [`tokenizer`] — GPT-2 BPE (`r50k_base`).
+//! * [`loader`] — shards in memory, shuffled training windows addressed by a
+//!   global sample index, and sequential evaluation windows.
+
+pub mod loader;
+pub mod prepare;
+pub mod shard;
+pub mod tokenizer;
+
+pub use loader::{EvalWindows, TokenData, TrainSampler};
+pub use prepare::{prepare_data, PrepareOptions, PrepareSummary};
+pub use shard::{check_vocab, read_shard, write_shard, HEADER_INTS, SHARD_MAGIC, SHARD_VERSION};
+pub use tokenizer::{Gpt2Tokenizer, EOT, GPT2_VOCAB};
