@@ -4,8 +4,14 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
+pub mod generate;
+pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod runtime;
+pub mod train;

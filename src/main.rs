@@ -1,1 +1,127 @@
-fn main() {}
+//! The `ferrotron` binary: parse the command line, start MPI, run the command. Every failure
+//! prints one message and ends every rank with a non-zero exit code.
+
+use anyhow::Result;
+use clap::Parser;
+use ferrotron::cli::{Cli, Command, EvalArgs, GenerateArgs, PrepareArgs, TrainArgs};
+use ferrotron::runtime::Runtime;
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match Runtime::init() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(ferrotron::runtime::EXIT_FAILURE);
+        }
+    };
+    let threads = ferrotron::backend::cpu::default_threads(cli.threads);
+    // The process-wide rayon pool runs every parallel op and GEMM of this rank.
+    let res = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot start {threads} worker threads: {e}"))
+        .and_then(|_| run(&rt, cli.command, threads));
+    if let Err(e) = res {
+        rt.fail(&e);
+    }
+}
+
+fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<()> {
+    match cmd {
+        Command::Train(a) => train(rt, a, threads),
+        Command::PrepareData(a) => rt.agree(if rt.rank == 0 { prepare(a) } else { Ok(()) }),
+        Command::Eval(a) => rt.agree(eval(a, threads)),
+        Command::Generate(a) => rt.agree(generate(a, threads)),
+        Command::Plot(a) => rt.agree(ferrotron::plot::plot_loss_curve(
+            &a.metrics,
+            &a.out,
+            "ferrotron",
+        )),
+    }
+}
+
+fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<()> {
+    let mut overrides = a.set.clone();
+    if let Some(dir) = &a.init_hf {
+        overrides.push(format!("train.init_hf={:?}", dir.display().to_string()));
+    }
+    let cfg = rt.agree(ferrotron::config::Config::load(&a.config, &overrides))?;
+    let opts = ferrotron::train::TrainOptions {
+        metrics: a.metrics,
+        threads,
+    };
+    let s = ferrotron::train::run(rt, &cfg, &opts)?;
+    if rt.rank == 0 {
+        let png = s.out_dir.join("loss.png");
+        if cfg.log.plot {
+            ferrotron::plot::plot_loss_curve(
+                &s.metrics_path,
+                &png,
+                &format!("ferrotron — {}", a.config.display()),
+            )?;
+        }
+        let fmt = |v: Option<f32>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "trained {} steps: train loss {:.4}, val loss {} -> {}",
+            s.steps,
+            s.final_loss,
+            fmt(s.first_val_loss),
+            fmt(s.last_val_loss)
+        );
+        println!("metrics: {}", s.metrics_path.display());
+        if cfg.log.plot {
+            println!("loss plot: {}", png.display());
+        }
+        if cfg.log.save_final {
+            println!(
+                "weights (Hugging Face): {}",
+                s.out_dir.join("final").display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn prepare(a: PrepareArgs) -> Result<()> {
+    let opts = ferrotron::data::PrepareOptions {
+        val_every: a.val_every,
+        shard_tokens: a.shard_tokens,
+    };
+    let s = ferrotron::data::prepare_data(&a.input, &a.out, &opts)?;
+    println!(
+        "{} documents: {} train tokens, {} val tokens -> {}",
+        s.documents,
+        s.train_tokens,
+        s.val_tokens,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn eval(a: EvalArgs, threads: usize) -> Result<()> {
+    let r = ferrotron::eval::run(&a.hf, &a.data, a.batch, a.seq, a.batches, threads)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("loss {:.6} over {} tokens", r.loss, r.tokens);
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs, threads: usize) -> Result<()> {
+    let (cfg, params) = ferrotron::checkpoint::hf::load(&a.hf)?;
+    let tok = ferrotron::data::Gpt2Tokenizer::new()?;
+    let prompt = tok.encode(&a.prompt);
+    let model = ferrotron::model::gpt2::Gpt2::new(cfg, threads);
+    let s = ferrotron::generate::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+    };
+    let eot = (cfg.vocab_size > ferrotron::data::EOT as usize).then_some(ferrotron::data::EOT);
+    let ids =
+        ferrotron::generate::generate_ids(&model, &params, &prompt, a.max_new_tokens, &s, eot)?;
+    println!("{}{}", a.prompt, tok.decode(&ids)?);
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Command-line interface (clap). `main.rs` parses this and calls into the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// ferrotron: 3D-parallel GPT-2 training as one SPMD binary (start it with mpirun or srun).
+#[derive(Debug, Parser)]
+#[command(name = "ferrotron", version, about, long_about = None)]
+pub struct Cli {
+    /// Worker threads per rank (default: $OMP_NUM_THREADS, else the cores available).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a GPT-2 from a TOML config (see inputs/).
+    Train(TrainArgs),
+    /// Turn text files or folders into GPT-2 BPE token shards (llm.c format).
+    PrepareData(PrepareArgs),
+    /// Mean loss of a Hugging Face GPT-2 directory on a token shard.
+    Eval(EvalArgs),
+    /// Generate text from a Hugging Face GPT-2 directory (KV cache).
+    Generate(GenerateArgs),
+    /// Plot a metrics JSONL file as a loss-curve PNG.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Run configuration (TOML), e.g. inputs/tiny.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config key: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Per-step metrics JSONL (default: <log.out_dir>/metrics.jsonl).
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Start from a Hugging Face GPT-2 directory (same as --set train.init_hf=DIR).
+    #[arg(long, value_name = "DIR")]
+    pub init_hf: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PrepareArgs {
+    /// Text files or folders (recursed; .dat and .u8 files are skipped). Repeatable.
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Output folder for train_*.bin and val_*.bin.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Every N-th document goes to the validation split.
+    #[arg(long, default_value_t = 20)]
+    pub val_every: usize,
+    /// Maximum tokens per shard file.
+    #[arg(long, default_value_t = 100_000_000)]
+    pub shard_tokens: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Hugging Face GPT-2 directory (config.json + model.safetensors).
+    #[arg(long)]
+    pub hf: PathBuf,
+    /// Token shard: a file, a folder or dir/prefix_*.bin.
+    #[arg(long)]
+    pub data: String,
+    /// Sequences per batch.
+    #[arg(long)]
+    pub batch: usize,
+    /// Sequence length T.
+    #[arg(long)]
+    pub seq: usize,
+    /// Evaluate only the first K batches (default: all full batches).
+    #[arg(long)]
+    pub batches: Option<usize>,
+    /// Print one JSON line {"loss": ..., "tokens": ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Hugging Face GPT-2 directory (config.json + model.safetensors).
+    #[arg(long)]
+    pub hf: PathBuf,
+    /// Prompt text (GPT-2 BPE).
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample only among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlotArgs {
+    /// Metrics JSONL written by `ferrotron train`.
+    #[arg(long)]
+    pub metrics: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+}

@@ -1,0 +1,70 @@
+//! Per-step metrics: a JSONL writer (one object per step) and throughput arithmetic.
+//!
+//! Throughput: `tokens_per_s = tokens in the global batch / step time`; model FLOP/s =
+//! `tokens_per_s · flops_per_token` with llm.c's `6·N + 6·L·T·C` per token. MFU divides that by
+//! the device's peak dense FLOP/s; the CPU backend has no standard peak, so CPU runs report
+//! `model_tflops` (achieved) and no MFU.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// One line of the metrics file.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    pub tokens_per_s: f64,
+    pub step_ms: f64,
+    /// Tokens trained on so far (all ranks).
+    pub tokens: u64,
+    /// Achieved model TFLOP/s (llm.c FLOP convention).
+    pub model_tflops: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f32>,
+}
+
+/// Appends JSON lines to a file, flushing each line (so a crash loses nothing written).
+pub struct MetricsWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+}
+
+impl MetricsWriter {
+    /// Creates (truncates) `path`, making parent directories.
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let f = File::create(path)
+            .with_context(|| format!("cannot create metrics file {}", path.display()))?;
+        Ok(Self {
+            out: BufWriter::new(f),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
+        let line = serde_json::to_string(m)?;
+        writeln!(self.out, "{line}")
+            .and_then(|_| self.out.flush())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// A validation-only line (step 0, before training): `{"step": s, "val_loss": v}`.
+    pub fn write_val(&mut self, step: usize, val_loss: f32) -> Result<()> {
+        let line = serde_json::json!({ "step": step, "val_loss": val_loss });
+        writeln!(self.out, "{line}")
+            .and_then(|_| self.out.flush())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,129 @@
+//! Process runtime: MPI initialisation, rank-prefixed logging, and the rule that a failure on
+//! any rank ends the whole job — never a hang.
+//!
+//! * A panic on any rank logs and calls `MPI_Abort` (a panicking rank would otherwise unwind
+//!   into `MPI_Finalize` while its peers wait in a collective forever).
+//! * Errors found while setting up (config, grid, data, weights) go through [`Runtime::agree`]:
+//!   every rank contributes its result to one all-reduce, the lowest failing rank prints the one
+//!   message, and every rank exits non-zero.
+//! * Errors after set-up are fatal through [`Runtime::fail`]: log, then `MPI_Abort` when
+//!   the world has more than one rank.
+
+use anyhow::Result;
+use mpi::collective::SystemOperation;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::CommunicatorCollectives;
+use std::io::Write;
+
+/// Exit code for every failure (bad input, runtime error).
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code of a rank that aborts the job after a panic.
+pub const EXIT_PANIC: i32 = 101;
+
+/// The MPI world of this process.
+pub struct Runtime {
+    // Field order matters: `world` must drop before `_universe` (which finalizes MPI).
+    pub world: SimpleCommunicator,
+    pub rank: usize,
+    pub size: usize,
+    _universe: mpi::environment::Universe,
+}
+
+/// An error every rank already agreed on (printed once, by one rank).
+#[derive(Debug)]
+pub struct AgreedFailure;
+
+impl std::fmt::Display for AgreedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "another rank failed")
+    }
+}
+impl std::error::Error for AgreedFailure {}
+
+impl Runtime {
+    /// Initialise MPI (a run without mpirun is a 1-rank world), logging and the panic hook.
+    pub fn init() -> Result<Self> {
+        let universe =
+            mpi::initialize().ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        init_logging(rank, size);
+        install_panic_hook(rank, size);
+        Ok(Self {
+            world,
+            rank,
+            size,
+            _universe: universe,
+        })
+    }
+
+    /// All ranks learn whether any rank failed. The lowest failing rank prints its error; the
+    /// others return [`AgreedFailure`] quietly. Must be called by every rank at the same point.
+    pub fn agree<T>(&self, res: Result<T>) -> Result<T> {
+        let mine: i32 = if res.is_err() {
+            self.rank as i32
+        } else {
+            i32::MAX
+        };
+        let mut first = i32::MAX;
+        self.world
+            .all_reduce_into(&mine, &mut first, SystemOperation::min());
+        match res {
+            Ok(v) if first == i32::MAX => Ok(v),
+            Ok(_) => Err(AgreedFailure.into()),
+            Err(e) if first == self.rank as i32 => Err(e),
+            Err(_) => Err(AgreedFailure.into()),
+        }
+    }
+
+    /// Log a fatal error and end the job: every rank exits non-zero. Errors already agreed
+    /// on exit without `MPI_Abort` (all ranks are here); others abort the whole job.
+    pub fn fail(self, err: &anyhow::Error) -> ! {
+        let agreed = err.downcast_ref::<AgreedFailure>().is_some();
+        if !agreed {
+            report(self.rank, self.size, err);
+        }
+        let _ = std::io::stderr().flush();
+        if self.size > 1 && !agreed {
+            self.world.abort(EXIT_FAILURE);
+        }
+        drop(self); // MPI_Finalize
+        std::process::exit(EXIT_FAILURE);
+    }
+}
+
+/// Print `error: <message with its context chain>` once, prefixed with the rank in multi-rank
+/// runs.
+pub fn report(rank: usize, size: usize, err: &anyhow::Error) {
+    let prefix = if size > 1 {
+        format!("[rank {rank}] ")
+    } else {
+        String::new()
+    };
+    eprintln!("{prefix}error: {err:#}");
+}
+
+fn init_logging(rank: usize, size: usize) {
+    let env = env_logger::Env::default().default_filter_or("info");
+    let _ = env_logger::Builder::from_env(env)
+        .format(move |buf, rec| {
+            if size > 1 {
+                writeln!(buf, "[rank {rank}] [{}] {}", rec.level(), rec.args())
+            } else {
+                writeln!(buf, "[{}] {}", rec.level(), rec.args())
+            }
+        })
+        .try_init();
+}
+
+/// A panic on any rank logs and aborts every rank (never leaves peers waiting).
+fn install_panic_hook(rank: usize, size: usize) {
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("[rank {rank}] internal error (panic): {info}");
+        let _ = std::io::stderr().flush();
+        if size > 1 {
+            SimpleCommunicator::world().abort(EXIT_PANIC);
+        }
+        std::process::exit(EXIT_PANIC);
+    }));
+}
