@@ -202,7 +202,8 @@ mod tests {
             bytes.push((t & 0xff) as u8);
             bytes.push((t >> 8) as u8);
         }
-        assert_eq!(&bytes[0..4], &[0x48, 0xd4, 0x34, 0x01]);
+        // 20240520 = 0x0134D888, little-endian.
+        assert_eq!(&bytes[0..4], &[0x88, 0xd8, 0x34, 0x01]);
         fs::write(&path, &bytes).unwrap();
         assert_eq!(read_shard(&path).unwrap(), tokens);
         // Our writer produces the identical bytes.
