@@ -300,12 +300,11 @@ impl Config {
 
     /// Parse TOML text, apply overrides, deserialize, validate.
     pub fn from_str_with_overrides(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut doc: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut doc: toml::Table = text.parse().map_err(one_line)?;
         for o in overrides {
             apply_override(&mut doc, o)?;
         }
-        let cfg: Config =
-            Config::deserialize(toml::Value::Table(doc)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cfg: Config = Config::deserialize(toml::Value::Table(doc)).map_err(one_line)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -325,7 +324,7 @@ impl Config {
                 m.vocab_size
             );
         }
-        if m.n_embd % m.n_head != 0 {
+        if !m.n_embd.is_multiple_of(m.n_head) {
             bail!(
                 "model.n_embd = {} is not divisible by model.n_head = {}",
                 m.n_embd,
@@ -343,7 +342,7 @@ impl Config {
                 m.n_positions
             );
         }
-        if t.global_batch_size % t.micro_batch_size != 0 {
+        if !t.global_batch_size.is_multiple_of(t.micro_batch_size) {
             bail!(
                 "train.global_batch_size = {} is not a multiple of train.micro_batch_size = {}",
                 t.global_batch_size,
@@ -364,10 +363,14 @@ impl Config {
                 bail!("{k} = {v} must be in [0, 1)");
             }
         }
-        if !(o.eps > 0.0) {
+        if o.eps.is_nan() || o.eps <= 0.0 {
             bail!("optim.eps = {} must be > 0", o.eps);
         }
-        if !(o.grad_clip >= 0.0) || !(o.weight_decay >= 0.0) {
+        if o.grad_clip.is_nan()
+            || o.grad_clip < 0.0
+            || o.weight_decay.is_nan()
+            || o.weight_decay < 0.0
+        {
             bail!("optim.grad_clip and optim.weight_decay must be >= 0");
         }
         if o.zero > 1 {
@@ -391,6 +394,12 @@ impl Config {
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).context("serialising config")
     }
+}
+
+/// toml's messages span lines ("...\nin `train.steps`"); one line reads better in logs.
+fn one_line(e: toml::de::Error) -> anyhow::Error {
+    let msg = e.to_string();
+    anyhow::anyhow!("{}", msg.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 fn positive(key: &str, v: usize) -> Result<()> {

@@ -28,6 +28,7 @@ fn main() {
 }
 
 fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<()> {
+    test_failure_hook(rt)?;
     match cmd {
         Command::Train(a) => train(rt, a, threads),
         Command::PrepareData(a) => rt.agree(if rt.rank == 0 { prepare(a) } else { Ok(()) }),
@@ -124,4 +125,27 @@ fn generate(a: GenerateArgs, threads: usize) -> Result<()> {
         ferrotron::generate::generate_ids(&model, &params, &prompt, a.max_new_tokens, &s, eot)?;
     println!("{}{}", a.prompt, tok.decode(&ids)?);
     Ok(())
+}
+
+/// Test hook: `FERROTRON_TEST_FAIL=panic:R` or `error:R` makes rank R panic or fail right after
+/// start-up while its peers go on into a collective — the integration tests use it to prove
+/// that one failing rank ends the whole job instead of hanging it.
+fn test_failure_hook(rt: &Runtime) -> Result<()> {
+    let Ok(spec) = std::env::var("FERROTRON_TEST_FAIL") else {
+        return Ok(());
+    };
+    let (mode, rank) = spec.split_once(':').unwrap_or((spec.as_str(), "0"));
+    if rank.parse::<usize>().ok() != Some(rt.rank) {
+        return Ok(());
+    }
+    match mode {
+        "panic" => panic!(
+            "deliberate test panic on rank {} (FERROTRON_TEST_FAIL)",
+            rt.rank
+        ),
+        _ => anyhow::bail!(
+            "deliberate test failure on rank {} (FERROTRON_TEST_FAIL)",
+            rt.rank
+        ),
+    }
 }

@@ -57,8 +57,9 @@ impl Runtime {
         })
     }
 
-    /// All ranks learn whether any rank failed. The lowest failing rank prints its error; the
-    /// others return [`AgreedFailure`] quietly. Must be called by every rank at the same point.
+    /// All ranks learn whether any rank failed. The lowest failing rank prints its error; every
+    /// rank then returns [`AgreedFailure`], so all exit non-zero without `MPI_Abort`. Must be
+    /// called by every rank at the same point.
     pub fn agree<T>(&self, res: Result<T>) -> Result<T> {
         let mine: i32 = if res.is_err() {
             self.rank as i32
@@ -71,8 +72,12 @@ impl Runtime {
         match res {
             Ok(v) if first == i32::MAX => Ok(v),
             Ok(_) => Err(AgreedFailure.into()),
-            Err(e) if first == self.rank as i32 => Err(e),
-            Err(_) => Err(AgreedFailure.into()),
+            Err(e) => {
+                if first == self.rank as i32 {
+                    report(self.rank, self.size, &e);
+                }
+                Err(AgreedFailure.into())
+            }
         }
     }
 
@@ -119,7 +124,12 @@ fn init_logging(rank: usize, size: usize) {
 /// A panic on any rank logs and aborts every rank (never leaves peers waiting).
 fn install_panic_hook(rank: usize, size: usize) {
     std::panic::set_hook(Box::new(move |info| {
-        eprintln!("[rank {rank}] internal error (panic): {info}");
+        let msg = info.payload_as_str().unwrap_or("(non-text panic payload)");
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("[rank {rank}] internal error (panic){at}: {msg}");
         let _ = std::io::stderr().flush();
         if size > 1 {
             SimpleCommunicator::world().abort(EXIT_PANIC);

@@ -368,7 +368,7 @@ fn report_step(bar: &Option<indicatif::ProgressBar>, m: &StepMetrics, steps: usi
                 b.println(line);
             }
         }
-        None if m.step % every == 0 || m.val_loss.is_some() || m.step == steps => {
+        None if m.step.is_multiple_of(every) || m.val_loss.is_some() || m.step == steps => {
             log::info!("{line}")
         }
         None => {}

@@ -211,3 +211,73 @@ fn safetensors_round_trip_is_bit_identical() {
     assert!(!a.is_empty());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn greedy_generation_matches_hf() {
+    use ferrotron::generate::{generate_ids, Sampling};
+    for name in ["gpt2_v50257", "gpt2_v1000"] {
+        let ex = Expected::load(name);
+        let ids = |k: &str| -> Vec<u32> {
+            ex.json["greedy"][k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let (cfg, params) = hf::load(&fixture_dir(name)).unwrap();
+        let model = Gpt2::new(cfg, 1);
+        let greedy = Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            seed: 0,
+        };
+        let want = ids("new_ids");
+        let got = generate_ids(
+            &model,
+            &params,
+            &ids("prompt_ids"),
+            want.len(),
+            &greedy,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            got, want,
+            "{name}: greedy continuation differs from transformers"
+        );
+    }
+}
+
+#[test]
+fn eval_matches_hf_logits() {
+    // A shard made of row 0 of the fixture batch plus one token: eval's windows (targets shifted
+    // by one) must give the cross-entropy computed from the fixture's float64 logits.
+    let name = "gpt2_v1000";
+    let ex = Expected::load(name);
+    let t = ex.num(&["seq"]) as usize;
+    let v = 1000;
+    let row: Vec<u32> = ex.u32s("input_ids")[..t].to_vec();
+    let extra = 17u32;
+    let mut shard: Vec<u16> = row.iter().map(|&x| x as u16).collect();
+    shard.push(extra as u16);
+    let dir = std::env::temp_dir().join(format!("ferrotron-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("row.bin");
+    ferrotron::data::write_shard(&path, &shard).unwrap();
+    let r =
+        ferrotron::eval::run(&fixture_dir(name), path.to_str().unwrap(), 1, t, None, 1).unwrap();
+    let logits = ex.f32s("logits");
+    let mut want = 0.0f64;
+    for i in 0..t {
+        let z = &logits[i * v..i * v + v];
+        let max = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let lse = max + z.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let target = if i + 1 < t { row[i + 1] } else { extra };
+        want += lse - z[target as usize] as f64;
+    }
+    want /= t as f64;
+    assert_eq!(r.tokens, t as u64);
+    assert!(rel(r.loss, want) <= 1e-5, "eval {} vs {want}", r.loss);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -171,7 +171,7 @@ fn tokenize_batch(
         })
         .collect();
     for ids in &encoded {
-        if summary.documents % split.val_every == 0 {
+        if summary.documents.is_multiple_of(split.val_every) {
             split.val.push(ids)?;
             summary.val_documents += 1;
         } else {

@@ -8,6 +8,8 @@
 pub mod attention;
 pub mod block;
 pub mod embedding;
+#[cfg(test)]
+mod gradcheck;
 pub mod head;
 pub mod layernorm;
 pub mod linear;

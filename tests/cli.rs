@@ -1,0 +1,250 @@
+//! End-to-end tests of the binary on one rank: training on real text, determinism, and every
+//! kind of bad input giving one clear message and a non-zero exit (never a panic or a hang).
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn training_is_deterministic_and_learns() {
+    let dir = scratch("determinism");
+    let cfg = tiny_config(&dir, "");
+    let m1 = dir.join("m1.jsonl");
+    let m2 = dir.join("m2.jsonl");
+    ferrotron(&["train", "--config", s(&cfg), "--metrics", s(&m1)], &dir).assert_ok();
+    ferrotron(&["train", "--config", s(&cfg), "--metrics", s(&m2)], &dir).assert_ok();
+    let (a, b) = (losses(&m1), losses(&m2));
+    assert_eq!(a.len(), 6);
+    assert_eq!(
+        a, b,
+        "two runs with the same config must give bit-identical losses"
+    );
+    let first: f64 = a[0].1.parse().unwrap();
+    let last: f64 = a[5].1.parse().unwrap();
+    assert!(
+        first > 10.0 && last < first,
+        "loss should fall from ~10.8: {a:?}"
+    );
+    // Metrics carry the documented keys; the final weights are a Hugging Face directory.
+    let line = std::fs::read_to_string(&m1).unwrap();
+    for key in [
+        "\"step\"",
+        "\"loss\"",
+        "\"lr\"",
+        "\"grad_norm\"",
+        "\"tokens_per_s\"",
+        "\"step_ms\"",
+        "\"val_loss\"",
+    ] {
+        assert!(line.contains(key), "metrics lack {key}");
+    }
+    assert!(
+        dir.join("run/final/model.safetensors").is_file()
+            && dir.join("run/final/config.json").is_file()
+    );
+}
+
+#[test]
+fn init_hf_validation_matches_eval() {
+    // Train from exported weights; its step-0 validation loss must equal `eval` on the same windows.
+    let dir = scratch("init-hf");
+    let cfg = tiny_config(&dir, "");
+    ferrotron(
+        &["train", "--config", s(&cfg), "--set", "train.steps=2"],
+        &dir,
+    )
+    .assert_ok();
+    let hf = dir.join("run/final");
+    let m = dir.join("ft.jsonl");
+    let out_dir = format!("log.out_dir={:?}", s(&dir.join("ft")));
+    ferrotron(
+        &[
+            "train",
+            "--config",
+            s(&cfg),
+            "--init-hf",
+            s(&hf),
+            "--metrics",
+            s(&m),
+            "--set",
+            &out_dir,
+        ],
+        &dir,
+    )
+    .assert_ok();
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&m).unwrap().lines().next().unwrap()).unwrap();
+    let val = first["val_loss"].as_f64().unwrap();
+    let data = format!("{}/val_*.bin", corpus().display());
+    let o = ferrotron(
+        &[
+            "eval",
+            "--hf",
+            s(&hf),
+            "--data",
+            &data,
+            "--batch",
+            "2",
+            "--seq",
+            "32",
+            "--batches",
+            "2",
+            "--json",
+        ],
+        &dir,
+    );
+    o.assert_ok();
+    let e: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    assert_eq!(e["tokens"].as_u64(), Some(2 * 2 * 32));
+    assert!(
+        (e["loss"].as_f64().unwrap() - val).abs() < 1e-5,
+        "eval {} vs val {val}",
+        e["loss"]
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = scratch("config-errors");
+    let cfg = tiny_config(&dir, "");
+    let c = s(&cfg);
+    ferrotron(&["train", "--config", c, "--set", "train.stepz=3"], &dir)
+        .assert_clean_failure("stepz");
+    ferrotron(&["train", "--config", c, "--set", "train.steps=abc"], &dir)
+        .assert_clean_failure("train.steps");
+    ferrotron(
+        &["train", "--config", c, "--set", "parallel.schedule=zigzag"],
+        &dir,
+    )
+    .assert_clean_failure("1f1b");
+    ferrotron(&["train", "--config", c, "--set", "model.n_head=5"], &dir)
+        .assert_clean_failure("model.n_head");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("n_layer = 2\n", "");
+    let missing = dir.join("missing.toml");
+    std::fs::write(&missing, text).unwrap();
+    ferrotron(&["train", "--config", s(&missing)], &dir).assert_clean_failure("n_layer");
+    ferrotron(&["train", "--config", s(&dir.join("nope.toml"))], &dir)
+        .assert_clean_failure("nope.toml");
+}
+
+#[test]
+fn data_errors_name_the_file() {
+    let dir = scratch("data-errors");
+    let cfg = tiny_config(&dir, "");
+    let c = s(&cfg);
+    let set_train = |p: &Path| format!("data.train={:?}", s(p));
+    let missing = dir.join("missing_*.bin");
+    ferrotron(
+        &["train", "--config", c, "--set", &set_train(&missing)],
+        &dir,
+    )
+    .assert_clean_failure("missing_");
+    // Wrong magic.
+    let good = std::fs::read(corpus().join("train_000000.bin")).unwrap();
+    let bad = dir.join("badmagic.bin");
+    let mut b = good.clone();
+    b[0] ^= 0xff;
+    std::fs::write(&bad, &b).unwrap();
+    ferrotron(&["train", "--config", c, "--set", &set_train(&bad)], &dir)
+        .assert_clean_failure("magic");
+    // Truncated body.
+    let trunc = dir.join("truncated.bin");
+    std::fs::write(&trunc, &good[..good.len() - 100]).unwrap();
+    ferrotron(&["train", "--config", c, "--set", &set_train(&trunc)], &dir)
+        .assert_clean_failure("truncated");
+    // Token ids beyond the model's vocabulary (GPT-2 ids into a 1000-token model).
+    ferrotron(
+        &["train", "--config", c, "--set", "model.vocab_size=1000"],
+        &dir,
+    )
+    .assert_clean_failure(">= vocab");
+}
+
+#[test]
+fn nan_loss_stops_with_the_step_number() {
+    let dir = scratch("nan");
+    let cfg = tiny_config(&dir, "");
+    let o = ferrotron(
+        &[
+            "train",
+            "--config",
+            s(&cfg),
+            "--set",
+            "train.debug_nan_at_step=3",
+        ],
+        &dir,
+    );
+    o.assert_clean_failure("at step 4");
+    assert!(o.all().contains("NaN"), "{}", o.all());
+}
+
+/// Rewrite a fixture's model.safetensors with one tensor removed or reshaped.
+fn broken_hf(dir: &Path, drop: Option<&str>, reshape: Option<&str>) -> std::path::PathBuf {
+    use safetensors::tensor::TensorView;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/fixtures/gpt2_v1000");
+    let out = dir.join(format!(
+        "hf-{}",
+        drop.or(reshape).unwrap().replace('.', "_")
+    ));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(src.join("config.json"), out.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut views = Vec::new();
+    for (name, v) in st.tensors() {
+        if Some(name.as_str()) == drop {
+            continue;
+        }
+        let mut shape = v.shape().to_vec();
+        if Some(name.as_str()) == reshape {
+            shape = vec![shape.iter().product::<usize>()];
+        }
+        views.push((name, TensorView::new(v.dtype(), shape, v.data()).unwrap()));
+    }
+    safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
+    out
+}
+
+#[test]
+fn hf_directory_errors_name_the_tensor() {
+    let dir = scratch("hf-errors");
+    let shard = corpus().join("val_000000.bin");
+    let eval = |hf: &Path| {
+        ferrotron(
+            &[
+                "eval",
+                "--hf",
+                s(hf),
+                "--data",
+                s(&shard),
+                "--batch",
+                "1",
+                "--seq",
+                "16",
+            ],
+            &dir,
+        )
+    };
+    let gone = broken_hf(&dir, Some("transformer.h.1.mlp.c_fc.weight"), None);
+    eval(&gone).assert_clean_failure("missing tensor \"transformer.h.1.mlp.c_fc.weight\"");
+    let shaped = broken_hf(&dir, None, Some("transformer.h.0.attn.c_attn.weight"));
+    eval(&shaped).assert_clean_failure("transformer.h.0.attn.c_attn.weight\" has shape");
+    eval(&dir.join("no-such-dir")).assert_clean_failure("no-such-dir");
+}
+
+#[test]
+fn grid_mismatch_is_a_clear_error() {
+    let dir = scratch("grid");
+    let cfg = tiny_config(&dir, "");
+    ferrotron(
+        &["train", "--config", s(&cfg), "--set", "parallel.tp=2"],
+        &dir,
+    )
+    .assert_clean_failure("world size 1");
+}

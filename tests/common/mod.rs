@@ -1,0 +1,168 @@
+//! Shared helpers for the integration tests: the built binary, per-test scratch folders, a real
+//! corpus (GPT-2 BPE over Debian's `fortunes` text), small configs, and running commands (also
+//! under mpirun) inside a hard timeout so that a hang fails the test instead of stalling CI.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub const FERROTRON: &str = env!("CARGO_BIN_EXE_ferrotron");
+pub const FORTUNES: &str = "/usr/share/games/fortunes";
+
+/// Output of a finished command.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    /// Failed with a message containing `needle`, exit code non-zero, no panic, no hang.
+    pub fn assert_clean_failure(&self, needle: &str) {
+        let all = self.all();
+        assert_ne!(self.code, 124, "command hung (timeout):\n{all}");
+        assert_ne!(self.code, 0, "command should have failed:\n{all}");
+        assert!(
+            all.contains(needle),
+            "message should mention {needle:?}:\n{all}"
+        );
+        assert!(
+            !all.contains("panicked") && !all.contains("stack backtrace"),
+            "panic:\n{all}"
+        );
+        assert!(all.contains("error:"), "no error line:\n{all}");
+    }
+    pub fn assert_ok(&self) {
+        assert_eq!(self.code, 0, "command failed:\n{}", self.all());
+    }
+}
+
+/// A fresh scratch folder for one test (tests run in parallel).
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferrotron-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Run `cmd args` with environment for MPI as root, killed after `secs`.
+pub fn run_timeout(secs: u64, cmd: &str, args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Out {
+    let mut c = Command::new("timeout");
+    c.arg("--kill-after=10")
+        .arg(secs.to_string())
+        .arg(cmd)
+        .args(args)
+        .current_dir(cwd);
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("RUST_BACKTRACE", "0")
+        .env("OMP_NUM_THREADS", "1");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let o = c.output().expect("cannot run timeout(1)");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    }
+}
+
+/// Run the ferrotron binary directly (a 1-rank world).
+pub fn ferrotron(args: &[&str], cwd: &Path) -> Out {
+    run_timeout(300, FERROTRON, args, &[], cwd)
+}
+
+/// Run the binary on `np` ranks through mpirun.
+pub fn mpirun(np: usize, args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Out {
+    let np = np.to_string();
+    let mut a = vec!["-np", np.as_str(), FERROTRON];
+    a.extend_from_slice(args);
+    run_timeout(180, "mpirun", &a, envs, cwd)
+}
+
+/// Real text → GPT-2 BPE shards, prepared once per test binary from a few fortunes files.
+pub fn corpus() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = Path::new(FORTUNES);
+        assert!(
+            src.is_dir(),
+            "{FORTUNES} is missing: run scripts/install-deps.sh (Debian package `fortunes`)"
+        );
+        let root = scratch("corpus");
+        let text = root.join("text");
+        std::fs::create_dir_all(&text).unwrap();
+        for f in ["fortunes", "literature", "riddles", "science", "wisdom"] {
+            std::fs::copy(src.join(f), text.join(f)).unwrap();
+        }
+        let out = root.join("shards");
+        let o = ferrotron(
+            &[
+                "prepare-data",
+                "--input",
+                text.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &root,
+        );
+        o.assert_ok();
+        out
+    })
+}
+
+/// A small GPT-2 config over the test corpus, written into `dir/config.toml`.
+pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
+    let c = corpus();
+    let text = format!(
+        r#"[model]
+vocab_size = 50257
+n_positions = 32
+n_embd = 32
+n_layer = 2
+n_head = 4
+[data]
+train = "{}/train_*.bin"
+val = "{}/val_*.bin"
+[train]
+steps = 6
+seed = 7
+micro_batch_size = 2
+global_batch_size = 4
+seq_len = 32
+val_every = 3
+val_batches = 2
+[optim]
+lr = 1e-3
+warmup_steps = 2
+[log]
+out_dir = "{}/run"
+plot = false
+{extra}"#,
+        c.display(),
+        c.display(),
+        dir.display()
+    );
+    let p = dir.join("config.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The `loss` values of a metrics file, in order, as exact bit patterns.
+pub fn losses(metrics: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(metrics).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let loss = v.get("loss")?;
+            Some((v["step"].as_u64().unwrap(), loss.to_string()))
+        })
+        .collect()
+}
