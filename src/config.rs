@@ -471,3 +471,23 @@ seq_len = 16
         assert!(e.contains("train.global_batch_size"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::Config;
+
+    /// Every config shipped in `inputs/` parses and validates.
+    #[test]
+    fn inputs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("inputs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "expected the shipped configs in inputs/");
+    }
+}
