@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, stopping at the first failing stage:
+#   cargo fmt --check; cargo clippy --all-targets -D warnings; cargo build --release;
+#   cargo test --release.
+# Integration tests launch `mpirun` on the release binary ($FERROTRON_BIN). Works from any
+# directory; expects the dependencies of scripts/install-deps.sh.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+if [[ -z "${HOME:-}" ]]; then
+  HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
+  export HOME
+fi
+CARGO_ENV="${CARGO_HOME:-$HOME/.cargo}/env"
+if ! command -v cargo >/dev/null 2>&1 && [[ -f "$CARGO_ENV" ]]; then
+  # shellcheck source=/dev/null
+  . "$CARGO_ENV"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo not found; run scripts/install-deps.sh" >&2; exit 1; }
+
+# Tests launch mpirun: allow root, oversubscription, and no CMA (containers).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+
+TARGET_DIR="$REPO_ROOT/target"
+if [[ -n "${CARGO_TARGET_DIR:-}" ]]; then
+  TARGET_DIR="$(mkdir -p "$CARGO_TARGET_DIR" && cd "$CARGO_TARGET_DIR" && pwd)"
+fi
+export FERROTRON_BIN="$TARGET_DIR/release/ferrotron"
+
+# Runs one stage; on failure names it and exits with its status.
+stage() {
+  local name="$1"
+  shift
+  printf '\n==> test.sh: %s\n' "$name"
+  local rc=0
+  "$@" || rc=$?
+  if ((rc != 0)); then
+    printf 'test.sh: FAILED at stage "%s" (exit %d)\n' "$name" "$rc" >&2
+    exit "$rc"
+  fi
+}
+
+stage "format (cargo fmt --check)" cargo fmt --check
+stage "lint (cargo clippy --all-targets -- -D warnings)" cargo clippy --all-targets -- -D warnings
+stage "build (cargo build --release)" cargo build --release
+stage "tests (cargo test --release)" cargo test --release
+
+printf '\ntest.sh: all stages passed\n'
