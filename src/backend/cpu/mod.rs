@@ -1,5 +1,6 @@
 //! The CPU backend: f32, rayon-parallel, bitwise deterministic for a fixed thread count.
 
+pub mod math;
 pub mod matmul;
 
 /// Threads for this rank: `--threads`, else `OMP_NUM_THREADS`, else the cores available.

@@ -68,7 +68,7 @@ fn causal_softmax_row(p: &mut [f32], t: usize, scale: f32) {
     }
     let mut sum = 0.0f32;
     for v in &mut p[..=t] {
-        *v = (*v * scale - max).exp();
+        *v = crate::backend::cpu::math::exp(*v * scale - max);
         sum += *v;
     }
     let inv = 1.0 / sum;

@@ -5,6 +5,7 @@
 //! `s · (softmax(z) − onehot(y))` on real columns and 0 on padded ones — the gradient of
 //! `s · Σ_n loss_n` (s = 1 / tokens in the global batch gives the mean loss).
 
+use crate::backend::cpu::math;
 use rayon::prelude::*;
 
 /// Computes `losses [N]`; optionally turns `logits` into their gradient in place.
@@ -21,17 +22,40 @@ pub fn softmax_xent(
         .zip(losses.par_iter_mut().zip(targets.par_iter()))
         .for_each(|(z, (loss, &y))| {
             let real = &mut z[..v];
+            let target = real[y as usize];
             let max = real.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let sum: f64 = real.iter().map(|&x| ((x - max).exp()) as f64).sum();
-            let lse = max as f64 + sum.ln();
-            *loss = (lse - real[y as usize] as f64) as f32;
-            if let Some(s) = grad_scale {
-                let inv = (1.0 / sum) as f32;
-                for x in real.iter_mut() {
-                    *x = (*x - max).exp() * inv * s;
+            match grad_scale {
+                // Exponentials computed once, kept in place, then normalised and scaled.
+                Some(s) => {
+                    real.iter_mut().for_each(|x| *x = math::exp(*x - max));
+                    let sum = sum_f32(real);
+                    *loss = (max as f64 + sum.ln() - target as f64) as f32;
+                    let k = (s as f64 / sum) as f32;
+                    real.iter_mut().for_each(|x| *x *= k);
+                    real[y as usize] -= s;
+                    z[v..].fill(0.0);
                 }
-                real[y as usize] -= s;
-                z[v..].fill(0.0);
+                None => {
+                    let mut acc = [0.0f32; 16];
+                    for ch in real.chunks(16) {
+                        for (a, &x) in acc.iter_mut().zip(ch) {
+                            *a += math::exp(x - max);
+                        }
+                    }
+                    let sum = acc.iter().map(|&a| a as f64).sum::<f64>();
+                    *loss = (max as f64 + sum.ln() - target as f64) as f32;
+                }
             }
         });
+}
+
+/// Σ x in 16 f32 lanes (vectorisable), lanes combined in f64.
+fn sum_f32(x: &[f32]) -> f64 {
+    let mut acc = [0.0f32; 16];
+    for ch in x.chunks(16) {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += v;
+        }
+    }
+    acc.iter().map(|&a| a as f64).sum()
 }

@@ -1,6 +1,7 @@
 //! The MLP of a block: `fc` (C → 4C), tanh-GELU, `proj` (4C → C).
 //! GELU(x) = ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — Hugging Face's `gelu_new`.
 
+use crate::backend::cpu::math;
 use rayon::prelude::*;
 
 const GELU_K: f32 = 0.797_884_6; // sqrt(2/π)
@@ -14,7 +15,7 @@ pub fn gelu_forward(out: &mut [f32], x: &[f32]) {
         .for_each(|(o, xs)| {
             for (o, &x) in o.iter_mut().zip(xs) {
                 let u = GELU_K * (x + GELU_A * x * x * x);
-                *o = 0.5 * x * (1.0 + u.tanh());
+                *o = 0.5 * x * (1.0 + math::tanh(u));
             }
         });
 }
@@ -27,7 +28,7 @@ pub fn gelu_backward(dx: &mut [f32], x: &[f32], dy: &[f32]) {
         .for_each(|(d, (xs, dys))| {
             for ((d, &x), &g) in d.iter_mut().zip(xs).zip(dys) {
                 let u = GELU_K * (x + GELU_A * x * x * x);
-                let th = u.tanh();
+                let th = math::tanh(u);
                 let sech2 = 1.0 - th * th;
                 let grad =
                     0.5 * (1.0 + th) + 0.5 * x * sech2 * GELU_K * (1.0 + 3.0 * GELU_A * x * x);
