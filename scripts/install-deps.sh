@@ -9,7 +9,7 @@ log() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
 
 # Oldest rustc the crate builds with (Cargo.toml rust-version).
-MIN_RUST_MINOR=80
+MIN_RUST_MINOR=91
 
 PACKAGES=(
   build-essential pkg-config libclang-dev clang ca-certificates curl git

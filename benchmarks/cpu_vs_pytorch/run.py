@@ -62,13 +62,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ferrotron", default=os.path.join(ROOT, "target/release/ferrotron"))
+    ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each side; the median is reported")
     a = ap.parse_args()
     results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads_used": a.threads},
-               "note": "f32, same thread count; ferrotron median tokens/s over timed steps, PyTorch mean",
+               "note": "f32, same thread count; each side run --repeats times, alternating; per run ferrotron "
+                       "takes the median tokens/s over its timed steps, PyTorch the mean; the table shows the "
+                       "median over runs",
                "shapes": {}}
     for shape in SHAPES:
-        f = ferrotron(a.ferrotron, shape, a.threads)
-        p = pytorch(shape, a.threads)
+        fs, ps = [], []
+        for _ in range(a.repeats):
+            fs.append(ferrotron(a.ferrotron, shape, a.threads))
+            ps.append(pytorch(shape, a.threads))
+        f = dict(fs[0], tokens_per_s=statistics.median(x["tokens_per_s"] for x in fs), runs=[x["tokens_per_s"] for x in fs])
+        p = dict(ps[0], tokens_per_s=statistics.median(x["tokens_per_s"] for x in ps), runs=[x["tokens_per_s"] for x in ps])
         L, H, C, T, B, _, _ = SHAPES[shape]
         results["shapes"][shape] = {"config": {"n_layer": L, "n_head": H, "n_embd": C, "seq": T, "batch": B, "vocab": 50257},
                                     "ferrotron": f, "pytorch": p, "ratio": f["tokens_per_s"] / p["tokens_per_s"]}
