@@ -50,8 +50,10 @@ export OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 
 RANKS="${FERROTRON_RANKS:-1}"
+# --bind-to none: OpenMPI would pin a lone rank to one core; ferrotron sizes its thread pool to
+# the cores per local rank itself.
 say "training inputs/tiny.toml on $RANKS MPI rank(s)"
-mpirun -np "$RANKS" "$BIN" train --config inputs/tiny.toml "$@"
+mpirun -np "$RANKS" --bind-to none "$BIN" train --config inputs/tiny.toml "$@"
 
 RUN_DIR=runs/tiny
 METRICS="$RUN_DIR/metrics.jsonl"

@@ -15,7 +15,7 @@ fn main() {
             std::process::exit(ferrotron::runtime::EXIT_FAILURE);
         }
     };
-    let threads = ferrotron::backend::cpu::default_threads(cli.threads);
+    let threads = ferrotron::backend::cpu::default_threads(cli.threads, rt.local_size);
     // The process-wide rayon pool runs every parallel op and GEMM of this rank.
     let res = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

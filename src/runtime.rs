@@ -26,6 +26,8 @@ pub struct Runtime {
     pub world: SimpleCommunicator,
     pub rank: usize,
     pub size: usize,
+    /// Ranks of this job on this node (MPI shared-memory split).
+    pub local_size: usize,
     _universe: mpi::environment::Universe,
 }
 
@@ -49,10 +51,12 @@ impl Runtime {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         init_logging(rank, size);
         install_panic_hook(rank, size);
+        let local_size = world.split_shared(rank as i32).size() as usize;
         Ok(Self {
             world,
             rank,
             size,
+            local_size,
             _universe: universe,
         })
     }
