@@ -26,6 +26,10 @@ if [[ -f "$CARGO_ENV" ]]; then
   # shellcheck source=/dev/null
   . "$CARGO_ENV"
 fi
+# rustup's bin folder even without its env file (or before a new login shell).
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]]; then
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
 command -v cargo >/dev/null 2>&1 || { echo "demo.sh: cargo not found after install-deps.sh" >&2; exit 1; }
 
 say "building ferrotron (release)"
