@@ -70,6 +70,9 @@ pub struct TrainConfig {
     /// Start from a Hugging Face GPT-2 directory instead of random init.
     #[serde(default)]
     pub init_hf: Option<PathBuf>,
+    /// Compute backend: "cpu" (default) or "cuda".
+    #[serde(default)]
+    pub backend: BackendKind,
     /// Test hook: make the loss NaN at this step (exercises the NaN guard).
     #[serde(default)]
     pub debug_nan_at_step: Option<usize>,
@@ -99,6 +102,15 @@ pub struct OptimConfig {
     /// ZeRO stage (0 or 1).
     #[serde(default)]
     pub zero: u8,
+}
+
+/// Which compute backend runs the model.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Cpu,
+    Cuda,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

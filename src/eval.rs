@@ -4,7 +4,7 @@
 
 use crate::checkpoint::hf;
 use crate::data::{EvalWindows, TokenData};
-use crate::model::gpt2::{Activations, Gpt2};
+use crate::model::gpt2::Gpt2;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -44,12 +44,12 @@ pub fn run(
         bail!("--data {data}: {} sequences of {seq} tokens give {full} full batches of {batch}; asked for {k}", windows.num_sequences());
     }
     let model = Gpt2::new(cfg, threads);
-    let mut acts = Activations::new(&cfg, batch, seq);
+    let mut acts = model.activations(batch, seq)?;
     let (mut inputs, mut targets) = (vec![0u32; batch * seq], vec![0u32; batch * seq]);
     let mut sum = 0.0f64;
     for i in 0..k {
         windows.batch(i, batch, &mut inputs, &mut targets);
-        model.forward(&params, &inputs, Some(&targets), None, &mut acts);
+        model.forward(&params, &inputs, Some(&targets), None, &mut acts)?;
         sum += acts.losses.iter().map(|&x| x as f64).sum::<f64>();
     }
     let tokens = (k * batch * seq) as u64;

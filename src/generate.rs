@@ -94,7 +94,7 @@ fn step(model: &Gpt2, params: &[f32], token: u32, cache: &mut KvCache) -> Vec<f3
         1,
         c,
         cfg.padded_vocab,
-        model.threads,
+        model.be.threads,
     );
     logits
 }

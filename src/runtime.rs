@@ -26,8 +26,9 @@ pub struct Runtime {
     pub world: SimpleCommunicator,
     pub rank: usize,
     pub size: usize,
-    /// Ranks of this job on this node (MPI shared-memory split).
+    /// Ranks of this job on this node (MPI shared-memory split) and this rank among them.
     pub local_size: usize,
+    pub local_rank: usize,
     _universe: mpi::environment::Universe,
 }
 

@@ -11,6 +11,9 @@ use crate::checkpoint::hf;
 use crate::config::Config;
 use crate::data::{EvalWindows, TokenData, TrainSampler};
 use crate::metrics::{MetricsWriter, StepMetrics};
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
+use crate::config::BackendKind;
 use crate::model::gpt2::{Activations, Gpt2, Gpt2Config};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
 use crate::runtime::Runtime;
@@ -64,17 +67,17 @@ pub fn check_grid(cfg: &Config, world: usize) -> Result<usize> {
     Ok(dp)
 }
 
-/// Everything one rank needs to train.
-pub struct Trainer {
+/// Everything one rank needs to train, on backend `B`.
+pub struct Trainer<B: Backend> {
     cfg: Config,
-    pub model: Gpt2,
-    pub params: Vec<f32>,
-    grads: Vec<f32>,
-    opt: AdamW,
+    pub model: Gpt2<B>,
+    pub params: B::Buf,
+    grads: B::Buf,
+    opt: AdamW<B>,
     sched: LrSchedule,
     sampler: TrainSampler,
     val: Option<EvalWindows>,
-    acts: Activations,
+    acts: Activations<B>,
     inputs: Vec<u32>,
     targets: Vec<u32>,
     accum: usize,
@@ -89,13 +92,13 @@ pub struct StepOut {
     pub lr: f32,
 }
 
-impl Trainer {
+impl<B: Backend> Trainer<B> {
     /// Validate inputs, load data, build and initialise the model. No collective calls.
-    pub fn new(cfg: &Config, world: usize, threads: usize) -> Result<Self> {
+    pub fn new(cfg: &Config, world: usize, be: B) -> Result<Self> {
         let dp = check_grid(cfg, world)?;
         let mcfg = Gpt2Config::from_model_config(&cfg.model);
-        let model = Gpt2::new(mcfg, threads);
-        let params = initial_params(cfg, &model)?;
+        let model = Gpt2::with_backend(mcfg, be);
+        let params = model.be.upload(&initial_params(cfg, &model.cfg)?)?;
         let t = &cfg.train;
         let train_files = TokenData::from_pattern(&cfg.data.train).context("data.train")?;
         let data = Arc::new(TokenData::open(&train_files, mcfg.vocab_size).context("data.train")?);
@@ -127,9 +130,9 @@ impl Trainer {
         let n = t.micro_batch_size * t.seq_len;
         Ok(Self {
             cfg: cfg.clone(),
-            grads: vec![0.0; model.layout.total],
-            opt: AdamW::new(acfg, &model.layout),
-            acts: Activations::new(&mcfg, t.micro_batch_size, t.seq_len),
+            grads: model.be.zeros(model.layout.total)?,
+            opt: AdamW::new(&model.be, acfg, &model.layout)?,
+            acts: model.activations(t.micro_batch_size, t.seq_len)?,
             model,
             params,
             sched,
@@ -146,62 +149,46 @@ impl Trainer {
     pub fn step(&mut self, step: usize) -> Result<StepOut> {
         let t = &self.cfg.train;
         let (b, seq) = (t.micro_batch_size, t.seq_len);
+        let be = &self.model.be;
         if t.debug_nan_at_step == Some(step) {
-            self.params[0] = f32::NAN;
+            let mut host = be.download(&self.params)?;
+            host[0] = f32::NAN;
+            self.params = be.upload(&host)?;
         }
         let scale = 1.0 / (t.global_batch_size * seq) as f32;
-        self.grads.fill(0.0);
+        be.zero(&mut self.grads)?;
         let mut loss_sum = 0.0f64;
         for _ in 0..self.accum {
-            self.sampler
-                .fill_batch(self.next_sample, b, &mut self.inputs, &mut self.targets);
+            self.sampler.fill_batch(self.next_sample, b, &mut self.inputs, &mut self.targets);
             self.next_sample += b as u64;
-            let l = self.model.forward(
-                &self.params,
-                &self.inputs,
-                Some(&self.targets),
-                Some(scale),
-                &mut self.acts,
-            );
-            self.model
-                .backward(&self.params, &mut self.grads, &self.inputs, &mut self.acts);
+            let (x, y) = (be.tokens(&self.inputs)?, be.tokens(&self.targets)?);
+            let l = self.model.forward(&self.params, &x, Some(&y), Some(scale), &mut self.acts)?;
+            self.model.backward(&self.params, &mut self.grads, &x, &mut self.acts)?;
             loss_sum += l as f64;
         }
         let loss = (loss_sum / self.accum as f64) as f32;
         if !loss.is_finite() {
             bail!("loss is {loss} at step {} — training diverged (try a lower optim.lr or check the data)", step + 1);
         }
-        let norm = clip::sum_squares(&self.grads).sqrt();
-        clip::scale(
-            &mut self.grads,
-            clip::clip_coef(norm, self.cfg.optim.grad_clip),
-        );
+        let norm = be.sum_squares(&self.grads)?.sqrt();
+        be.scale(&mut self.grads, clip::clip_coef(norm, self.cfg.optim.grad_clip))?;
         let lr = self.sched.at(step);
-        self.opt.step(&mut self.params, &self.grads, lr);
-        Ok(StepOut {
-            loss,
-            grad_norm: norm as f32,
-            lr,
-        })
+        self.opt.step(be, &mut self.params, &self.grads, lr)?;
+        Ok(StepOut { loss, grad_norm: norm as f32, lr })
     }
 
     /// Mean loss over the first `train.val_batches` validation batches (None without val data).
-    pub fn validate(&mut self) -> Option<f32> {
-        let w = self.val.as_ref()?;
+    pub fn validate(&mut self) -> Result<Option<f32>> {
+        let Some(w) = self.val.as_ref() else { return Ok(None) };
         let b = self.cfg.train.micro_batch_size;
         let k = self.cfg.train.val_batches.min(w.num_full_batches(b)).max(1);
         let mut sum = 0.0f64;
         for i in 0..k {
             w.batch(i, b, &mut self.inputs, &mut self.targets);
-            sum += self.model.forward(
-                &self.params,
-                &self.inputs,
-                Some(&self.targets),
-                None,
-                &mut self.acts,
-            ) as f64;
+            let (x, y) = (self.model.be.tokens(&self.inputs)?, self.model.be.tokens(&self.targets)?);
+            sum += self.model.forward(&self.params, &x, Some(&y), None, &mut self.acts)? as f64;
         }
-        Some((sum / k as f64) as f32)
+        Ok(Some((sum / k as f64) as f32))
     }
 
     fn tokens_per_step(&self) -> usize {
@@ -220,14 +207,15 @@ fn initial_params(cfg: &Config, model: &Gpt2) -> Result<Vec<f32>> {
                     "train.init_hf = {}: the model there ({}) differs from [model] ({}); set the [model] keys to match",
                     dir.display(),
                     describe(&hcfg),
-                    describe(&model.cfg)
+                    describe(mcfg)
                 );
             }
             Ok(params)
         }
         None => {
-            let mut p = vec![0.0f32; model.layout.total];
-            model.layout.init(&model.cfg, cfg.train.seed, &mut p);
+            let layout = crate::model::gpt2::ParamLayout::new(mcfg);
+            let mut p = vec![0.0f32; layout.total];
+            layout.init(mcfg, cfg.train.seed, &mut p);
             Ok(p)
         }
     }
@@ -240,34 +228,40 @@ fn describe(c: &Gpt2Config) -> String {
     )
 }
 
-/// Run training on this rank. Set-up errors are agreed across ranks before any work.
+/// Run training on this rank, on the backend the config names. Set-up errors are agreed across
+/// ranks before any work.
 pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
+    match cfg.train.backend {
+        BackendKind::Cpu => run_on(rt, cfg, opts, Cpu::new(opts.threads)),
+        BackendKind::Cuda => {
+            let probe = crate::backend::cuda::device_count().and_then(|n| {
+                anyhow::bail!("train.backend = \"cuda\": {n} CUDA device(s) found, but the CUDA training backend is not built into this version yet")
+            });
+            rt.agree(probe)
+        }
+    }
+}
+
+fn run_on<B: Backend>(rt: &Runtime, cfg: &Config, opts: &TrainOptions, be: B) -> Result<TrainSummary> {
     let out_dir = cfg.log.out_dir.clone();
-    let metrics_path = opts
-        .metrics
-        .clone()
-        .unwrap_or_else(|| out_dir.join("metrics.jsonl"));
-    let setup = Trainer::new(cfg, rt.size, opts.threads).and_then(|t| {
-        let w = if rt.rank == 0 {
-            Some(MetricsWriter::create(&metrics_path)?)
-        } else {
-            None
-        };
+    let metrics_path = opts.metrics.clone().unwrap_or_else(|| out_dir.join("metrics.jsonl"));
+    let setup = Trainer::new(cfg, rt.size, be).and_then(|t| {
+        let w = if rt.rank == 0 { Some(MetricsWriter::create(&metrics_path)?) } else { None };
         Ok((t, w))
     });
     let (mut tr, mut writer) = rt.agree(setup)?;
     let mcfg = tr.model.cfg;
     log::info!(
-        "model: {} parameters ({}), vocab padded to {}; batch {}×{} tokens, {} micro-batch(es); {} thread(s)",
+        "model: {} parameters ({}), vocab padded to {}; batch {}×{} tokens, {} micro-batch(es); backend {}",
         tr.model.layout.num_real_params(&mcfg),
         describe(&mcfg),
         mcfg.padded_vocab,
         cfg.train.global_batch_size,
         cfg.train.seq_len,
         tr.accum,
-        opts.threads
+        tr.model.be.name()
     );
-    let first_val = tr.validate();
+    let first_val = tr.validate()?;
     if let (Some(v), Some(w)) = (first_val, writer.as_mut()) {
         log::info!("step 0: val loss {v:.4}");
         w.write_val(0, v)?;
@@ -275,15 +269,11 @@ pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSumma
     let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val)?;
     if rt.rank == 0 && cfg.log.save_final {
         let dir = out_dir.join("final");
-        hf::save(&dir, &mcfg, &tr.params)
-            .with_context(|| format!("saving final weights to {}", dir.display()))?;
+        let host = tr.model.be.download(&tr.params)?;
+        hf::save(&dir, &mcfg, &host).with_context(|| format!("saving final weights to {}", dir.display()))?;
         log::info!("final weights (Hugging Face format): {}", dir.display());
     }
-    Ok(TrainSummary {
-        metrics_path,
-        out_dir,
-        ..summary
-    })
+    Ok(TrainSummary { metrics_path, out_dir, ..summary })
 }
 
 fn train_loop(
@@ -305,7 +295,7 @@ fn train_loop(
         let dt = t0.elapsed().as_secs_f64();
         let is_val =
             (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;
-        let val_loss = if is_val { tr.validate() } else { None };
+        let val_loss = if is_val { tr.validate()? } else { None };
         last_val = val_loss.or(last_val);
         final_loss = out.loss;
         let tps = tr.tokens_per_step() as f64 / dt;

@@ -3,7 +3,7 @@
 //! cosine decay and clipping.
 
 use ferrotron::checkpoint::hf;
-use ferrotron::model::gpt2::{Activations, Gpt2};
+use ferrotron::model::gpt2::Gpt2;
 use ferrotron::optim::{clip, AdamW, AdamWConfig, LrSchedule};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -81,10 +81,10 @@ fn check_fixture(name: &str) {
     let model = Gpt2::new(cfg, 2);
     let tokens = ex.u32s("input_ids");
     let targets = ex.u32s("targets");
-    let mut acts = Activations::new(&cfg, b, t);
+    let mut acts = model.activations(b, t).unwrap();
 
     // Logits (inference forward).
-    model.forward(&params, &tokens, None, None, &mut acts);
+    model.forward(&params, &tokens, None, None, &mut acts).unwrap();
     let want = ex.f32s("logits");
     let (v, vp) = (cfg.vocab_size, cfg.padded_vocab);
     let mut max_abs = 0.0f32;
@@ -109,7 +109,7 @@ fn check_fixture(name: &str) {
         "{name}: loss {loss} vs {}",
         ex.num(&["loss"])
     );
-    model.backward(&params, &mut grads, &tokens, &mut acts);
+    model.backward(&params, &mut grads, &tokens, &mut acts).unwrap();
     for e in &model.layout.entries {
         let want = ex.f32s(&format!("grad.transformer.{}", e.name));
         let got = &grads[e.offset..e.offset + want.len()];
@@ -148,7 +148,7 @@ fn check_fixture(name: &str) {
         eps: tr("eps"),
         weight_decay: tr("weight_decay"),
     };
-    let mut opt = AdamW::new(acfg, &model.layout);
+    let mut opt = AdamW::new(&model.be, acfg, &model.layout).unwrap();
     let mut p = params.clone();
     let want_losses = ex.nums("step_losses");
     let want_norms = ex.nums("grad_norms");
@@ -176,7 +176,7 @@ fn check_fixture(name: &str) {
             want_norms[s]
         );
     }
-    let fin = model.forward(&p, &tokens, Some(&targets), None, &mut acts);
+    let fin = model.forward(&p, &tokens, Some(&targets), None, &mut acts).unwrap();
     assert!(
         rel(fin as f64, ex.num(&["final_loss"])) <= 1e-5,
         "{name}: final loss {fin}"

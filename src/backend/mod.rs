@@ -1,4 +1,96 @@
-//! Compute backends. `cpu` is the f32 reference (and fast); `cuda` checks for a device.
+//! Compute backends: the [`Backend`] trait and its implementations. `cpu` is the f32 reference
+//! (and fast); `cuda` runs the same ops on NVIDIA GPUs.
+//!
+//! The model is written once against this trait (candle style). Buffers are whole, owned
+//! allocations; parameters and their gradients live in one flat buffer each and are addressed
+//! by [`Region`]s (offset, length), like llm.c's pointers into one parameter block. Activations
+//! are separate buffers of the documented shapes. Every op has the same math on every backend;
+//! the CPU functions in `model::gpt2::*` are the twins the GPU kernels are tested against.
 
 pub mod cpu;
 pub mod cuda;
+
+use crate::model::gpt2::attention::AttnDims;
+use anyhow::Result;
+
+/// A contiguous range of a flat buffer (one parameter tensor, or its gradient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub off: usize,
+    pub len: usize,
+}
+
+impl Region {
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.off..self.off + self.len
+    }
+}
+
+/// Scalars of one AdamW update (torch's single-tensor formulation, see `optim::adamw`).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// `1 − lr·wd` for decayed tensors, 1 otherwise.
+    pub decay_factor: f32,
+    /// `lr / (1 − β1ᵗ)`.
+    pub step_size: f32,
+    /// `sqrt(1 − β2ᵗ)`.
+    pub bc2_sqrt: f32,
+}
+
+/// The ops GPT-2 training needs. Shapes use N = B·T rows, C channels, Vp padded vocabulary.
+/// Ops that produce gradients of parameters accumulate (`+=`) into regions of the flat
+/// gradient buffer `g`; activation gradients are overwritten unless stated.
+pub trait Backend: Send + Sync {
+    /// An owned f32 buffer.
+    type Buf: Send;
+    /// Token ids of one micro-batch, prepared for this backend.
+    type Tokens;
+
+    fn name(&self) -> String;
+    fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Token ids `[B·T]` (all `< Vp`).
+    fn tokens(&self, ids: &[u32]) -> Result<Self::Tokens>;
+    fn zero(&self, buf: &mut Self::Buf) -> Result<()>;
+
+    /// `out[i] = wte[tok[i]] + wpe[i mod T]`.
+    fn embedding_forward(&self, out: &mut Self::Buf, tok: &Self::Tokens, p: &Self::Buf, wte: Region, wpe: Region, t: usize, c: usize) -> Result<()>;
+    /// `dwte[tok[i]] += dx[i]`, `dwpe[i mod T] += dx[i]`.
+    fn embedding_backward(&self, g: &mut Self::Buf, dwte: Region, dwpe: Region, dx: &Self::Buf, tok: &Self::Tokens, t: usize, c: usize) -> Result<()>;
+    /// LayerNorm of `x [N, C]`; saves `mean, rstd [N]`.
+    fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, p: &Self::Buf, w: Region, b: Region) -> Result<()>;
+    /// Accumulates into `dx` (the residual gradient) and into `dw`, `db`.
+    fn layernorm_backward(&self, dx: &mut Self::Buf, g: &mut Self::Buf, dw: Region, db: Region, dy: &Self::Buf, x: &Self::Buf, p: &Self::Buf, w: Region, mean: &Self::Buf, rstd: &Self::Buf) -> Result<()>;
+    /// `out[N, OC] = x[N, IC] · W[IC, OC] + b`.
+    fn linear_forward(&self, out: &mut Self::Buf, x: &Self::Buf, p: &Self::Buf, w: Region, b: Region, n: usize, ic: usize, oc: usize) -> Result<()>;
+    /// `dx = dy·Wᵀ` (overwritten), `dW += xᵀ·dy`, `db += Σ_rows dy`.
+    fn linear_backward(&self, dx: &mut Self::Buf, g: &mut Self::Buf, dw: Region, db: Region, dy: &Self::Buf, x: &Self::Buf, p: &Self::Buf, w: Region, n: usize, ic: usize, oc: usize) -> Result<()>;
+    /// Causal attention from `qkv [B, T, 3C]`: `out [B, T, C]`, probabilities `att [B, NH, T, T]`.
+    fn attention_forward(&self, out: &mut Self::Buf, att: &mut Self::Buf, qkv: &Self::Buf, d: AttnDims) -> Result<()>;
+    /// `dqkv [B, T, 3C]` (overwritten) from `dout [B, T, C]`.
+    fn attention_backward(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, att: &Self::Buf, d: AttnDims) -> Result<()>;
+    fn gelu_forward(&self, out: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
+    fn gelu_backward(&self, dx: &mut Self::Buf, x: &Self::Buf, dy: &Self::Buf) -> Result<()>;
+    /// `y += x`.
+    fn add_inplace(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
+    /// `logits [N, Vp] = xf [N, C] · wteᵀ`.
+    fn logits_forward(&self, logits: &mut Self::Buf, xf: &Self::Buf, p: &Self::Buf, wte: Region, n: usize, c: usize, vp: usize) -> Result<()>;
+    /// `dxf = dlogits · wte` (overwritten), `dwte += dlogitsᵀ · xf`.
+    fn logits_backward(&self, dxf: &mut Self::Buf, g: &mut Self::Buf, dwte: Region, dlogits: &Self::Buf, xf: &Self::Buf, p: &Self::Buf, wte: Region, n: usize, c: usize, vp: usize) -> Result<()>;
+    /// Per-row cross-entropy over the first `v` of `vp` columns into `losses [N]`; with
+    /// `grad_scale`, logits become `scale·(softmax − onehot)` (0 on padded columns).
+    fn softmax_xent(&self, logits: &mut Self::Buf, losses: &mut Self::Buf, targets: &Self::Tokens, vp: usize, v: usize, grad_scale: Option<f32>) -> Result<()>;
+    /// Σ x (f64 on the host).
+    fn sum(&self, x: &Self::Buf) -> Result<f64>;
+    /// Σ x² (f64 on the host).
+    fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
+    /// `x *= k`.
+    fn scale(&self, x: &mut Self::Buf, k: f32) -> Result<()>;
+    /// One AdamW update of `p[r]` with `g[r]`, state `m[r]`, `v[r]`.
+    fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, r: Region, s: AdamStep) -> Result<()>;
+}

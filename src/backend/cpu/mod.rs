@@ -36,3 +36,133 @@ fn online_cpus() -> usize {
         .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
         .unwrap_or(0)
 }
+
+use super::{AdamStep, Backend, Region};
+use crate::model::gpt2::attention::{self, AttnDims};
+use crate::model::gpt2::{embedding, head, layernorm, linear, loss, mlp};
+use crate::optim::{adamw, clip};
+use anyhow::Result;
+
+/// The CPU backend: host `Vec<f32>` buffers, rayon threads, the `gemm` crate.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    /// Worker threads GEMMs may use (the process-wide rayon pool should have as many).
+    pub threads: usize,
+}
+
+impl Cpu {
+    pub fn new(threads: usize) -> Self {
+        Self { threads: threads.max(1) }
+    }
+}
+
+/// Two disjoint mutable regions of one buffer.
+fn two_mut(buf: &mut [f32], a: Region, b: Region) -> (&mut [f32], &mut [f32]) {
+    if a.off < b.off {
+        assert!(a.off + a.len <= b.off, "regions overlap");
+        let (lo, hi) = buf.split_at_mut(b.off);
+        (&mut lo[a.range()], &mut hi[..b.len])
+    } else {
+        assert!(b.off + b.len <= a.off, "regions overlap");
+        let (lo, hi) = buf.split_at_mut(a.off);
+        (&mut hi[..a.len], &mut lo[b.range()])
+    }
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    type Tokens = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
+        Ok(host.to_vec())
+    }
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+    fn tokens(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        Ok(ids.to_vec())
+    }
+    fn zero(&self, buf: &mut Vec<f32>) -> Result<()> {
+        buf.fill(0.0);
+        Ok(())
+    }
+    fn embedding_forward(&self, out: &mut Vec<f32>, tok: &Vec<u32>, p: &Vec<f32>, wte: Region, wpe: Region, t: usize, c: usize) -> Result<()> {
+        embedding::forward(out, tok, &p[wte.range()], &p[wpe.range()], t, c);
+        Ok(())
+    }
+    fn embedding_backward(&self, g: &mut Vec<f32>, dwte: Region, dwpe: Region, dx: &Vec<f32>, tok: &Vec<u32>, t: usize, c: usize) -> Result<()> {
+        let (a, b) = two_mut(g, dwte, dwpe);
+        embedding::backward(a, b, dx, tok, t, c);
+        Ok(())
+    }
+    fn layernorm_forward(&self, out: &mut Vec<f32>, mean: &mut Vec<f32>, rstd: &mut Vec<f32>, x: &Vec<f32>, p: &Vec<f32>, w: Region, b: Region) -> Result<()> {
+        layernorm::forward(out, mean, rstd, x, &p[w.range()], &p[b.range()]);
+        Ok(())
+    }
+    fn layernorm_backward(&self, dx: &mut Vec<f32>, g: &mut Vec<f32>, dw: Region, db: Region, dy: &Vec<f32>, x: &Vec<f32>, p: &Vec<f32>, w: Region, mean: &Vec<f32>, rstd: &Vec<f32>) -> Result<()> {
+        let (gw, gb) = two_mut(g, dw, db);
+        layernorm::backward(dx, gw, gb, dy, x, &p[w.range()], mean, rstd);
+        Ok(())
+    }
+    fn linear_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>, p: &Vec<f32>, w: Region, b: Region, n: usize, ic: usize, oc: usize) -> Result<()> {
+        linear::forward(out, x, &p[w.range()], &p[b.range()], n, ic, oc, self.threads);
+        Ok(())
+    }
+    fn linear_backward(&self, dx: &mut Vec<f32>, g: &mut Vec<f32>, dw: Region, db: Region, dy: &Vec<f32>, x: &Vec<f32>, p: &Vec<f32>, w: Region, n: usize, ic: usize, oc: usize) -> Result<()> {
+        let (gw, gb) = two_mut(g, dw, db);
+        linear::backward(dx, gw, gb, dy, x, &p[w.range()], n, ic, oc, self.threads);
+        Ok(())
+    }
+    fn attention_forward(&self, out: &mut Vec<f32>, att: &mut Vec<f32>, qkv: &Vec<f32>, d: AttnDims) -> Result<()> {
+        attention::forward(out, att, qkv, d);
+        Ok(())
+    }
+    fn attention_backward(&self, dqkv: &mut Vec<f32>, dout: &Vec<f32>, qkv: &Vec<f32>, att: &Vec<f32>, d: AttnDims) -> Result<()> {
+        attention::backward(dqkv, dout, qkv, att, d);
+        Ok(())
+    }
+    fn gelu_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+        mlp::gelu_forward(out, x);
+        Ok(())
+    }
+    fn gelu_backward(&self, dx: &mut Vec<f32>, x: &Vec<f32>, dy: &Vec<f32>) -> Result<()> {
+        mlp::gelu_backward(dx, x, dy);
+        Ok(())
+    }
+    fn add_inplace(&self, y: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+        crate::model::gpt2::block::add_inplace(y, x);
+        Ok(())
+    }
+    fn logits_forward(&self, logits: &mut Vec<f32>, xf: &Vec<f32>, p: &Vec<f32>, wte: Region, n: usize, c: usize, vp: usize) -> Result<()> {
+        head::logits_forward(logits, xf, &p[wte.range()], n, c, vp, self.threads);
+        Ok(())
+    }
+    fn logits_backward(&self, dxf: &mut Vec<f32>, g: &mut Vec<f32>, dwte: Region, dlogits: &Vec<f32>, xf: &Vec<f32>, p: &Vec<f32>, wte: Region, n: usize, c: usize, vp: usize) -> Result<()> {
+        head::logits_backward(dxf, &mut g[dwte.range()], dlogits, xf, &p[wte.range()], n, c, vp, self.threads);
+        Ok(())
+    }
+    fn softmax_xent(&self, logits: &mut Vec<f32>, losses: &mut Vec<f32>, targets: &Vec<u32>, vp: usize, v: usize, grad_scale: Option<f32>) -> Result<()> {
+        loss::softmax_xent(logits, losses, targets, vp, v, grad_scale);
+        Ok(())
+    }
+    fn sum(&self, x: &Vec<f32>) -> Result<f64> {
+        Ok(x.iter().map(|&v| v as f64).sum())
+    }
+    fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
+        Ok(clip::sum_squares(x))
+    }
+    fn scale(&self, x: &mut Vec<f32>, k: f32) -> Result<()> {
+        clip::scale(x, k);
+        Ok(())
+    }
+    fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, r: Region, s: AdamStep) -> Result<()> {
+        adamw::update(&mut p[r.range()], &g[r.range()], &mut m[r.range()], &mut v[r.range()], s);
+        Ok(())
+    }
+}

@@ -3,8 +3,9 @@
 //!   y = a + mlp_proj(gelu(c_fc(ln_2(a))))
 //! All activations are `[N = B·T, ·]` row-major; saved ones live in [`BlockActs`].
 
-use super::attention::{self, AttnDims};
-use super::{layernorm, linear, mlp};
+use super::attention::AttnDims;
+use crate::backend::{Backend, Region};
+use anyhow::Result;
 
 /// The twelve tensors of a block (parameters, or their gradients).
 pub struct BlockTensors<T> {
@@ -44,196 +45,105 @@ impl<T> BlockTensors<T> {
 }
 
 /// Activations of one block saved for backward. N = B·T.
-pub struct BlockActs {
-    pub ln1: Vec<f32>,      // [N, C]
-    pub ln1_mean: Vec<f32>, // [N]
-    pub ln1_rstd: Vec<f32>, // [N]
-    pub qkv: Vec<f32>,      // [N, 3C]
-    pub att: Vec<f32>,      // [B, NH, T, T]
-    pub atty: Vec<f32>,     // [N, C]
-    pub res2: Vec<f32>,     // [N, C]  x + attention branch
-    pub ln2: Vec<f32>,      // [N, C]
-    pub ln2_mean: Vec<f32>, // [N]
-    pub ln2_rstd: Vec<f32>, // [N]
-    pub fch: Vec<f32>,      // [N, 4C]
-    pub fch_gelu: Vec<f32>, // [N, 4C]
-    pub out: Vec<f32>,      // [N, C]  block output
+pub struct BlockActs<B: Backend> {
+    pub ln1: B::Buf,      // [N, C]
+    pub ln1_mean: B::Buf, // [N]
+    pub ln1_rstd: B::Buf, // [N]
+    pub qkv: B::Buf,      // [N, 3C]
+    pub att: B::Buf,      // [B, NH, T, T]
+    pub atty: B::Buf,     // [N, C]
+    pub res2: B::Buf,     // [N, C]  x + attention branch
+    pub ln2: B::Buf,      // [N, C]
+    pub ln2_mean: B::Buf, // [N]
+    pub ln2_rstd: B::Buf, // [N]
+    pub fch: B::Buf,      // [N, 4C]
+    pub fch_gelu: B::Buf, // [N, 4C]
+    pub out: B::Buf,      // [N, C]  block output
 }
 
-impl BlockActs {
-    pub fn new(b: usize, t: usize, c: usize, nh: usize) -> Self {
+impl<B: Backend> BlockActs<B> {
+    pub fn new(be: &B, b: usize, t: usize, c: usize, nh: usize) -> Result<Self> {
         let n = b * t;
-        let z = |k: usize| vec![0.0f32; k];
-        Self {
-            ln1: z(n * c),
-            ln1_mean: z(n),
-            ln1_rstd: z(n),
-            qkv: z(n * 3 * c),
-            att: z(b * nh * t * t),
-            atty: z(n * c),
-            res2: z(n * c),
-            ln2: z(n * c),
-            ln2_mean: z(n),
-            ln2_rstd: z(n),
-            fch: z(n * 4 * c),
-            fch_gelu: z(n * 4 * c),
-            out: z(n * c),
-        }
+        Ok(Self {
+            ln1: be.zeros(n * c)?,
+            ln1_mean: be.zeros(n)?,
+            ln1_rstd: be.zeros(n)?,
+            qkv: be.zeros(n * 3 * c)?,
+            att: be.zeros(b * nh * t * t)?,
+            atty: be.zeros(n * c)?,
+            res2: be.zeros(n * c)?,
+            ln2: be.zeros(n * c)?,
+            ln2_mean: be.zeros(n)?,
+            ln2_rstd: be.zeros(n)?,
+            fch: be.zeros(n * 4 * c)?,
+            fch_gelu: be.zeros(n * 4 * c)?,
+            out: be.zeros(n * c)?,
+        })
     }
 }
 
 /// Scratch gradients reused by every block's backward.
-pub struct BlockScratch {
-    dln: Vec<f32>,   // [N, C]
-    dqkv: Vec<f32>,  // [N, 3C]
-    datty: Vec<f32>, // [N, C]
-    dfch: Vec<f32>,  // [N, 4C]
-    dgelu: Vec<f32>, // [N, 4C]
+pub struct BlockScratch<B: Backend> {
+    dln: B::Buf,   // [N, C]
+    dqkv: B::Buf,  // [N, 3C]
+    datty: B::Buf, // [N, C]
+    dfch: B::Buf,  // [N, 4C]
+    dgelu: B::Buf, // [N, 4C]
 }
 
-impl BlockScratch {
-    pub fn new(n: usize, c: usize) -> Self {
-        let z = |k: usize| vec![0.0f32; k];
-        Self {
-            dln: z(n * c),
-            dqkv: z(n * 3 * c),
-            datty: z(n * c),
-            dfch: z(n * 4 * c),
-            dgelu: z(n * 4 * c),
-        }
+impl<B: Backend> BlockScratch<B> {
+    pub fn new(be: &B, n: usize, c: usize) -> Result<Self> {
+        Ok(Self {
+            dln: be.zeros(n * c)?,
+            dqkv: be.zeros(n * 3 * c)?,
+            datty: be.zeros(n * c)?,
+            dfch: be.zeros(n * 4 * c)?,
+            dgelu: be.zeros(n * 4 * c)?,
+        })
     }
 }
 
-/// Forward of one block from input `x [N, C]`; fills `a`.
-pub fn forward(
-    a: &mut BlockActs,
-    x: &[f32],
-    p: &BlockTensors<&[f32]>,
-    d: AttnDims,
-    threads: usize,
-) {
+/// Forward of one block from input `x [N, C]`; fills `a`. `p` holds the block's parameter
+/// regions inside the flat parameter buffer `params`.
+pub fn forward<B: Backend>(be: &B, a: &mut BlockActs<B>, x: &B::Buf, params: &B::Buf, p: &BlockTensors<Region>, d: AttnDims) -> Result<()> {
     let (n, c) = (d.b * d.t, d.c);
-    layernorm::forward(
-        &mut a.ln1,
-        &mut a.ln1_mean,
-        &mut a.ln1_rstd,
-        x,
-        p.ln1_w,
-        p.ln1_b,
-    );
-    linear::forward(&mut a.qkv, &a.ln1, p.qkv_w, p.qkv_b, n, c, 3 * c, threads);
-    attention::forward(&mut a.atty, &mut a.att, &a.qkv, d);
-    linear::forward(&mut a.res2, &a.atty, p.proj_w, p.proj_b, n, c, c, threads);
-    add_inplace(&mut a.res2, x);
-    layernorm::forward(
-        &mut a.ln2,
-        &mut a.ln2_mean,
-        &mut a.ln2_rstd,
-        &a.res2,
-        p.ln2_w,
-        p.ln2_b,
-    );
-    linear::forward(&mut a.fch, &a.ln2, p.fc_w, p.fc_b, n, c, 4 * c, threads);
-    mlp::gelu_forward(&mut a.fch_gelu, &a.fch);
-    linear::forward(
-        &mut a.out,
-        &a.fch_gelu,
-        p.fcproj_w,
-        p.fcproj_b,
-        n,
-        4 * c,
-        c,
-        threads,
-    );
-    add_inplace(&mut a.out, &a.res2);
+    be.layernorm_forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, params, p.ln1_w, p.ln1_b)?;
+    be.linear_forward(&mut a.qkv, &a.ln1, params, p.qkv_w, p.qkv_b, n, c, 3 * c)?;
+    be.attention_forward(&mut a.atty, &mut a.att, &a.qkv, d)?;
+    be.linear_forward(&mut a.res2, &a.atty, params, p.proj_w, p.proj_b, n, c, c)?;
+    be.add_inplace(&mut a.res2, x)?;
+    be.layernorm_forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res2, params, p.ln2_w, p.ln2_b)?;
+    be.linear_forward(&mut a.fch, &a.ln2, params, p.fc_w, p.fc_b, n, c, 4 * c)?;
+    be.gelu_forward(&mut a.fch_gelu, &a.fch)?;
+    be.linear_forward(&mut a.out, &a.fch_gelu, params, p.fcproj_w, p.fcproj_b, n, 4 * c, c)?;
+    be.add_inplace(&mut a.out, &a.res2)
 }
 
 /// Backward of one block. On entry `dres [N, C]` is the gradient of the block output; on exit
-/// it is the gradient of the block input `x`. Parameter gradients accumulate into `g`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    dres: &mut [f32],
-    g: &mut BlockTensors<&mut [f32]>,
-    s: &mut BlockScratch,
-    a: &BlockActs,
-    x: &[f32],
-    p: &BlockTensors<&[f32]>,
+/// it is the gradient of the block input `x`. Parameter gradients accumulate into `grads` at
+/// the regions of `p` (gradients share the parameters' layout).
+pub fn backward<B: Backend>(
+    be: &B,
+    dres: &mut B::Buf,
+    grads: &mut B::Buf,
+    s: &mut BlockScratch<B>,
+    a: &BlockActs<B>,
+    x: &B::Buf,
+    params: &B::Buf,
+    p: &BlockTensors<Region>,
     d: AttnDims,
-    threads: usize,
-) {
+) -> Result<()> {
     let (n, c) = (d.b * d.t, d.c);
     // MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))).
-    linear::backward(
-        &mut s.dgelu,
-        g.fcproj_w,
-        g.fcproj_b,
-        dres,
-        &a.fch_gelu,
-        p.fcproj_w,
-        n,
-        4 * c,
-        c,
-        threads,
-    );
-    mlp::gelu_backward(&mut s.dfch, &a.fch, &s.dgelu);
-    linear::backward(
-        &mut s.dln,
-        g.fc_w,
-        g.fc_b,
-        &s.dfch,
-        &a.ln2,
-        p.fc_w,
-        n,
-        c,
-        4 * c,
-        threads,
-    );
-    layernorm::backward(
-        dres,
-        g.ln2_w,
-        g.ln2_b,
-        &s.dln,
-        &a.res2,
-        p.ln2_w,
-        &a.ln2_mean,
-        &a.ln2_rstd,
-    );
+    be.linear_backward(&mut s.dgelu, grads, p.fcproj_w, p.fcproj_b, dres, &a.fch_gelu, params, p.fcproj_w, n, 4 * c, c)?;
+    be.gelu_backward(&mut s.dfch, &a.fch, &s.dgelu)?;
+    be.linear_backward(&mut s.dln, grads, p.fc_w, p.fc_b, &s.dfch, &a.ln2, params, p.fc_w, n, c, 4 * c)?;
+    be.layernorm_backward(dres, grads, p.ln2_w, p.ln2_b, &s.dln, &a.res2, params, p.ln2_w, &a.ln2_mean, &a.ln2_rstd)?;
     // Attention branch: res2 = x + proj(attn(qkv(ln1(x)))).
-    linear::backward(
-        &mut s.datty,
-        g.proj_w,
-        g.proj_b,
-        dres,
-        &a.atty,
-        p.proj_w,
-        n,
-        c,
-        c,
-        threads,
-    );
-    attention::backward(&mut s.dqkv, &s.datty, &a.qkv, &a.att, d);
-    linear::backward(
-        &mut s.dln,
-        g.qkv_w,
-        g.qkv_b,
-        &s.dqkv,
-        &a.ln1,
-        p.qkv_w,
-        n,
-        c,
-        3 * c,
-        threads,
-    );
-    layernorm::backward(
-        dres,
-        g.ln1_w,
-        g.ln1_b,
-        &s.dln,
-        x,
-        p.ln1_w,
-        &a.ln1_mean,
-        &a.ln1_rstd,
-    );
+    be.linear_backward(&mut s.datty, grads, p.proj_w, p.proj_b, dres, &a.atty, params, p.proj_w, n, c, c)?;
+    be.attention_backward(&mut s.dqkv, &s.datty, &a.qkv, &a.att, d)?;
+    be.linear_backward(&mut s.dln, grads, p.qkv_w, p.qkv_b, &s.dqkv, &a.ln1, params, p.qkv_w, n, c, 3 * c)?;
+    be.layernorm_backward(dres, grads, p.ln1_w, p.ln1_b, &s.dln, x, params, p.ln1_w, &a.ln1_mean, &a.ln1_rstd)
 }
 
 /// `y += x` elementwise.

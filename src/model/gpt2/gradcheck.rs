@@ -5,7 +5,7 @@
 //! (L(x + εd) − L(x − εd)) / 2ε must equal ⟨∂L/∂x, d⟩; checked for every input and parameter.
 
 use super::attention::{self, AttnDims};
-use super::model::{Activations, Gpt2};
+use super::model::Gpt2;
 use super::{embedding, layernorm, linear, loss, mlp, Gpt2Config};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -182,13 +182,13 @@ fn whole_model_backward() {
     let (b, t) = (2, 8);
     let tok: Vec<u32> = (0..b * t).map(|i| (i * 37 % 100) as u32).collect();
     let tgt: Vec<u32> = (0..b * t).map(|i| (i * 53 % 100) as u32).collect();
-    let mut acts = Activations::new(&cfg, b, t);
+    let mut acts = model.activations(b, t).unwrap();
     let mut grads = vec![0.0; model.layout.total];
-    model.forward(&params, &tok, Some(&tgt), Some(1.0), &mut acts);
-    model.backward(&params, &mut grads, &tok, &mut acts);
+    model.forward(&params, &tok, Some(&tgt), Some(1.0), &mut acts).unwrap();
+    model.backward(&params, &mut grads, &tok, &mut acts).unwrap();
     let mut f = |p: &[f32]| {
-        let mut a = Activations::new(&cfg, b, t);
-        model.forward(p, &tok, Some(&tgt), None, &mut a);
+        let mut a = model.activations(b, t).unwrap();
+        model.forward(&p.to_vec(), &tok, Some(&tgt), None, &mut a).unwrap();
         a.losses.iter().map(|&x| x as f64).sum::<f64>()
     };
     // Weights are ~0.02: a unit-variance direction needs a small step (truncation error is

@@ -1,4 +1,5 @@
-//! The whole GPT-2: embedding → L blocks → ln_f → tied LM head → cross-entropy.
+//! The whole GPT-2: embedding → L blocks → ln_f → tied LM head → cross-entropy, on any
+//! [`Backend`].
 //!
 //! `forward` keeps every activation needed by `backward` in [`Activations`] (sized for one
 //! micro-batch `[B, T]`); `backward` accumulates parameter gradients into a flat buffer with
@@ -7,242 +8,154 @@
 use super::attention::AttnDims;
 use super::block::{self, BlockActs, BlockScratch, BlockTensors};
 use super::params::{BlockIdx, ParamLayout};
-use super::{embedding, head, layernorm, loss, Gpt2Config};
+use super::Gpt2Config;
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Region};
+use anyhow::{ensure, Result};
 
-/// A GPT-2 of a given shape on the CPU backend.
+/// A GPT-2 of a given shape on backend `B` (the CPU backend by default).
 #[derive(Debug, Clone)]
-pub struct Gpt2 {
+pub struct Gpt2<B: Backend = Cpu> {
     pub cfg: Gpt2Config,
     pub layout: ParamLayout,
-    /// Worker threads for GEMMs (the rayon pool the caller runs in should have as many).
-    pub threads: usize,
+    pub be: B,
 }
 
 /// Saved activations of one micro-batch `[B, T]`. N = B·T.
-pub struct Activations {
+pub struct Activations<B: Backend = Cpu> {
     pub b: usize,
     pub t: usize,
-    pub encoded: Vec<f32>, // [N, C]
-    pub blocks: Vec<BlockActs>,
-    pub lnf: Vec<f32>,      // [N, C]
-    pub lnf_mean: Vec<f32>, // [N]
-    pub lnf_rstd: Vec<f32>, // [N]
+    pub encoded: B::Buf, // [N, C]
+    pub blocks: Vec<BlockActs<B>>,
+    pub lnf: B::Buf,      // [N, C]
+    pub lnf_mean: B::Buf, // [N]
+    pub lnf_rstd: B::Buf, // [N]
     /// `[N, Vp]`: logits after forward; their gradient after a training forward.
-    pub logits: Vec<f32>,
-    pub losses: Vec<f32>, // [N]
-    scratch: BlockScratch,
-    dres: Vec<f32>, // [N, C]
+    pub logits: B::Buf,
+    pub losses: B::Buf, // [N]
+    scratch: BlockScratch<B>,
+    dres: B::Buf, // [N, C]
+    dlnf: B::Buf, // [N, C]
 }
 
-impl Activations {
-    pub fn new(cfg: &Gpt2Config, b: usize, t: usize) -> Self {
+impl<B: Backend> Activations<B> {
+    pub fn new(be: &B, cfg: &Gpt2Config, b: usize, t: usize) -> Result<Self> {
         let (n, c) = (b * t, cfg.n_embd);
-        Self {
+        Ok(Self {
             b,
             t,
-            encoded: vec![0.0; n * c],
-            blocks: (0..cfg.n_layer)
-                .map(|_| BlockActs::new(b, t, c, cfg.n_head))
-                .collect(),
-            lnf: vec![0.0; n * c],
-            lnf_mean: vec![0.0; n],
-            lnf_rstd: vec![0.0; n],
-            logits: vec![0.0; n * cfg.padded_vocab],
-            losses: vec![0.0; n],
-            scratch: BlockScratch::new(n, c),
-            dres: vec![0.0; n * c],
-        }
+            encoded: be.zeros(n * c)?,
+            blocks: (0..cfg.n_layer).map(|_| BlockActs::new(be, b, t, c, cfg.n_head)).collect::<Result<_>>()?,
+            lnf: be.zeros(n * c)?,
+            lnf_mean: be.zeros(n)?,
+            lnf_rstd: be.zeros(n)?,
+            logits: be.zeros(n * cfg.padded_vocab)?,
+            losses: be.zeros(n)?,
+            scratch: BlockScratch::new(be, n, c)?,
+            dres: be.zeros(n * c)?,
+            dlnf: be.zeros(n * c)?,
+        })
     }
 }
 
 impl BlockIdx {
     fn array(&self) -> [usize; 12] {
         [
-            self.ln1_w,
-            self.ln1_b,
-            self.qkv_w,
-            self.qkv_b,
-            self.proj_w,
-            self.proj_b,
-            self.ln2_w,
-            self.ln2_b,
-            self.fc_w,
-            self.fc_b,
-            self.fcproj_w,
-            self.fcproj_b,
+            self.ln1_w, self.ln1_b, self.qkv_w, self.qkv_b, self.proj_w, self.proj_b, self.ln2_w,
+            self.ln2_b, self.fc_w, self.fc_b, self.fcproj_w, self.fcproj_b,
         ]
     }
 }
 
-impl Gpt2 {
+impl Gpt2<Cpu> {
+    /// A model on the CPU backend with `threads` GEMM threads.
     pub fn new(cfg: Gpt2Config, threads: usize) -> Self {
-        Self {
-            layout: ParamLayout::new(&cfg),
-            cfg,
-            threads: threads.max(1),
-        }
+        Self::with_backend(cfg, Cpu::new(threads))
+    }
+}
+
+impl<B: Backend> Gpt2<B> {
+    pub fn with_backend(cfg: Gpt2Config, be: B) -> Self {
+        Self { layout: ParamLayout::new(&cfg), cfg, be }
     }
 
     fn dims(&self, b: usize, t: usize) -> AttnDims {
-        AttnDims {
-            b,
-            t,
-            c: self.cfg.n_embd,
-            nh: self.cfg.n_head,
-        }
+        AttnDims { b, t, c: self.cfg.n_embd, nh: self.cfg.n_head }
     }
 
-    fn block_params<'a>(&self, params: &'a [f32], l: usize) -> BlockTensors<&'a [f32]> {
-        BlockTensors::from_array(
-            self.layout.blocks[l]
-                .array()
-                .map(|i| self.layout.slice(params, i)),
-        )
+    /// The region of parameter `i` in the flat buffers.
+    pub fn region(&self, i: usize) -> Region {
+        let e = &self.layout.entries[i];
+        Region { off: e.offset, len: e.len }
     }
 
-    /// Forward pass over tokens `[B, T]`. With `targets`, computes per-token losses and returns
+    fn block_regions(&self, l: usize) -> BlockTensors<Region> {
+        BlockTensors::from_array(self.layout.blocks[l].array().map(|i| self.region(i)))
+    }
+
+    /// Activations for micro-batches of `[b, t]`.
+    pub fn activations(&self, b: usize, t: usize) -> Result<Activations<B>> {
+        Activations::new(&self.be, &self.cfg, b, t)
+    }
+
+    /// Forward pass over `tokens [B, T]`. With `targets`, computes per-token losses and returns
     /// their mean; with `grad_scale`, also leaves `scale · ∂(Σ loss)/∂logits` in `acts.logits`
     /// for [`Gpt2::backward`]. Without targets, `acts.logits` holds the logits and 0 is returned.
     pub fn forward(
         &self,
-        params: &[f32],
-        tokens: &[u32],
-        targets: Option<&[u32]>,
+        params: &B::Buf,
+        tokens: &B::Tokens,
+        targets: Option<&B::Tokens>,
         grad_scale: Option<f32>,
-        acts: &mut Activations,
-    ) -> f32 {
+        acts: &mut Activations<B>,
+    ) -> Result<f32> {
         let (b, t, c, vp) = (acts.b, acts.t, self.cfg.n_embd, self.cfg.padded_vocab);
-        let n = b * t;
-        assert_eq!(tokens.len(), n, "forward: tokens must be [B, T]");
-        let ly = &self.layout;
-        let wte = ly.slice(params, ly.wte);
-        embedding::forward(
-            &mut acts.encoded,
-            tokens,
-            wte,
-            ly.slice(params, ly.wpe),
-            t,
-            c,
-        );
+        let (be, ly) = (&self.be, &self.layout);
+        let wte = self.region(ly.wte);
+        be.embedding_forward(&mut acts.encoded, tokens, params, wte, self.region(ly.wpe), t, c)?;
         for l in 0..self.cfg.n_layer {
             let (done, rest) = acts.blocks.split_at_mut(l);
-            let x = if l == 0 {
-                &acts.encoded
-            } else {
-                &done[l - 1].out
-            };
-            block::forward(
-                &mut rest[0],
-                x,
-                &self.block_params(params, l),
-                self.dims(b, t),
-                self.threads,
-            );
+            let x = if l == 0 { &acts.encoded } else { &done[l - 1].out };
+            block::forward(be, &mut rest[0], x, params, &self.block_regions(l), self.dims(b, t))?;
         }
         let x = acts.blocks.last().map_or(&acts.encoded, |a| &a.out);
-        let (w, bias) = (ly.slice(params, ly.lnf_w), ly.slice(params, ly.lnf_b));
-        layernorm::forward(
-            &mut acts.lnf,
-            &mut acts.lnf_mean,
-            &mut acts.lnf_rstd,
-            x,
-            w,
-            bias,
-        );
-        head::logits_forward(&mut acts.logits, &acts.lnf, wte, n, c, vp, self.threads);
+        let (w, bias) = (self.region(ly.lnf_w), self.region(ly.lnf_b));
+        be.layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, x, params, w, bias)?;
+        be.logits_forward(&mut acts.logits, &acts.lnf, params, wte, b * t, c, vp)?;
         match targets {
             Some(y) => {
-                assert_eq!(y.len(), n, "forward: targets must be [B, T]");
                 let v = self.cfg.vocab_size;
-                loss::softmax_xent(&mut acts.logits, &mut acts.losses, y, vp, v, grad_scale);
-                (acts.losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32
+                be.softmax_xent(&mut acts.logits, &mut acts.losses, y, vp, v, grad_scale)?;
+                Ok((be.sum(&acts.losses)? / (b * t) as f64) as f32)
             }
-            None => 0.0,
+            None => Ok(0.0),
         }
     }
 
     /// Backward pass after a training `forward` (with `grad_scale`): accumulates into `grads`
     /// (flat, same layout as `params`).
-    pub fn backward(
-        &self,
-        params: &[f32],
-        grads: &mut [f32],
-        tokens: &[u32],
-        acts: &mut Activations,
-    ) {
+    pub fn backward(&self, params: &B::Buf, grads: &mut B::Buf, tokens: &B::Tokens, acts: &mut Activations<B>) -> Result<()> {
         let (b, t, c, vp) = (acts.b, acts.t, self.cfg.n_embd, self.cfg.padded_vocab);
-        let n = b * t;
-        let ly = &self.layout;
-        let mut g = split_mut(ly, grads);
-        let wte = ly.slice(params, ly.wte);
-        let Activations {
-            encoded,
-            blocks,
-            lnf,
-            lnf_mean,
-            lnf_rstd,
-            logits,
-            scratch,
-            dres,
-            ..
-        } = acts;
-        // Head: dlnf = dlogits · wte; dwte += dlogitsᵀ · lnf.  (dlnf kept in scratch.)
-        let mut dlnf = vec![0.0f32; n * c];
-        head::logits_backward(
-            &mut dlnf,
-            g[ly.wte],
-            logits,
-            lnf,
-            wte,
-            n,
-            c,
-            vp,
-            self.threads,
-        );
-        dres.fill(0.0);
-        let x = blocks.last().map_or(&encoded[..], |a| &a.out[..]);
-        let lnf_w = ly.slice(params, ly.lnf_w);
-        let [dw, db] = g
-            .get_disjoint_mut([ly.lnf_w, ly.lnf_b])
-            .expect("distinct parameter indices");
-        layernorm::backward(dres, dw, db, &dlnf, x, lnf_w, lnf_mean, lnf_rstd);
+        let (be, ly) = (&self.be, &self.layout);
+        let wte = self.region(ly.wte);
+        let Activations { encoded, blocks, lnf, lnf_mean, lnf_rstd, logits, scratch, dres, dlnf, .. } = acts;
+        // Head: dlnf = dlogits · wte; dwte += dlogitsᵀ · lnf.
+        be.logits_backward(dlnf, grads, wte, logits, lnf, params, wte, b * t, c, vp)?;
+        be.zero(dres)?;
+        let x = blocks.last().map_or(&*encoded, |a| &a.out);
+        let (w, bias) = (self.region(ly.lnf_w), self.region(ly.lnf_b));
+        be.layernorm_backward(dres, grads, w, bias, dlnf, x, params, w, lnf_mean, lnf_rstd)?;
         for l in (0..self.cfg.n_layer).rev() {
-            let x = if l == 0 {
-                &encoded[..]
-            } else {
-                &blocks[l - 1].out[..]
-            };
-            let idx = ly.blocks[l].array();
-            let gl = g.get_disjoint_mut(idx).expect("distinct parameter indices");
-            let mut gb = BlockTensors::from_array(gl.map(|s| &mut **s));
-            let p = self.block_params(params, l);
-            block::backward(
-                dres,
-                &mut gb,
-                scratch,
-                &blocks[l],
-                x,
-                &p,
-                self.dims(b, t),
-                self.threads,
-            );
+            let x = if l == 0 { &*encoded } else { &blocks[l - 1].out };
+            let p = self.block_regions(l);
+            block::backward(be, dres, grads, scratch, &blocks[l], x, params, &p, self.dims(b, t))?;
         }
-        let [dwte, dwpe] = g
-            .get_disjoint_mut([ly.wte, ly.wpe])
-            .expect("distinct parameter indices");
-        embedding::backward(dwte, dwpe, dres, tokens, t, c);
+        be.embedding_backward(grads, wte, self.region(ly.wpe), dres, tokens, t, c)
     }
-}
 
-/// Splits a flat buffer into one mutable slice per parameter (layout order).
-pub fn split_mut<'a>(layout: &ParamLayout, buf: &'a mut [f32]) -> Vec<&'a mut [f32]> {
-    assert_eq!(buf.len(), layout.total);
-    let mut out = Vec::with_capacity(layout.entries.len());
-    let mut rest = buf;
-    for e in &layout.entries {
-        let (h, tail) = rest.split_at_mut(e.len);
-        out.push(h);
-        rest = tail;
+    /// Check that a flat buffer has the layout's size.
+    pub fn check_len(&self, what: &str, len: usize) -> Result<()> {
+        ensure!(len == self.layout.total, "{what}: {len} values, the model needs {}", self.layout.total);
+        Ok(())
     }
-    out
 }
