@@ -371,7 +371,9 @@ impl Gemm {
             );
         }
         if k == 0 {
-            return self.zero_or_bias(dst, dst_rs, m, n, batch, &opts).with_context(shape);
+            return self
+                .zero_or_bias(dst, dst_rs, m, n, batch, &opts)
+                .with_context(shape);
         }
         let compute = if input_is_f32 && self.tf32 {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
@@ -393,10 +395,7 @@ impl Gemm {
         batch: Batch,
         opts: &Opts<'_, C>,
     ) -> Result<()> {
-        ensure!(
-            opts.bias.is_none(),
-            "a bias with k = 0 is not supported"
-        );
+        ensure!(opts.bias.is_none(), "a bias with k = 0 is not supported");
         if opts.accumulate {
             return Ok(());
         }
