@@ -567,3 +567,37 @@ fn edge_cases_and_errors() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("row stride"), "{err:#}");
 }
+
+/// Throughput (not a correctness check): `cargo test --release --test cuda_gemm -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    let Some(mut g) = gpu() else { return };
+    let s = 4096;
+    let flop = 2.0 * (s as f64).powi(3);
+    let x = g.stream.alloc_zeros::<bf16>(s * s).unwrap();
+    let xf = g.stream.alloc_zeros::<f32>(s * s).unwrap();
+    let mut y = g.stream.alloc_zeros::<f32>(s * s).unwrap();
+    let mut time = |g: &Gpu, bf: bool, reps: usize| {
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            if bf {
+                let (a, b) = (GMat::new(&x, s, s), GMat::new(&x, s, s).t());
+                g.gemm.matmul(&mut y, s, a, b, Opts::default()).unwrap();
+            } else {
+                let (a, b) = (GMat::new(&xf, s, s), GMat::new(&xf, s, s).t());
+                g.gemm.matmul_f32(&mut y, s, a, b, false).unwrap();
+            }
+        }
+        g.stream.synchronize().unwrap();
+        flop * reps as f64 / t0.elapsed().as_secs_f64() / 1e12
+    };
+    time(&g, true, 3);
+    eprintln!("bf16→f32 4096³: {:.0} TFLOP/s", time(&g, true, 20));
+    time(&g, false, 2);
+    eprintln!("f32 (exact) 4096³: {:.1} TFLOP/s", time(&g, false, 5));
+    g.gemm.set_tf32(true);
+    time(&g, false, 2);
+    eprintln!("f32 TF32 4096³: {:.0} TFLOP/s", time(&g, false, 10));
+}

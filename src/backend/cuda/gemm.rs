@@ -132,9 +132,9 @@ impl<'a, T> GMat<'a, T> {
         }
     }
     fn check(&self, what: &str, count: usize, stride: usize) -> Result<()> {
-        let (_, sc) = self.stored();
+        let (sr, sc) = self.stored();
         ensure!(
-            self.rs >= sc.max(1),
+            sr == 0 || sc == 0 || self.rs >= sc,
             "{what}: row stride {} is smaller than the stored row length {sc}",
             self.rs
         );
