@@ -25,3 +25,5 @@ pub fn device_count() -> Result<usize> {
     }
     Ok(n as usize)
 }
+
+pub mod gemm;
