@@ -52,12 +52,14 @@ impl Runtime {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         init_logging(rank, size);
         install_panic_hook(rank, size);
-        let local_size = world.split_shared(rank as i32).size() as usize;
+        let node = world.split_shared(rank as i32);
+        let (local_size, local_rank) = (node.size() as usize, node.rank() as usize);
         Ok(Self {
             world,
             rank,
             size,
             local_size,
+            local_rank,
             _universe: universe,
         })
     }

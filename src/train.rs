@@ -7,13 +7,13 @@
 //!   (b) global gradient norm, clip; (c) AdamW at the scheduled learning rate.
 //! Validation runs at step 0, every `train.val_every` steps and at the last step.
 
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::checkpoint::hf;
+use crate::config::BackendKind;
 use crate::config::Config;
 use crate::data::{EvalWindows, TokenData, TrainSampler};
 use crate::metrics::{MetricsWriter, StepMetrics};
-use crate::backend::cpu::Cpu;
-use crate::backend::Backend;
-use crate::config::BackendKind;
 use crate::model::gpt2::{Activations, Gpt2, Gpt2Config};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
 use crate::runtime::Runtime;
@@ -159,11 +159,15 @@ impl<B: Backend> Trainer<B> {
         be.zero(&mut self.grads)?;
         let mut loss_sum = 0.0f64;
         for _ in 0..self.accum {
-            self.sampler.fill_batch(self.next_sample, b, &mut self.inputs, &mut self.targets);
+            self.sampler
+                .fill_batch(self.next_sample, b, &mut self.inputs, &mut self.targets);
             self.next_sample += b as u64;
             let (x, y) = (be.tokens(&self.inputs)?, be.tokens(&self.targets)?);
-            let l = self.model.forward(&self.params, &x, Some(&y), Some(scale), &mut self.acts)?;
-            self.model.backward(&self.params, &mut self.grads, &x, &mut self.acts)?;
+            let l = self
+                .model
+                .forward(&self.params, &x, Some(&y), Some(scale), &mut self.acts)?;
+            self.model
+                .backward(&self.params, &mut self.grads, &x, &mut self.acts)?;
             loss_sum += l as f64;
         }
         let loss = (loss_sum / self.accum as f64) as f32;
@@ -171,22 +175,37 @@ impl<B: Backend> Trainer<B> {
             bail!("loss is {loss} at step {} — training diverged (try a lower optim.lr or check the data)", step + 1);
         }
         let norm = be.sum_squares(&self.grads)?.sqrt();
-        be.scale(&mut self.grads, clip::clip_coef(norm, self.cfg.optim.grad_clip))?;
+        be.scale(
+            &mut self.grads,
+            clip::clip_coef(norm, self.cfg.optim.grad_clip),
+        )?;
         let lr = self.sched.at(step);
         self.opt.step(be, &mut self.params, &self.grads, lr)?;
-        Ok(StepOut { loss, grad_norm: norm as f32, lr })
+        Ok(StepOut {
+            loss,
+            grad_norm: norm as f32,
+            lr,
+        })
     }
 
     /// Mean loss over the first `train.val_batches` validation batches (None without val data).
     pub fn validate(&mut self) -> Result<Option<f32>> {
-        let Some(w) = self.val.as_ref() else { return Ok(None) };
+        let Some(w) = self.val.as_ref() else {
+            return Ok(None);
+        };
         let b = self.cfg.train.micro_batch_size;
         let k = self.cfg.train.val_batches.min(w.num_full_batches(b)).max(1);
         let mut sum = 0.0f64;
         for i in 0..k {
             w.batch(i, b, &mut self.inputs, &mut self.targets);
-            let (x, y) = (self.model.be.tokens(&self.inputs)?, self.model.be.tokens(&self.targets)?);
-            sum += self.model.forward(&self.params, &x, Some(&y), None, &mut self.acts)? as f64;
+            let (x, y) = (
+                self.model.be.tokens(&self.inputs)?,
+                self.model.be.tokens(&self.targets)?,
+            );
+            sum += self
+                .model
+                .forward(&self.params, &x, Some(&y), None, &mut self.acts)?
+                as f64;
         }
         Ok(Some((sum / k as f64) as f32))
     }
@@ -197,12 +216,12 @@ impl<B: Backend> Trainer<B> {
 }
 
 /// Random init from `train.seed`, or the weights of `train.init_hf` (shape must match [model]).
-fn initial_params(cfg: &Config, model: &Gpt2) -> Result<Vec<f32>> {
+fn initial_params(cfg: &Config, mcfg: &Gpt2Config) -> Result<Vec<f32>> {
     match &cfg.train.init_hf {
         Some(dir) => {
             let (hcfg, params) =
                 hf::load(dir).with_context(|| format!("train.init_hf = {}", dir.display()))?;
-            if hcfg != model.cfg {
+            if hcfg != *mcfg {
                 bail!(
                     "train.init_hf = {}: the model there ({}) differs from [model] ({}); set the [model] keys to match",
                     dir.display(),
@@ -242,11 +261,23 @@ pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSumma
     }
 }
 
-fn run_on<B: Backend>(rt: &Runtime, cfg: &Config, opts: &TrainOptions, be: B) -> Result<TrainSummary> {
+fn run_on<B: Backend>(
+    rt: &Runtime,
+    cfg: &Config,
+    opts: &TrainOptions,
+    be: B,
+) -> Result<TrainSummary> {
     let out_dir = cfg.log.out_dir.clone();
-    let metrics_path = opts.metrics.clone().unwrap_or_else(|| out_dir.join("metrics.jsonl"));
+    let metrics_path = opts
+        .metrics
+        .clone()
+        .unwrap_or_else(|| out_dir.join("metrics.jsonl"));
     let setup = Trainer::new(cfg, rt.size, be).and_then(|t| {
-        let w = if rt.rank == 0 { Some(MetricsWriter::create(&metrics_path)?) } else { None };
+        let w = if rt.rank == 0 {
+            Some(MetricsWriter::create(&metrics_path)?)
+        } else {
+            None
+        };
         Ok((t, w))
     });
     let (mut tr, mut writer) = rt.agree(setup)?;
@@ -270,15 +301,20 @@ fn run_on<B: Backend>(rt: &Runtime, cfg: &Config, opts: &TrainOptions, be: B) ->
     if rt.rank == 0 && cfg.log.save_final {
         let dir = out_dir.join("final");
         let host = tr.model.be.download(&tr.params)?;
-        hf::save(&dir, &mcfg, &host).with_context(|| format!("saving final weights to {}", dir.display()))?;
+        hf::save(&dir, &mcfg, &host)
+            .with_context(|| format!("saving final weights to {}", dir.display()))?;
         log::info!("final weights (Hugging Face format): {}", dir.display());
     }
-    Ok(TrainSummary { metrics_path, out_dir, ..summary })
+    Ok(TrainSummary {
+        metrics_path,
+        out_dir,
+        ..summary
+    })
 }
 
-fn train_loop(
+fn train_loop<B: Backend>(
     cfg: &Config,
-    tr: &mut Trainer,
+    tr: &mut Trainer<B>,
     mut writer: Option<&mut MetricsWriter>,
     first_val: Option<f32>,
 ) -> Result<TrainSummary> {

@@ -84,7 +84,9 @@ fn check_fixture(name: &str) {
     let mut acts = model.activations(b, t).unwrap();
 
     // Logits (inference forward).
-    model.forward(&params, &tokens, None, None, &mut acts).unwrap();
+    model
+        .forward(&params, &tokens, None, None, &mut acts)
+        .unwrap();
     let want = ex.f32s("logits");
     let (v, vp) = (cfg.vocab_size, cfg.padded_vocab);
     let mut max_abs = 0.0f32;
@@ -97,19 +99,23 @@ fn check_fixture(name: &str) {
 
     // Loss and gradients.
     let mut grads = vec![0.0f32; model.layout.total];
-    let loss = model.forward(
-        &params,
-        &tokens,
-        Some(&targets),
-        Some(1.0 / (b * t) as f32),
-        &mut acts,
-    );
+    let loss = model
+        .forward(
+            &params,
+            &tokens,
+            Some(&targets),
+            Some(1.0 / (b * t) as f32),
+            &mut acts,
+        )
+        .unwrap();
     assert!(
         rel(loss as f64, ex.num(&["loss"])) <= 1e-5,
         "{name}: loss {loss} vs {}",
         ex.num(&["loss"])
     );
-    model.backward(&params, &mut grads, &tokens, &mut acts).unwrap();
+    model
+        .backward(&params, &mut grads, &tokens, &mut acts)
+        .unwrap();
     for e in &model.layout.entries {
         let want = ex.f32s(&format!("grad.transformer.{}", e.name));
         let got = &grads[e.offset..e.offset + want.len()];
@@ -154,17 +160,19 @@ fn check_fixture(name: &str) {
     let want_norms = ex.nums("grad_norms");
     for s in 0..want_losses.len() {
         grads.fill(0.0);
-        let loss = model.forward(
-            &p,
-            &tokens,
-            Some(&targets),
-            Some(1.0 / (b * t) as f32),
-            &mut acts,
-        );
-        model.backward(&p, &mut grads, &tokens, &mut acts);
+        let loss = model
+            .forward(
+                &p,
+                &tokens,
+                Some(&targets),
+                Some(1.0 / (b * t) as f32),
+                &mut acts,
+            )
+            .unwrap();
+        model.backward(&p, &mut grads, &tokens, &mut acts).unwrap();
         let norm = clip::sum_squares(&grads).sqrt();
         clip::scale(&mut grads, clip::clip_coef(norm, tr("grad_clip")));
-        opt.step(&mut p, &grads, sched.at(s));
+        opt.step(&model.be, &mut p, &grads, sched.at(s)).unwrap();
         assert!(
             rel(loss as f64, want_losses[s]) <= 1e-5,
             "{name}: step {s} loss {loss} vs {}",
@@ -176,7 +184,9 @@ fn check_fixture(name: &str) {
             want_norms[s]
         );
     }
-    let fin = model.forward(&p, &tokens, Some(&targets), None, &mut acts).unwrap();
+    let fin = model
+        .forward(&p, &tokens, Some(&targets), None, &mut acts)
+        .unwrap();
     assert!(
         rel(fin as f64, ex.num(&["final_loss"])) <= 1e-5,
         "{name}: final loss {fin}"

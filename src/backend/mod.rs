@@ -59,32 +59,136 @@ pub trait Backend: Send + Sync {
     fn zero(&self, buf: &mut Self::Buf) -> Result<()>;
 
     /// `out[i] = wte[tok[i]] + wpe[i mod T]`.
-    fn embedding_forward(&self, out: &mut Self::Buf, tok: &Self::Tokens, p: &Self::Buf, wte: Region, wpe: Region, t: usize, c: usize) -> Result<()>;
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Buf,
+        tok: &Self::Tokens,
+        p: &Self::Buf,
+        wte: Region,
+        wpe: Region,
+        t: usize,
+        c: usize,
+    ) -> Result<()>;
     /// `dwte[tok[i]] += dx[i]`, `dwpe[i mod T] += dx[i]`.
-    fn embedding_backward(&self, g: &mut Self::Buf, dwte: Region, dwpe: Region, dx: &Self::Buf, tok: &Self::Tokens, t: usize, c: usize) -> Result<()>;
+    fn embedding_backward(
+        &self,
+        g: &mut Self::Buf,
+        dwte: Region,
+        dwpe: Region,
+        dx: &Self::Buf,
+        tok: &Self::Tokens,
+        t: usize,
+        c: usize,
+    ) -> Result<()>;
     /// LayerNorm of `x [N, C]`; saves `mean, rstd [N]`.
-    fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, p: &Self::Buf, w: Region, b: Region) -> Result<()>;
+    fn layernorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        p: &Self::Buf,
+        w: Region,
+        b: Region,
+    ) -> Result<()>;
     /// Accumulates into `dx` (the residual gradient) and into `dw`, `db`.
-    fn layernorm_backward(&self, dx: &mut Self::Buf, g: &mut Self::Buf, dw: Region, db: Region, dy: &Self::Buf, x: &Self::Buf, p: &Self::Buf, w: Region, mean: &Self::Buf, rstd: &Self::Buf) -> Result<()>;
+    fn layernorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        g: &mut Self::Buf,
+        dw: Region,
+        db: Region,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        p: &Self::Buf,
+        w: Region,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+    ) -> Result<()>;
     /// `out[N, OC] = x[N, IC] · W[IC, OC] + b`.
-    fn linear_forward(&self, out: &mut Self::Buf, x: &Self::Buf, p: &Self::Buf, w: Region, b: Region, n: usize, ic: usize, oc: usize) -> Result<()>;
+    fn linear_forward(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        p: &Self::Buf,
+        w: Region,
+        b: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()>;
     /// `dx = dy·Wᵀ` (overwritten), `dW += xᵀ·dy`, `db += Σ_rows dy`.
-    fn linear_backward(&self, dx: &mut Self::Buf, g: &mut Self::Buf, dw: Region, db: Region, dy: &Self::Buf, x: &Self::Buf, p: &Self::Buf, w: Region, n: usize, ic: usize, oc: usize) -> Result<()>;
+    fn linear_backward(
+        &self,
+        dx: &mut Self::Buf,
+        g: &mut Self::Buf,
+        dw: Region,
+        db: Region,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        p: &Self::Buf,
+        w: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()>;
     /// Causal attention from `qkv [B, T, 3C]`: `out [B, T, C]`, probabilities `att [B, NH, T, T]`.
-    fn attention_forward(&self, out: &mut Self::Buf, att: &mut Self::Buf, qkv: &Self::Buf, d: AttnDims) -> Result<()>;
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        att: &mut Self::Buf,
+        qkv: &Self::Buf,
+        d: AttnDims,
+    ) -> Result<()>;
     /// `dqkv [B, T, 3C]` (overwritten) from `dout [B, T, C]`.
-    fn attention_backward(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, att: &Self::Buf, d: AttnDims) -> Result<()>;
+    fn attention_backward(
+        &self,
+        dqkv: &mut Self::Buf,
+        dout: &Self::Buf,
+        qkv: &Self::Buf,
+        att: &Self::Buf,
+        d: AttnDims,
+    ) -> Result<()>;
     fn gelu_forward(&self, out: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
     fn gelu_backward(&self, dx: &mut Self::Buf, x: &Self::Buf, dy: &Self::Buf) -> Result<()>;
     /// `y += x`.
     fn add_inplace(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
     /// `logits [N, Vp] = xf [N, C] · wteᵀ`.
-    fn logits_forward(&self, logits: &mut Self::Buf, xf: &Self::Buf, p: &Self::Buf, wte: Region, n: usize, c: usize, vp: usize) -> Result<()>;
+    fn logits_forward(
+        &self,
+        logits: &mut Self::Buf,
+        xf: &Self::Buf,
+        p: &Self::Buf,
+        wte: Region,
+        n: usize,
+        c: usize,
+        vp: usize,
+    ) -> Result<()>;
     /// `dxf = dlogits · wte` (overwritten), `dwte += dlogitsᵀ · xf`.
-    fn logits_backward(&self, dxf: &mut Self::Buf, g: &mut Self::Buf, dwte: Region, dlogits: &Self::Buf, xf: &Self::Buf, p: &Self::Buf, wte: Region, n: usize, c: usize, vp: usize) -> Result<()>;
+    fn logits_backward(
+        &self,
+        dxf: &mut Self::Buf,
+        g: &mut Self::Buf,
+        dwte: Region,
+        dlogits: &Self::Buf,
+        xf: &Self::Buf,
+        p: &Self::Buf,
+        wte: Region,
+        n: usize,
+        c: usize,
+        vp: usize,
+    ) -> Result<()>;
     /// Per-row cross-entropy over the first `v` of `vp` columns into `losses [N]`; with
     /// `grad_scale`, logits become `scale·(softmax − onehot)` (0 on padded columns).
-    fn softmax_xent(&self, logits: &mut Self::Buf, losses: &mut Self::Buf, targets: &Self::Tokens, vp: usize, v: usize, grad_scale: Option<f32>) -> Result<()>;
+    fn softmax_xent(
+        &self,
+        logits: &mut Self::Buf,
+        losses: &mut Self::Buf,
+        targets: &Self::Tokens,
+        vp: usize,
+        v: usize,
+        grad_scale: Option<f32>,
+    ) -> Result<()>;
     /// Σ x (f64 on the host).
     fn sum(&self, x: &Self::Buf) -> Result<f64>;
     /// Σ x² (f64 on the host).
@@ -92,5 +196,13 @@ pub trait Backend: Send + Sync {
     /// `x *= k`.
     fn scale(&self, x: &mut Self::Buf, k: f32) -> Result<()>;
     /// One AdamW update of `p[r]` with `g[r]`, state `m[r]`, `v[r]`.
-    fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, r: Region, s: AdamStep) -> Result<()>;
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        r: Region,
+        s: AdamStep,
+    ) -> Result<()>;
 }

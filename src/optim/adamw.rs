@@ -30,8 +30,26 @@ pub struct AdamW<B: Backend> {
 
 impl<B: Backend> AdamW<B> {
     pub fn new(be: &B, cfg: AdamWConfig, layout: &ParamLayout) -> Result<Self> {
-        let ranges = layout.entries.iter().map(|e| (Region { off: e.offset, len: e.len }, e.decay)).collect();
-        Ok(Self { cfg, m: be.zeros(layout.total)?, v: be.zeros(layout.total)?, t: 0, ranges })
+        let ranges = layout
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    Region {
+                        off: e.offset,
+                        len: e.len,
+                    },
+                    e.decay,
+                )
+            })
+            .collect();
+        Ok(Self {
+            cfg,
+            m: be.zeros(layout.total)?,
+            v: be.zeros(layout.total)?,
+            t: 0,
+            ranges,
+        })
     }
 
     /// One update of `params` with gradients `grads` at learning rate `lr`.
@@ -46,7 +64,11 @@ impl<B: Backend> AdamW<B> {
                 beta1: c.beta1,
                 beta2: c.beta2,
                 eps: c.eps,
-                decay_factor: if decay { 1.0 - lr * c.weight_decay } else { 1.0 },
+                decay_factor: if decay {
+                    1.0 - lr * c.weight_decay
+                } else {
+                    1.0
+                },
                 step_size: (lr as f64 / bc1) as f32,
                 bc2_sqrt: bc2.sqrt() as f32,
             };

@@ -52,7 +52,9 @@ pub struct Cpu {
 
 impl Cpu {
     pub fn new(threads: usize) -> Self {
-        Self { threads: threads.max(1) }
+        Self {
+            threads: threads.max(1),
+        }
     }
 }
 
@@ -92,38 +94,122 @@ impl Backend for Cpu {
         buf.fill(0.0);
         Ok(())
     }
-    fn embedding_forward(&self, out: &mut Vec<f32>, tok: &Vec<u32>, p: &Vec<f32>, wte: Region, wpe: Region, t: usize, c: usize) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        out: &mut Vec<f32>,
+        tok: &Vec<u32>,
+        p: &Vec<f32>,
+        wte: Region,
+        wpe: Region,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
         embedding::forward(out, tok, &p[wte.range()], &p[wpe.range()], t, c);
         Ok(())
     }
-    fn embedding_backward(&self, g: &mut Vec<f32>, dwte: Region, dwpe: Region, dx: &Vec<f32>, tok: &Vec<u32>, t: usize, c: usize) -> Result<()> {
+    fn embedding_backward(
+        &self,
+        g: &mut Vec<f32>,
+        dwte: Region,
+        dwpe: Region,
+        dx: &Vec<f32>,
+        tok: &Vec<u32>,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
         let (a, b) = two_mut(g, dwte, dwpe);
         embedding::backward(a, b, dx, tok, t, c);
         Ok(())
     }
-    fn layernorm_forward(&self, out: &mut Vec<f32>, mean: &mut Vec<f32>, rstd: &mut Vec<f32>, x: &Vec<f32>, p: &Vec<f32>, w: Region, b: Region) -> Result<()> {
+    fn layernorm_forward(
+        &self,
+        out: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        w: Region,
+        b: Region,
+    ) -> Result<()> {
         layernorm::forward(out, mean, rstd, x, &p[w.range()], &p[b.range()]);
         Ok(())
     }
-    fn layernorm_backward(&self, dx: &mut Vec<f32>, g: &mut Vec<f32>, dw: Region, db: Region, dy: &Vec<f32>, x: &Vec<f32>, p: &Vec<f32>, w: Region, mean: &Vec<f32>, rstd: &Vec<f32>) -> Result<()> {
+    fn layernorm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        g: &mut Vec<f32>,
+        dw: Region,
+        db: Region,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        w: Region,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+    ) -> Result<()> {
         let (gw, gb) = two_mut(g, dw, db);
         layernorm::backward(dx, gw, gb, dy, x, &p[w.range()], mean, rstd);
         Ok(())
     }
-    fn linear_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>, p: &Vec<f32>, w: Region, b: Region, n: usize, ic: usize, oc: usize) -> Result<()> {
-        linear::forward(out, x, &p[w.range()], &p[b.range()], n, ic, oc, self.threads);
+    fn linear_forward(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        w: Region,
+        b: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
+        linear::forward(
+            out,
+            x,
+            &p[w.range()],
+            &p[b.range()],
+            n,
+            ic,
+            oc,
+            self.threads,
+        );
         Ok(())
     }
-    fn linear_backward(&self, dx: &mut Vec<f32>, g: &mut Vec<f32>, dw: Region, db: Region, dy: &Vec<f32>, x: &Vec<f32>, p: &Vec<f32>, w: Region, n: usize, ic: usize, oc: usize) -> Result<()> {
+    fn linear_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        g: &mut Vec<f32>,
+        dw: Region,
+        db: Region,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        p: &Vec<f32>,
+        w: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
         let (gw, gb) = two_mut(g, dw, db);
         linear::backward(dx, gw, gb, dy, x, &p[w.range()], n, ic, oc, self.threads);
         Ok(())
     }
-    fn attention_forward(&self, out: &mut Vec<f32>, att: &mut Vec<f32>, qkv: &Vec<f32>, d: AttnDims) -> Result<()> {
+    fn attention_forward(
+        &self,
+        out: &mut Vec<f32>,
+        att: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        d: AttnDims,
+    ) -> Result<()> {
         attention::forward(out, att, qkv, d);
         Ok(())
     }
-    fn attention_backward(&self, dqkv: &mut Vec<f32>, dout: &Vec<f32>, qkv: &Vec<f32>, att: &Vec<f32>, d: AttnDims) -> Result<()> {
+    fn attention_backward(
+        &self,
+        dqkv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        qkv: &Vec<f32>,
+        att: &Vec<f32>,
+        d: AttnDims,
+    ) -> Result<()> {
         attention::backward(dqkv, dout, qkv, att, d);
         Ok(())
     }
@@ -139,15 +225,54 @@ impl Backend for Cpu {
         crate::model::gpt2::block::add_inplace(y, x);
         Ok(())
     }
-    fn logits_forward(&self, logits: &mut Vec<f32>, xf: &Vec<f32>, p: &Vec<f32>, wte: Region, n: usize, c: usize, vp: usize) -> Result<()> {
+    fn logits_forward(
+        &self,
+        logits: &mut Vec<f32>,
+        xf: &Vec<f32>,
+        p: &Vec<f32>,
+        wte: Region,
+        n: usize,
+        c: usize,
+        vp: usize,
+    ) -> Result<()> {
         head::logits_forward(logits, xf, &p[wte.range()], n, c, vp, self.threads);
         Ok(())
     }
-    fn logits_backward(&self, dxf: &mut Vec<f32>, g: &mut Vec<f32>, dwte: Region, dlogits: &Vec<f32>, xf: &Vec<f32>, p: &Vec<f32>, wte: Region, n: usize, c: usize, vp: usize) -> Result<()> {
-        head::logits_backward(dxf, &mut g[dwte.range()], dlogits, xf, &p[wte.range()], n, c, vp, self.threads);
+    fn logits_backward(
+        &self,
+        dxf: &mut Vec<f32>,
+        g: &mut Vec<f32>,
+        dwte: Region,
+        dlogits: &Vec<f32>,
+        xf: &Vec<f32>,
+        p: &Vec<f32>,
+        wte: Region,
+        n: usize,
+        c: usize,
+        vp: usize,
+    ) -> Result<()> {
+        head::logits_backward(
+            dxf,
+            &mut g[dwte.range()],
+            dlogits,
+            xf,
+            &p[wte.range()],
+            n,
+            c,
+            vp,
+            self.threads,
+        );
         Ok(())
     }
-    fn softmax_xent(&self, logits: &mut Vec<f32>, losses: &mut Vec<f32>, targets: &Vec<u32>, vp: usize, v: usize, grad_scale: Option<f32>) -> Result<()> {
+    fn softmax_xent(
+        &self,
+        logits: &mut Vec<f32>,
+        losses: &mut Vec<f32>,
+        targets: &Vec<u32>,
+        vp: usize,
+        v: usize,
+        grad_scale: Option<f32>,
+    ) -> Result<()> {
         loss::softmax_xent(logits, losses, targets, vp, v, grad_scale);
         Ok(())
     }
@@ -161,8 +286,22 @@ impl Backend for Cpu {
         clip::scale(x, k);
         Ok(())
     }
-    fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, r: Region, s: AdamStep) -> Result<()> {
-        adamw::update(&mut p[r.range()], &g[r.range()], &mut m[r.range()], &mut v[r.range()], s);
+    fn adamw(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        r: Region,
+        s: AdamStep,
+    ) -> Result<()> {
+        adamw::update(
+            &mut p[r.range()],
+            &g[r.range()],
+            &mut m[r.range()],
+            &mut v[r.range()],
+            s,
+        );
         Ok(())
     }
 }

@@ -105,17 +105,49 @@ impl<B: Backend> BlockScratch<B> {
 
 /// Forward of one block from input `x [N, C]`; fills `a`. `p` holds the block's parameter
 /// regions inside the flat parameter buffer `params`.
-pub fn forward<B: Backend>(be: &B, a: &mut BlockActs<B>, x: &B::Buf, params: &B::Buf, p: &BlockTensors<Region>, d: AttnDims) -> Result<()> {
+pub fn forward<B: Backend>(
+    be: &B,
+    a: &mut BlockActs<B>,
+    x: &B::Buf,
+    params: &B::Buf,
+    p: &BlockTensors<Region>,
+    d: AttnDims,
+) -> Result<()> {
     let (n, c) = (d.b * d.t, d.c);
-    be.layernorm_forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, params, p.ln1_w, p.ln1_b)?;
+    be.layernorm_forward(
+        &mut a.ln1,
+        &mut a.ln1_mean,
+        &mut a.ln1_rstd,
+        x,
+        params,
+        p.ln1_w,
+        p.ln1_b,
+    )?;
     be.linear_forward(&mut a.qkv, &a.ln1, params, p.qkv_w, p.qkv_b, n, c, 3 * c)?;
     be.attention_forward(&mut a.atty, &mut a.att, &a.qkv, d)?;
     be.linear_forward(&mut a.res2, &a.atty, params, p.proj_w, p.proj_b, n, c, c)?;
     be.add_inplace(&mut a.res2, x)?;
-    be.layernorm_forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res2, params, p.ln2_w, p.ln2_b)?;
+    be.layernorm_forward(
+        &mut a.ln2,
+        &mut a.ln2_mean,
+        &mut a.ln2_rstd,
+        &a.res2,
+        params,
+        p.ln2_w,
+        p.ln2_b,
+    )?;
     be.linear_forward(&mut a.fch, &a.ln2, params, p.fc_w, p.fc_b, n, c, 4 * c)?;
     be.gelu_forward(&mut a.fch_gelu, &a.fch)?;
-    be.linear_forward(&mut a.out, &a.fch_gelu, params, p.fcproj_w, p.fcproj_b, n, 4 * c, c)?;
+    be.linear_forward(
+        &mut a.out,
+        &a.fch_gelu,
+        params,
+        p.fcproj_w,
+        p.fcproj_b,
+        n,
+        4 * c,
+        c,
+    )?;
     be.add_inplace(&mut a.out, &a.res2)
 }
 
@@ -135,15 +167,85 @@ pub fn backward<B: Backend>(
 ) -> Result<()> {
     let (n, c) = (d.b * d.t, d.c);
     // MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))).
-    be.linear_backward(&mut s.dgelu, grads, p.fcproj_w, p.fcproj_b, dres, &a.fch_gelu, params, p.fcproj_w, n, 4 * c, c)?;
+    be.linear_backward(
+        &mut s.dgelu,
+        grads,
+        p.fcproj_w,
+        p.fcproj_b,
+        dres,
+        &a.fch_gelu,
+        params,
+        p.fcproj_w,
+        n,
+        4 * c,
+        c,
+    )?;
     be.gelu_backward(&mut s.dfch, &a.fch, &s.dgelu)?;
-    be.linear_backward(&mut s.dln, grads, p.fc_w, p.fc_b, &s.dfch, &a.ln2, params, p.fc_w, n, c, 4 * c)?;
-    be.layernorm_backward(dres, grads, p.ln2_w, p.ln2_b, &s.dln, &a.res2, params, p.ln2_w, &a.ln2_mean, &a.ln2_rstd)?;
+    be.linear_backward(
+        &mut s.dln,
+        grads,
+        p.fc_w,
+        p.fc_b,
+        &s.dfch,
+        &a.ln2,
+        params,
+        p.fc_w,
+        n,
+        c,
+        4 * c,
+    )?;
+    be.layernorm_backward(
+        dres,
+        grads,
+        p.ln2_w,
+        p.ln2_b,
+        &s.dln,
+        &a.res2,
+        params,
+        p.ln2_w,
+        &a.ln2_mean,
+        &a.ln2_rstd,
+    )?;
     // Attention branch: res2 = x + proj(attn(qkv(ln1(x)))).
-    be.linear_backward(&mut s.datty, grads, p.proj_w, p.proj_b, dres, &a.atty, params, p.proj_w, n, c, c)?;
+    be.linear_backward(
+        &mut s.datty,
+        grads,
+        p.proj_w,
+        p.proj_b,
+        dres,
+        &a.atty,
+        params,
+        p.proj_w,
+        n,
+        c,
+        c,
+    )?;
     be.attention_backward(&mut s.dqkv, &s.datty, &a.qkv, &a.att, d)?;
-    be.linear_backward(&mut s.dln, grads, p.qkv_w, p.qkv_b, &s.dqkv, &a.ln1, params, p.qkv_w, n, c, 3 * c)?;
-    be.layernorm_backward(dres, grads, p.ln1_w, p.ln1_b, &s.dln, x, params, p.ln1_w, &a.ln1_mean, &a.ln1_rstd)
+    be.linear_backward(
+        &mut s.dln,
+        grads,
+        p.qkv_w,
+        p.qkv_b,
+        &s.dqkv,
+        &a.ln1,
+        params,
+        p.qkv_w,
+        n,
+        c,
+        3 * c,
+    )?;
+    be.layernorm_backward(
+        dres,
+        grads,
+        p.ln1_w,
+        p.ln1_b,
+        &s.dln,
+        x,
+        params,
+        p.ln1_w,
+        &a.ln1_mean,
+        &a.ln1_rstd,
+    )
 }
 
 /// `y += x` elementwise.

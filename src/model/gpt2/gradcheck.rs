@@ -184,11 +184,17 @@ fn whole_model_backward() {
     let tgt: Vec<u32> = (0..b * t).map(|i| (i * 53 % 100) as u32).collect();
     let mut acts = model.activations(b, t).unwrap();
     let mut grads = vec![0.0; model.layout.total];
-    model.forward(&params, &tok, Some(&tgt), Some(1.0), &mut acts).unwrap();
-    model.backward(&params, &mut grads, &tok, &mut acts).unwrap();
+    model
+        .forward(&params, &tok, Some(&tgt), Some(1.0), &mut acts)
+        .unwrap();
+    model
+        .backward(&params, &mut grads, &tok, &mut acts)
+        .unwrap();
     let mut f = |p: &[f32]| {
         let mut a = model.activations(b, t).unwrap();
-        model.forward(&p.to_vec(), &tok, Some(&tgt), None, &mut a).unwrap();
+        model
+            .forward(&p.to_vec(), &tok, Some(&tgt), None, &mut a)
+            .unwrap();
         a.losses.iter().map(|&x| x as f64).sum::<f64>()
     };
     // Weights are ~0.02: a unit-variance direction needs a small step (truncation error is

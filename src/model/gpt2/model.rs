@@ -45,7 +45,9 @@ impl<B: Backend> Activations<B> {
             b,
             t,
             encoded: be.zeros(n * c)?,
-            blocks: (0..cfg.n_layer).map(|_| BlockActs::new(be, b, t, c, cfg.n_head)).collect::<Result<_>>()?,
+            blocks: (0..cfg.n_layer)
+                .map(|_| BlockActs::new(be, b, t, c, cfg.n_head))
+                .collect::<Result<_>>()?,
             lnf: be.zeros(n * c)?,
             lnf_mean: be.zeros(n)?,
             lnf_rstd: be.zeros(n)?,
@@ -61,8 +63,18 @@ impl<B: Backend> Activations<B> {
 impl BlockIdx {
     fn array(&self) -> [usize; 12] {
         [
-            self.ln1_w, self.ln1_b, self.qkv_w, self.qkv_b, self.proj_w, self.proj_b, self.ln2_w,
-            self.ln2_b, self.fc_w, self.fc_b, self.fcproj_w, self.fcproj_b,
+            self.ln1_w,
+            self.ln1_b,
+            self.qkv_w,
+            self.qkv_b,
+            self.proj_w,
+            self.proj_b,
+            self.ln2_w,
+            self.ln2_b,
+            self.fc_w,
+            self.fc_b,
+            self.fcproj_w,
+            self.fcproj_b,
         ]
     }
 }
@@ -76,17 +88,29 @@ impl Gpt2<Cpu> {
 
 impl<B: Backend> Gpt2<B> {
     pub fn with_backend(cfg: Gpt2Config, be: B) -> Self {
-        Self { layout: ParamLayout::new(&cfg), cfg, be }
+        Self {
+            layout: ParamLayout::new(&cfg),
+            cfg,
+            be,
+        }
     }
 
     fn dims(&self, b: usize, t: usize) -> AttnDims {
-        AttnDims { b, t, c: self.cfg.n_embd, nh: self.cfg.n_head }
+        AttnDims {
+            b,
+            t,
+            c: self.cfg.n_embd,
+            nh: self.cfg.n_head,
+        }
     }
 
     /// The region of parameter `i` in the flat buffers.
     pub fn region(&self, i: usize) -> Region {
         let e = &self.layout.entries[i];
-        Region { off: e.offset, len: e.len }
+        Region {
+            off: e.offset,
+            len: e.len,
+        }
     }
 
     fn block_regions(&self, l: usize) -> BlockTensors<Region> {
@@ -112,15 +136,42 @@ impl<B: Backend> Gpt2<B> {
         let (b, t, c, vp) = (acts.b, acts.t, self.cfg.n_embd, self.cfg.padded_vocab);
         let (be, ly) = (&self.be, &self.layout);
         let wte = self.region(ly.wte);
-        be.embedding_forward(&mut acts.encoded, tokens, params, wte, self.region(ly.wpe), t, c)?;
+        be.embedding_forward(
+            &mut acts.encoded,
+            tokens,
+            params,
+            wte,
+            self.region(ly.wpe),
+            t,
+            c,
+        )?;
         for l in 0..self.cfg.n_layer {
             let (done, rest) = acts.blocks.split_at_mut(l);
-            let x = if l == 0 { &acts.encoded } else { &done[l - 1].out };
-            block::forward(be, &mut rest[0], x, params, &self.block_regions(l), self.dims(b, t))?;
+            let x = if l == 0 {
+                &acts.encoded
+            } else {
+                &done[l - 1].out
+            };
+            block::forward(
+                be,
+                &mut rest[0],
+                x,
+                params,
+                &self.block_regions(l),
+                self.dims(b, t),
+            )?;
         }
         let x = acts.blocks.last().map_or(&acts.encoded, |a| &a.out);
         let (w, bias) = (self.region(ly.lnf_w), self.region(ly.lnf_b));
-        be.layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, x, params, w, bias)?;
+        be.layernorm_forward(
+            &mut acts.lnf,
+            &mut acts.lnf_mean,
+            &mut acts.lnf_rstd,
+            x,
+            params,
+            w,
+            bias,
+        )?;
         be.logits_forward(&mut acts.logits, &acts.lnf, params, wte, b * t, c, vp)?;
         match targets {
             Some(y) => {
@@ -134,11 +185,28 @@ impl<B: Backend> Gpt2<B> {
 
     /// Backward pass after a training `forward` (with `grad_scale`): accumulates into `grads`
     /// (flat, same layout as `params`).
-    pub fn backward(&self, params: &B::Buf, grads: &mut B::Buf, tokens: &B::Tokens, acts: &mut Activations<B>) -> Result<()> {
+    pub fn backward(
+        &self,
+        params: &B::Buf,
+        grads: &mut B::Buf,
+        tokens: &B::Tokens,
+        acts: &mut Activations<B>,
+    ) -> Result<()> {
         let (b, t, c, vp) = (acts.b, acts.t, self.cfg.n_embd, self.cfg.padded_vocab);
         let (be, ly) = (&self.be, &self.layout);
         let wte = self.region(ly.wte);
-        let Activations { encoded, blocks, lnf, lnf_mean, lnf_rstd, logits, scratch, dres, dlnf, .. } = acts;
+        let Activations {
+            encoded,
+            blocks,
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            scratch,
+            dres,
+            dlnf,
+            ..
+        } = acts;
         // Head: dlnf = dlogits · wte; dwte += dlogitsᵀ · lnf.
         be.logits_backward(dlnf, grads, wte, logits, lnf, params, wte, b * t, c, vp)?;
         be.zero(dres)?;
@@ -146,16 +214,34 @@ impl<B: Backend> Gpt2<B> {
         let (w, bias) = (self.region(ly.lnf_w), self.region(ly.lnf_b));
         be.layernorm_backward(dres, grads, w, bias, dlnf, x, params, w, lnf_mean, lnf_rstd)?;
         for l in (0..self.cfg.n_layer).rev() {
-            let x = if l == 0 { &*encoded } else { &blocks[l - 1].out };
+            let x = if l == 0 {
+                &*encoded
+            } else {
+                &blocks[l - 1].out
+            };
             let p = self.block_regions(l);
-            block::backward(be, dres, grads, scratch, &blocks[l], x, params, &p, self.dims(b, t))?;
+            block::backward(
+                be,
+                dres,
+                grads,
+                scratch,
+                &blocks[l],
+                x,
+                params,
+                &p,
+                self.dims(b, t),
+            )?;
         }
         be.embedding_backward(grads, wte, self.region(ly.wpe), dres, tokens, t, c)
     }
 
     /// Check that a flat buffer has the layout's size.
     pub fn check_len(&self, what: &str, len: usize) -> Result<()> {
-        ensure!(len == self.layout.total, "{what}: {len} values, the model needs {}", self.layout.total);
+        ensure!(
+            len == self.layout.total,
+            "{what}: {len} values, the model needs {}",
+            self.layout.total
+        );
         Ok(())
     }
 }
