@@ -1,0 +1,261 @@
+//! [`CudaBackend`]: the [`Backend`] ops on one NVIDIA GPU — NVRTC kernels from `kernels/` for
+//! the elementwise, normalisation, softmax and optimizer ops, cuBLASLt for every GEMM.
+//!
+//! Buffers are `CudaSlice<f32>` on the device chosen by the node-local rank (modulo the
+//! devices visible, so `CUDA_VISIBLE_DEVICES` is respected). All work goes to one stream, in
+//! order; host reads (`download`, loss sums, the gradient norm) synchronise. GEMMs run in exact
+//! fp32 (`COMPUTE_32F`) by default so the GPU reproduces the CPU reference closely; bf16
+//! mixed precision is the next step (see README "GPUs").
+
+use super::device_count;
+use super::gemm::{Batch, GMat, Gemm, Opts};
+use super::kernels::{self, AdamWStep, AttnShape, Kernels, SUMSQ_PARTS};
+use crate::backend::{AdamStep, Backend, Region};
+use crate::model::gpt2::attention::AttnDims;
+use anyhow::{ensure, Context, Result};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaViewMut};
+use std::sync::Arc;
+
+/// One GPU with its stream, kernels and cuBLASLt handle.
+pub struct CudaBackend {
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    gemm: Gemm,
+    device: String,
+    _ctx: Arc<CudaContext>,
+}
+
+/// Token ids of a micro-batch on the device, with the host-side grouping by id that the
+/// deterministic embedding backward needs.
+pub struct DevTokens {
+    ids: CudaSlice<i32>,
+    order: CudaSlice<i32>,
+    seg_start: CudaSlice<i32>,
+    seg_token: CudaSlice<i32>,
+    num_segs: usize,
+}
+
+fn shape(d: AttnDims) -> AttnShape {
+    AttnShape { b: d.b, t: d.t, c: d.c, nh: d.nh }
+}
+
+impl CudaBackend {
+    /// Open the GPU for node-local rank `local_rank` (device `local_rank mod count`), compile
+    /// (or load from the cache) the kernels for its architecture, create the cuBLASLt handle.
+    pub fn new(local_rank: usize) -> Result<Self> {
+        let count = device_count()?;
+        let ordinal = local_rank % count;
+        let ctx = CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+        let stream = ctx.default_stream();
+        let arch = kernels::device_arch(&ctx)?;
+        let k = Kernels::load(&ctx, stream.clone(), &arch)?;
+        let gemm = Gemm::new(stream.clone())?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let device = format!("cuda:{ordinal} ({name}, {arch})");
+        Ok(Self { stream, k, gemm, device, _ctx: ctx })
+    }
+
+    fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.alloc_zeros::<f32>(n.max(1))?)
+    }
+
+    /// Runs `f` on two disjoint mutable regions of one buffer.
+    fn two_mut<R>(
+        g: &mut CudaSlice<f32>,
+        a: Region,
+        b: Region,
+        f: impl FnOnce(&mut CudaViewMut<f32>, &mut CudaViewMut<f32>) -> Result<R>,
+    ) -> Result<R> {
+        ensure!(a.off + a.len <= b.off || b.off + b.len <= a.off, "regions overlap");
+        if a.off < b.off {
+            let (mut lo, mut hi) = g.split_at_mut(b.off);
+            let (mut va, mut vb) = (lo.slice_mut(a.range()), hi.slice_mut(0..b.len));
+            f(&mut va, &mut vb)
+        } else {
+            let (mut lo, mut hi) = g.split_at_mut(a.off);
+            let (mut va, mut vb) = (hi.slice_mut(0..a.len), lo.slice_mut(b.range()));
+            f(&mut va, &mut vb)
+        }
+    }
+}
+
+/// Positions grouped by token id (stable), as segments of equal ids.
+fn segments(ids: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i]);
+    let (mut start, mut token) = (Vec::new(), Vec::new());
+    for (k, &i) in order.iter().enumerate() {
+        if k == 0 || ids[order[k - 1]] != ids[i] {
+            start.push(k as i32);
+            token.push(ids[i] as i32);
+        }
+    }
+    start.push(ids.len() as i32);
+    (order.iter().map(|&i| i as i32).collect(), start, token)
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaSlice<f32>;
+    type Tokens = DevTokens;
+
+    fn name(&self) -> String {
+        self.device.clone()
+    }
+    fn zeros(&self, n: usize) -> Result<CudaSlice<f32>> {
+        self.scratch(n)
+    }
+    fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        Ok(self.stream.clone_dtoh(buf)?)
+    }
+    fn tokens(&self, ids: &[u32]) -> Result<DevTokens> {
+        let as_i32: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+        let (order, start, token) = segments(ids);
+        let s = &self.stream;
+        Ok(DevTokens {
+            ids: s.clone_htod(&as_i32)?,
+            order: s.clone_htod(&order)?,
+            seg_start: s.clone_htod(&start)?,
+            num_segs: token.len(),
+            seg_token: s.clone_htod(&token)?,
+        })
+    }
+    fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
+        Ok(self.stream.memset_zeros(buf)?)
+    }
+
+    fn embedding_forward(&self, out: &mut CudaSlice<f32>, tok: &DevTokens, p: &CudaSlice<f32>, wte: Region, wpe: Region, t: usize, c: usize) -> Result<()> {
+        let n = tok.ids.len();
+        self.k.embedding_forward(&mut out.as_view_mut(), &tok.ids.as_view(), &p.slice(wte.range()), &p.slice(wpe.range()), n, t, c)
+    }
+    fn embedding_backward(&self, g: &mut CudaSlice<f32>, dwte: Region, dwpe: Region, dx: &CudaSlice<f32>, tok: &DevTokens, t: usize, c: usize) -> Result<()> {
+        let b = tok.ids.len() / t;
+        self.k.embedding_backward_wpe(&mut g.slice_mut(dwpe.range()), &dx.as_view(), b, t, c)?;
+        self.k.embedding_backward_wte(
+            &mut g.slice_mut(dwte.range()),
+            &dx.as_view(),
+            &tok.order.as_view(),
+            &tok.seg_start.as_view(),
+            &tok.seg_token.as_view(),
+            tok.num_segs,
+            c,
+        )
+    }
+    fn layernorm_forward(&self, out: &mut CudaSlice<f32>, mean: &mut CudaSlice<f32>, rstd: &mut CudaSlice<f32>, x: &CudaSlice<f32>, p: &CudaSlice<f32>, w: Region, b: Region) -> Result<()> {
+        let (n, c) = (mean.len(), w.len);
+        self.k.layernorm_forward(&mut out.as_view_mut(), &mut mean.as_view_mut(), &mut rstd.as_view_mut(), &x.as_view(), &p.slice(w.range()), &p.slice(b.range()), n, c)
+    }
+    fn layernorm_backward(&self, dx: &mut CudaSlice<f32>, g: &mut CudaSlice<f32>, dw: Region, db: Region, dy: &CudaSlice<f32>, x: &CudaSlice<f32>, p: &CudaSlice<f32>, w: Region, mean: &CudaSlice<f32>, rstd: &CudaSlice<f32>) -> Result<()> {
+        let (n, c) = (mean.len(), w.len);
+        let mut scratch = self.scratch(Kernels::layernorm_scratch_len(n, c))?;
+        let wv = p.slice(w.range());
+        Self::two_mut(g, dw, db, |gw, gb| {
+            self.k.layernorm_backward(&mut dx.as_view_mut(), gw, gb, &mut scratch.as_view_mut(), &dy.as_view(), &x.as_view(), &wv, &mean.as_view(), &rstd.as_view(), n, c)
+        })
+    }
+    fn linear_forward(&self, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>, p: &CudaSlice<f32>, w: Region, b: Region, n: usize, ic: usize, oc: usize) -> Result<()> {
+        let (wv, bv) = (p.slice(w.range()), p.slice(b.range()));
+        let opts = Opts { bias: Some(&bv), ..Default::default() };
+        self.gemm.matmul::<f32, f32>(out, oc, GMat::new(x, n, ic), GMat::new(&wv, ic, oc), opts)
+    }
+    fn linear_backward(&self, dx: &mut CudaSlice<f32>, g: &mut CudaSlice<f32>, dw: Region, db: Region, dy: &CudaSlice<f32>, x: &CudaSlice<f32>, p: &CudaSlice<f32>, w: Region, n: usize, ic: usize, oc: usize) -> Result<()> {
+        let wv = p.slice(w.range());
+        self.gemm.matmul_f32(dx, ic, GMat::new(dy, n, oc), GMat::new(&wv, ic, oc).t(), false)?;
+        self.gemm.matmul_f32(&mut g.slice_mut(dw.range()), oc, GMat::new(x, n, ic).t(), GMat::new(dy, n, oc), true)?;
+        let mut scratch = self.scratch(Kernels::bias_scratch_len(n, oc))?;
+        self.k.bias_grad(&mut g.slice_mut(db.range()), &mut scratch.as_view_mut(), &dy.as_view(), n, oc)
+    }
+    fn attention_forward(&self, out: &mut CudaSlice<f32>, att: &mut CudaSlice<f32>, qkv: &CudaSlice<f32>, d: AttnDims) -> Result<()> {
+        let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
+        let n = d.b * d.t * d.c;
+        let (mut q, mut k, mut v, mut y) = (self.scratch(n)?, self.scratch(n)?, self.scratch(n)?, self.scratch(n)?);
+        self.k.attn_split_qkv(&mut q.as_view_mut(), &mut k.as_view_mut(), &mut v.as_view_mut(), &qkv.as_view(), shape(d))?;
+        let head = t * hd;
+        let qk = Batch { count: bh, stride_a: head, stride_b: head, stride_c: t * t };
+        self.gemm.matmul_batched_f32(att, t, GMat::new(&q, t, hd), GMat::new(&k, t, hd).t(), false, qk)?;
+        self.k.causal_softmax_forward(&mut att.as_view_mut(), bh, t, 1.0 / (hd as f32).sqrt())?;
+        let pv = Batch { count: bh, stride_a: t * t, stride_b: head, stride_c: head };
+        self.gemm.matmul_batched_f32(&mut y, hd, GMat::new(att, t, t), GMat::new(&v, t, hd), false, pv)?;
+        self.k.attn_merge_heads(&mut out.as_view_mut(), &y.as_view(), shape(d))
+    }
+    fn attention_backward(&self, dqkv: &mut CudaSlice<f32>, dout: &CudaSlice<f32>, qkv: &CudaSlice<f32>, att: &CudaSlice<f32>, d: AttnDims) -> Result<()> {
+        let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
+        let n = d.b * d.t * d.c;
+        let (mut q, mut k, mut v) = (self.scratch(n)?, self.scratch(n)?, self.scratch(n)?);
+        self.k.attn_split_qkv(&mut q.as_view_mut(), &mut k.as_view_mut(), &mut v.as_view_mut(), &qkv.as_view(), shape(d))?;
+        let mut dy = self.scratch(n)?;
+        self.k.attn_split_heads(&mut dy.as_view_mut(), &dout.as_view(), shape(d))?;
+        let head = t * hd;
+        let (mut dq, mut dk, mut dv, mut ds) = (self.scratch(n)?, self.scratch(n)?, self.scratch(n)?, self.scratch(bh * t * t)?);
+        let tt = t * t;
+        // dV = Pᵀ·dY; dP = dY·Vᵀ (into ds); dS in place; dQ = dS·K; dK = dSᵀ·Q.
+        self.gemm.matmul_batched_f32(&mut dv, hd, GMat::new(att, t, t).t(), GMat::new(&dy, t, hd), false, Batch { count: bh, stride_a: tt, stride_b: head, stride_c: head })?;
+        self.gemm.matmul_batched_f32(&mut ds, t, GMat::new(&dy, t, hd), GMat::new(&v, t, hd).t(), false, Batch { count: bh, stride_a: head, stride_b: head, stride_c: tt })?;
+        self.k.causal_softmax_backward(&mut ds.as_view_mut(), &att.as_view(), bh, t, 1.0 / (hd as f32).sqrt())?;
+        self.gemm.matmul_batched_f32(&mut dq, hd, GMat::new(&ds, t, t), GMat::new(&k, t, hd), false, Batch { count: bh, stride_a: tt, stride_b: head, stride_c: head })?;
+        self.gemm.matmul_batched_f32(&mut dk, hd, GMat::new(&ds, t, t).t(), GMat::new(&q, t, hd), false, Batch { count: bh, stride_a: tt, stride_b: head, stride_c: head })?;
+        self.k.attn_merge_dqkv(&mut dqkv.as_view_mut(), &dq.as_view(), &dk.as_view(), &dv.as_view(), shape(d))
+    }
+    fn gelu_forward(&self, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+        self.k.gelu_forward(&mut out.as_view_mut(), &x.as_view())
+    }
+    fn gelu_backward(&self, dx: &mut CudaSlice<f32>, x: &CudaSlice<f32>, dy: &CudaSlice<f32>) -> Result<()> {
+        self.k.gelu_backward(&mut dx.as_view_mut(), &x.as_view(), &dy.as_view())
+    }
+    fn add_inplace(&self, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+        self.k.add_inplace(&mut y.as_view_mut(), &x.as_view())
+    }
+    fn logits_forward(&self, logits: &mut CudaSlice<f32>, xf: &CudaSlice<f32>, p: &CudaSlice<f32>, wte: Region, n: usize, c: usize, vp: usize) -> Result<()> {
+        let w = p.slice(wte.range());
+        self.gemm.matmul_f32(logits, vp, GMat::new(xf, n, c), GMat::new(&w, vp, c).t(), false)
+    }
+    fn logits_backward(&self, dxf: &mut CudaSlice<f32>, g: &mut CudaSlice<f32>, dwte: Region, dlogits: &CudaSlice<f32>, xf: &CudaSlice<f32>, p: &CudaSlice<f32>, wte: Region, n: usize, c: usize, vp: usize) -> Result<()> {
+        let w = p.slice(wte.range());
+        self.gemm.matmul_f32(dxf, c, GMat::new(dlogits, n, vp), GMat::new(&w, vp, c), false)?;
+        self.gemm.matmul_f32(&mut g.slice_mut(dwte.range()), c, GMat::new(dlogits, n, vp).t(), GMat::new(xf, n, c), true)
+    }
+    fn softmax_xent(&self, logits: &mut CudaSlice<f32>, losses: &mut CudaSlice<f32>, targets: &DevTokens, vp: usize, v: usize, grad_scale: Option<f32>) -> Result<()> {
+        let n = losses.len();
+        self.k.softmax_xent(&mut logits.as_view_mut(), &mut losses.as_view_mut(), &targets.ids.as_view(), n, vp, v, grad_scale)
+    }
+    fn sum(&self, x: &CudaSlice<f32>) -> Result<f64> {
+        Ok(self.download(x)?.iter().map(|&v| v as f64).sum())
+    }
+    fn sum_squares(&self, x: &CudaSlice<f32>) -> Result<f64> {
+        let mut out = self.stream.alloc_zeros::<f64>(1)?;
+        let mut parts = self.stream.alloc_zeros::<f64>(SUMSQ_PARTS)?;
+        self.k.sum_squares(&mut out.as_view_mut(), &mut parts.as_view_mut(), &x.as_view())?;
+        Ok(self.stream.clone_dtoh(&out)?[0])
+    }
+    fn scale(&self, x: &mut CudaSlice<f32>, k: f32) -> Result<()> {
+        if k == 1.0 {
+            return Ok(());
+        }
+        self.k.scale(&mut x.as_view_mut(), k)
+    }
+    fn adamw(&self, p: &mut CudaSlice<f32>, g: &CudaSlice<f32>, m: &mut CudaSlice<f32>, v: &mut CudaSlice<f32>, r: Region, s: AdamStep) -> Result<()> {
+        let h = AdamWStep {
+            lr: s.lr,
+            beta1: s.beta1,
+            beta2: s.beta2,
+            eps: s.eps,
+            wd_factor: s.decay_factor,
+            step_size: s.step_size,
+            bc2_sqrt: s.bc2_sqrt,
+        };
+        self.k.adamw(&mut p.slice_mut(r.range()), &g.slice(r.range()), &mut m.slice_mut(r.range()), &mut v.slice_mut(r.range()), h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn segments_group_equal_ids_in_order() {
+        let (order, start, token) = super::segments(&[5, 1, 5, 3, 1]);
+        assert_eq!(order, vec![1, 4, 3, 0, 2]);
+        assert_eq!(start, vec![0, 2, 3, 5]);
+        assert_eq!(token, vec![1, 3, 5]);
+    }
+}
