@@ -3,6 +3,9 @@
 // BH = B * NH heads. fp32. Layouts: qkv, dqkv [B, T, 3C] (q | k | v per position, head h at
 // channels h*hd..); per-head tensors [B, NH, T, hd]; scores/probabilities [BH, T, T].
 
+// -inf without <math.h> (NVRTC has no INFINITY macro).
+#define NEG_INF __int_as_float(0xff800000)
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -85,7 +88,7 @@ extern "C" __global__ void causal_softmax_forward(float* p, int BH, int T, float
     if (row >= (long)BH * T) return;
     int t = (int)(row % T);
     float* pr = p + row * T;
-    float m = -INFINITY;
+    float m = NEG_INF;
     for (int s = lane; s <= t; s += 32) m = fmaxf(m, pr[s] * scale);
     m = warp_max(m);
     float sum = 0.0f;

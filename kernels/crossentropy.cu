@@ -5,12 +5,15 @@
 // One block per row; blockDim.x a multiple of 32, at most 1024. Sums: f32 per thread,
 // combined in f64 by a fixed-order warp/block tree (deterministic).
 
+// -inf without <math.h> (NVRTC has no INFINITY macro).
+#define NEG_INF __int_as_float(0xff800000)
+
 __device__ float block_max(float v, float* sh) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     if (lane == 0) sh[warp] = v;
     __syncthreads();
-    float r = -INFINITY;
+    float r = NEG_INF;
     for (int i = 0; i < warps; i++) r = fmaxf(r, sh[i]);
     __syncthreads();
     return r;
@@ -37,7 +40,7 @@ extern "C" __global__ void softmax_xent(float* logits, float* losses, const int*
     int y = targets[row];
     bool valid = y >= 0 && y < V;
     float zy = valid ? z[y] : 0.0f;
-    float m = -INFINITY;
+    float m = NEG_INF;
     for (int s = threadIdx.x; s < V; s += blockDim.x) m = fmaxf(m, z[s]);
     m = block_max(m, shf);
     float part = 0.0f;

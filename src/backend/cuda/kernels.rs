@@ -33,8 +33,8 @@ pub const ROWS_PER_PART: usize = 64;
 /// Threads per block of `softmax_xent` (one block per row).
 const XENT_THREADS: u32 = 512;
 
-/// Every kernel function, by file.
-const FUNCTIONS: &[(&str, &[&str])] = &[
+/// Every kernel function, by file (the file stem of `kernels/<file>.cu`).
+pub const FUNCTIONS: &[(&str, &[&str])] = &[
     (
         "embedding",
         &[
