@@ -4,6 +4,9 @@
 
 use anyhow::{bail, Result};
 
+pub mod kernels;
+pub mod nvrtc;
+
 /// Number of CUDA devices, or an error "no CUDA device found" when the driver library is
 /// absent or reports none. Never panics (cudarc panics if libcuda cannot be loaded, so the
 /// library's presence is checked first).
