@@ -14,7 +14,7 @@ MIN_RUST_MINOR=91
 PACKAGES=(
   build-essential pkg-config libclang-dev clang ca-certificates curl git
   libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools
-  fortunes fonts-dejavu-core python3
+  fortunes fonts-dejavu-core python3 python3-pip
 )
 
 # A clean environment (e.g. `env -i` under chroot) may lack HOME; rustup needs it.
@@ -111,6 +111,13 @@ for component in rustfmt clippy; do
     log "warning: $component is missing and rustup is not available to add it (scripts/test.sh needs it)"
   fi
 done
+
+# ---- NVRTC + CUDA headers from PyPI (compile-checks kernels/*.cu without a GPU) --------------
+if bash "$(dirname "${BASH_SOURCE[0]}")/install-nvrtc.sh" >/dev/null; then
+  skipped+=("nvrtc (.cache/nvrtc)")
+else
+  die "installing NVRTC from PyPI failed (scripts/install-nvrtc.sh)"
+fi
 
 # ---- summary -----------------------------------------------------------------------------------
 if ((${#installed[@]} > 0)); then

@@ -35,6 +35,9 @@ if [[ -n "${CARGO_TARGET_DIR:-}" ]]; then
 fi
 export FERROTRON_BIN="$TARGET_DIR/release/ferrotron"
 
+# NVRTC and CUDA headers (from PyPI, no GPU needed) for the kernel compile-check test.
+eval "$(bash scripts/install-nvrtc.sh --env)"
+
 # Runs one stage; on failure names it and exits with its status.
 stage() {
   local name="$1"

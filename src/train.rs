@@ -253,10 +253,8 @@ pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSumma
     match cfg.train.backend {
         BackendKind::Cpu => run_on(rt, cfg, opts, Cpu::new(opts.threads)),
         BackendKind::Cuda => {
-            let probe = crate::backend::cuda::device_count().and_then(|n| {
-                anyhow::bail!("train.backend = \"cuda\": {n} CUDA device(s) found, but the CUDA training backend is not built into this version yet")
-            });
-            rt.agree(probe)
+            let be = rt.agree(crate::backend::cuda::CudaBackend::new(rt.local_rank))?;
+            run_on(rt, cfg, opts, be)
         }
     }
 }

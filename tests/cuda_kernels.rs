@@ -431,12 +431,13 @@ fn adamw_matches_cpu() {
     let mut r = Rng(6);
     let mut p = r.vec(n, 1.0);
     let mut p_d = g.up(&p);
-    let mut opt = adamw::AdamW::new(cfg, &layout);
+    let cpu = ferrotron::backend::cpu::Cpu::new(1);
+    let mut opt = adamw::AdamW::new(&cpu, cfg, &layout).unwrap();
     let (mut m_d, mut v_d) = (g.up(&vec![0.0f32; n]), g.up(&vec![0.0f32; n]));
     for step in 1..=3u64 {
         let grads = r.vec(n, 0.1);
         let lr = 1e-3 * step as f32;
-        opt.step(&mut p, &grads, lr);
+        opt.step(&cpu, &mut p, &grads, lr).unwrap();
         let g_d = g.up(&grads);
         for e in &layout.entries {
             let range = e.offset..e.offset + e.len;

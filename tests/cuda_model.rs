@@ -22,23 +22,36 @@ fn gpu() -> Option<CudaBackend> {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference/fixtures")
+        .join(name)
 }
 
 fn tensor(bytes: &[u8], key: &str) -> Vec<f32> {
     let st = SafeTensors::deserialize(bytes).unwrap();
     let v = st.tensor(key).unwrap();
-    v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    v.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn ids(bytes: &[u8], key: &str) -> Vec<u32> {
     let st = SafeTensors::deserialize(bytes).unwrap();
     let v = st.tensor(key).unwrap();
-    v.data().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32).collect()
+    v.data()
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32)
+        .collect()
 }
 
 fn rel_norm(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let d: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
     d / n.max(1e-30)
 }
@@ -48,9 +61,14 @@ fn gpu_matches_hf_fixture() {
     let Some(be) = gpu() else { return };
     for name in ["gpt2_v50257", "gpt2_v1000"] {
         let dir = fixture(name);
-        let ex: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let ex: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
         let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-        let (b, t) = (ex["batch"].as_u64().unwrap() as usize, ex["seq"].as_u64().unwrap() as usize);
+        let (b, t) = (
+            ex["batch"].as_u64().unwrap() as usize,
+            ex["seq"].as_u64().unwrap() as usize,
+        );
         let (cfg, host) = hf::load(&dir).unwrap();
         let model = Gpt2::with_backend(cfg, CudaBackend::new(0).unwrap());
         let params = model.be.upload(&host).unwrap();
@@ -69,9 +87,14 @@ fn gpu_matches_hf_fixture() {
         }
         assert!(max_abs <= 1e-4, "{name}: GPU logits max abs diff {max_abs}");
         let mut grads = model.be.zeros(model.layout.total).unwrap();
-        let loss = model.forward(&params, &x, Some(&y), Some(1.0 / (b * t) as f32), &mut acts).unwrap();
+        let loss = model
+            .forward(&params, &x, Some(&y), Some(1.0 / (b * t) as f32), &mut acts)
+            .unwrap();
         let want_loss = ex["loss"].as_f64().unwrap();
-        assert!(((loss as f64 - want_loss) / want_loss).abs() <= 1e-5, "{name}: GPU loss {loss} vs {want_loss}");
+        assert!(
+            ((loss as f64 - want_loss) / want_loss).abs() <= 1e-5,
+            "{name}: GPU loss {loss} vs {want_loss}"
+        );
         model.backward(&params, &mut grads, &x, &mut acts).unwrap();
         let g = model.be.download(&grads).unwrap();
         for e in &model.layout.entries {
@@ -84,21 +107,43 @@ fn gpu_matches_hf_fixture() {
 }
 
 /// Losses of `steps` AdamW steps on backend `B` over deterministic pseudo-random batches.
-fn train_losses<B: Backend>(model: &Gpt2<B>, init: &[f32], steps: usize, b: usize, t: usize) -> Vec<f32> {
+fn train_losses<B: Backend>(
+    model: &Gpt2<B>,
+    init: &[f32],
+    steps: usize,
+    b: usize,
+    t: usize,
+) -> Vec<f32> {
     let be = &model.be;
     let mut p = be.upload(init).unwrap();
     let mut g = be.zeros(model.layout.total).unwrap();
-    let acfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let acfg = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut opt = AdamW::new(be, acfg, &model.layout).unwrap();
-    let sched = LrSchedule { lr: 1e-3, min_lr: 1e-4, warmup_steps: 3, total_steps: steps };
+    let sched = LrSchedule {
+        lr: 1e-3,
+        min_lr: 1e-4,
+        warmup_steps: 3,
+        total_steps: steps,
+    };
     let mut acts = model.activations(b, t).unwrap();
     let mut out = Vec::new();
     for s in 0..steps {
-        let tok: Vec<u32> = (0..b * t).map(|i| ((i * 7919 + s * 104_729) % 1000) as u32).collect();
-        let tgt: Vec<u32> = (0..b * t).map(|i| ((i * 31 + s * 17 + 3) % 1000) as u32).collect();
+        let tok: Vec<u32> = (0..b * t)
+            .map(|i| ((i * 7919 + s * 104_729) % 1000) as u32)
+            .collect();
+        let tgt: Vec<u32> = (0..b * t)
+            .map(|i| ((i * 31 + s * 17 + 3) % 1000) as u32)
+            .collect();
         let (x, y) = (be.tokens(&tok).unwrap(), be.tokens(&tgt).unwrap());
         be.zero(&mut g).unwrap();
-        let loss = model.forward(&p, &x, Some(&y), Some(1.0 / (b * t) as f32), &mut acts).unwrap();
+        let loss = model
+            .forward(&p, &x, Some(&y), Some(1.0 / (b * t) as f32), &mut acts)
+            .unwrap();
         model.backward(&p, &mut g, &x, &mut acts).unwrap();
         let norm = be.sum_squares(&g).unwrap().sqrt();
         be.scale(&mut g, clip::clip_coef(norm, 1.0)).unwrap();
@@ -122,5 +167,8 @@ fn gpu_training_matches_cpu_for_20_steps() {
         let r = ((g - w) / w).abs();
         assert!(r <= 1e-4, "step {s}: GPU loss {g} vs CPU {w} (rel {r})");
     }
-    eprintln!("GPU vs CPU losses over 20 steps: first {} / {}, last {} / {}", got[0], want[0], got[19], want[19]);
+    eprintln!(
+        "GPU vs CPU losses over 20 steps: first {} / {}, last {} / {}",
+        got[0], want[0], got[19], want[19]
+    );
 }

@@ -36,7 +36,12 @@ pub struct DevTokens {
 }
 
 fn shape(d: AttnDims) -> AttnShape {
-    AttnShape { b: d.b, t: d.t, c: d.c, nh: d.nh }
+    AttnShape {
+        b: d.b,
+        t: d.t,
+        c: d.c,
+        nh: d.nh,
+    }
 }
 
 impl CudaBackend {
@@ -45,14 +50,21 @@ impl CudaBackend {
     pub fn new(local_rank: usize) -> Result<Self> {
         let count = device_count()?;
         let ordinal = local_rank % count;
-        let ctx = CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+        let ctx =
+            CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
         let stream = ctx.default_stream();
         let arch = kernels::device_arch(&ctx)?;
         let k = Kernels::load(&ctx, stream.clone(), &arch)?;
         let gemm = Gemm::new(stream.clone())?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let device = format!("cuda:{ordinal} ({name}, {arch})");
-        Ok(Self { stream, k, gemm, device, _ctx: ctx })
+        Ok(Self {
+            stream,
+            k,
+            gemm,
+            device,
+            _ctx: ctx,
+        })
     }
 
     fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
@@ -66,7 +78,10 @@ impl CudaBackend {
         b: Region,
         f: impl FnOnce(&mut CudaViewMut<f32>, &mut CudaViewMut<f32>) -> Result<R>,
     ) -> Result<R> {
-        ensure!(a.off + a.len <= b.off || b.off + b.len <= a.off, "regions overlap");
+        ensure!(
+            a.off + a.len <= b.off || b.off + b.len <= a.off,
+            "regions overlap"
+        );
         if a.off < b.off {
             let (mut lo, mut hi) = g.split_at_mut(b.off);
             let (mut va, mut vb) = (lo.slice_mut(a.range()), hi.slice_mut(0..b.len));
@@ -126,13 +141,40 @@ impl Backend for CudaBackend {
         Ok(self.stream.memset_zeros(buf)?)
     }
 
-    fn embedding_forward(&self, out: &mut CudaSlice<f32>, tok: &DevTokens, p: &CudaSlice<f32>, wte: Region, wpe: Region, t: usize, c: usize) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        tok: &DevTokens,
+        p: &CudaSlice<f32>,
+        wte: Region,
+        wpe: Region,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
         let n = tok.ids.len();
-        self.k.embedding_forward(&mut out.as_view_mut(), &tok.ids.as_view(), &p.slice(wte.range()), &p.slice(wpe.range()), n, t, c)
+        self.k.embedding_forward(
+            &mut out.as_view_mut(),
+            &tok.ids.as_view(),
+            &p.slice(wte.range()),
+            &p.slice(wpe.range()),
+            n,
+            t,
+            c,
+        )
     }
-    fn embedding_backward(&self, g: &mut CudaSlice<f32>, dwte: Region, dwpe: Region, dx: &CudaSlice<f32>, tok: &DevTokens, t: usize, c: usize) -> Result<()> {
+    fn embedding_backward(
+        &self,
+        g: &mut CudaSlice<f32>,
+        dwte: Region,
+        dwpe: Region,
+        dx: &CudaSlice<f32>,
+        tok: &DevTokens,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
         let b = tok.ids.len() / t;
-        self.k.embedding_backward_wpe(&mut g.slice_mut(dwpe.range()), &dx.as_view(), b, t, c)?;
+        self.k
+            .embedding_backward_wpe(&mut g.slice_mut(dwpe.range()), &dx.as_view(), b, t, c)?;
         self.k.embedding_backward_wte(
             &mut g.slice_mut(dwte.range()),
             &dx.as_view(),
@@ -143,82 +185,352 @@ impl Backend for CudaBackend {
             c,
         )
     }
-    fn layernorm_forward(&self, out: &mut CudaSlice<f32>, mean: &mut CudaSlice<f32>, rstd: &mut CudaSlice<f32>, x: &CudaSlice<f32>, p: &CudaSlice<f32>, w: Region, b: Region) -> Result<()> {
+    fn layernorm_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        mean: &mut CudaSlice<f32>,
+        rstd: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        w: Region,
+        b: Region,
+    ) -> Result<()> {
         let (n, c) = (mean.len(), w.len);
-        self.k.layernorm_forward(&mut out.as_view_mut(), &mut mean.as_view_mut(), &mut rstd.as_view_mut(), &x.as_view(), &p.slice(w.range()), &p.slice(b.range()), n, c)
+        self.k.layernorm_forward(
+            &mut out.as_view_mut(),
+            &mut mean.as_view_mut(),
+            &mut rstd.as_view_mut(),
+            &x.as_view(),
+            &p.slice(w.range()),
+            &p.slice(b.range()),
+            n,
+            c,
+        )
     }
-    fn layernorm_backward(&self, dx: &mut CudaSlice<f32>, g: &mut CudaSlice<f32>, dw: Region, db: Region, dy: &CudaSlice<f32>, x: &CudaSlice<f32>, p: &CudaSlice<f32>, w: Region, mean: &CudaSlice<f32>, rstd: &CudaSlice<f32>) -> Result<()> {
+    fn layernorm_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        dw: Region,
+        db: Region,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        w: Region,
+        mean: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+    ) -> Result<()> {
         let (n, c) = (mean.len(), w.len);
         let mut scratch = self.scratch(Kernels::layernorm_scratch_len(n, c))?;
         let wv = p.slice(w.range());
         Self::two_mut(g, dw, db, |gw, gb| {
-            self.k.layernorm_backward(&mut dx.as_view_mut(), gw, gb, &mut scratch.as_view_mut(), &dy.as_view(), &x.as_view(), &wv, &mean.as_view(), &rstd.as_view(), n, c)
+            self.k.layernorm_backward(
+                &mut dx.as_view_mut(),
+                gw,
+                gb,
+                &mut scratch.as_view_mut(),
+                &dy.as_view(),
+                &x.as_view(),
+                &wv,
+                &mean.as_view(),
+                &rstd.as_view(),
+                n,
+                c,
+            )
         })
     }
-    fn linear_forward(&self, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>, p: &CudaSlice<f32>, w: Region, b: Region, n: usize, ic: usize, oc: usize) -> Result<()> {
+    fn linear_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        w: Region,
+        b: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
         let (wv, bv) = (p.slice(w.range()), p.slice(b.range()));
-        let opts = Opts { bias: Some(&bv), ..Default::default() };
-        self.gemm.matmul::<f32, f32>(out, oc, GMat::new(x, n, ic), GMat::new(&wv, ic, oc), opts)
+        let opts = Opts {
+            bias: Some(&bv),
+            ..Default::default()
+        };
+        self.gemm
+            .matmul::<f32, f32>(out, oc, GMat::new(x, n, ic), GMat::new(&wv, ic, oc), opts)
     }
-    fn linear_backward(&self, dx: &mut CudaSlice<f32>, g: &mut CudaSlice<f32>, dw: Region, db: Region, dy: &CudaSlice<f32>, x: &CudaSlice<f32>, p: &CudaSlice<f32>, w: Region, n: usize, ic: usize, oc: usize) -> Result<()> {
+    fn linear_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        dw: Region,
+        db: Region,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        w: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
         let wv = p.slice(w.range());
-        self.gemm.matmul_f32(dx, ic, GMat::new(dy, n, oc), GMat::new(&wv, ic, oc).t(), false)?;
-        self.gemm.matmul_f32(&mut g.slice_mut(dw.range()), oc, GMat::new(x, n, ic).t(), GMat::new(dy, n, oc), true)?;
+        self.gemm.matmul_f32(
+            dx,
+            ic,
+            GMat::new(dy, n, oc),
+            GMat::new(&wv, ic, oc).t(),
+            false,
+        )?;
+        self.gemm.matmul_f32(
+            &mut g.slice_mut(dw.range()),
+            oc,
+            GMat::new(x, n, ic).t(),
+            GMat::new(dy, n, oc),
+            true,
+        )?;
         let mut scratch = self.scratch(Kernels::bias_scratch_len(n, oc))?;
-        self.k.bias_grad(&mut g.slice_mut(db.range()), &mut scratch.as_view_mut(), &dy.as_view(), n, oc)
+        self.k.bias_grad(
+            &mut g.slice_mut(db.range()),
+            &mut scratch.as_view_mut(),
+            &dy.as_view(),
+            n,
+            oc,
+        )
     }
-    fn attention_forward(&self, out: &mut CudaSlice<f32>, att: &mut CudaSlice<f32>, qkv: &CudaSlice<f32>, d: AttnDims) -> Result<()> {
+    fn attention_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        att: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        d: AttnDims,
+    ) -> Result<()> {
         let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
         let n = d.b * d.t * d.c;
-        let (mut q, mut k, mut v, mut y) = (self.scratch(n)?, self.scratch(n)?, self.scratch(n)?, self.scratch(n)?);
-        self.k.attn_split_qkv(&mut q.as_view_mut(), &mut k.as_view_mut(), &mut v.as_view_mut(), &qkv.as_view(), shape(d))?;
+        let (mut q, mut k, mut v, mut y) = (
+            self.scratch(n)?,
+            self.scratch(n)?,
+            self.scratch(n)?,
+            self.scratch(n)?,
+        );
+        self.k.attn_split_qkv(
+            &mut q.as_view_mut(),
+            &mut k.as_view_mut(),
+            &mut v.as_view_mut(),
+            &qkv.as_view(),
+            shape(d),
+        )?;
         let head = t * hd;
-        let qk = Batch { count: bh, stride_a: head, stride_b: head, stride_c: t * t };
-        self.gemm.matmul_batched_f32(att, t, GMat::new(&q, t, hd), GMat::new(&k, t, hd).t(), false, qk)?;
-        self.k.causal_softmax_forward(&mut att.as_view_mut(), bh, t, 1.0 / (hd as f32).sqrt())?;
-        let pv = Batch { count: bh, stride_a: t * t, stride_b: head, stride_c: head };
-        self.gemm.matmul_batched_f32(&mut y, hd, GMat::new(att, t, t), GMat::new(&v, t, hd), false, pv)?;
-        self.k.attn_merge_heads(&mut out.as_view_mut(), &y.as_view(), shape(d))
+        let qk = Batch {
+            count: bh,
+            stride_a: head,
+            stride_b: head,
+            stride_c: t * t,
+        };
+        self.gemm.matmul_batched_f32(
+            att,
+            t,
+            GMat::new(&q, t, hd),
+            GMat::new(&k, t, hd).t(),
+            false,
+            qk,
+        )?;
+        self.k
+            .causal_softmax_forward(&mut att.as_view_mut(), bh, t, 1.0 / (hd as f32).sqrt())?;
+        let pv = Batch {
+            count: bh,
+            stride_a: t * t,
+            stride_b: head,
+            stride_c: head,
+        };
+        self.gemm.matmul_batched_f32(
+            &mut y,
+            hd,
+            GMat::new(att, t, t),
+            GMat::new(&v, t, hd),
+            false,
+            pv,
+        )?;
+        self.k
+            .attn_merge_heads(&mut out.as_view_mut(), &y.as_view(), shape(d))
     }
-    fn attention_backward(&self, dqkv: &mut CudaSlice<f32>, dout: &CudaSlice<f32>, qkv: &CudaSlice<f32>, att: &CudaSlice<f32>, d: AttnDims) -> Result<()> {
+    fn attention_backward(
+        &self,
+        dqkv: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        att: &CudaSlice<f32>,
+        d: AttnDims,
+    ) -> Result<()> {
         let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
         let n = d.b * d.t * d.c;
         let (mut q, mut k, mut v) = (self.scratch(n)?, self.scratch(n)?, self.scratch(n)?);
-        self.k.attn_split_qkv(&mut q.as_view_mut(), &mut k.as_view_mut(), &mut v.as_view_mut(), &qkv.as_view(), shape(d))?;
+        self.k.attn_split_qkv(
+            &mut q.as_view_mut(),
+            &mut k.as_view_mut(),
+            &mut v.as_view_mut(),
+            &qkv.as_view(),
+            shape(d),
+        )?;
         let mut dy = self.scratch(n)?;
-        self.k.attn_split_heads(&mut dy.as_view_mut(), &dout.as_view(), shape(d))?;
+        self.k
+            .attn_split_heads(&mut dy.as_view_mut(), &dout.as_view(), shape(d))?;
         let head = t * hd;
-        let (mut dq, mut dk, mut dv, mut ds) = (self.scratch(n)?, self.scratch(n)?, self.scratch(n)?, self.scratch(bh * t * t)?);
+        let (mut dq, mut dk, mut dv, mut ds) = (
+            self.scratch(n)?,
+            self.scratch(n)?,
+            self.scratch(n)?,
+            self.scratch(bh * t * t)?,
+        );
         let tt = t * t;
         // dV = Pᵀ·dY; dP = dY·Vᵀ (into ds); dS in place; dQ = dS·K; dK = dSᵀ·Q.
-        self.gemm.matmul_batched_f32(&mut dv, hd, GMat::new(att, t, t).t(), GMat::new(&dy, t, hd), false, Batch { count: bh, stride_a: tt, stride_b: head, stride_c: head })?;
-        self.gemm.matmul_batched_f32(&mut ds, t, GMat::new(&dy, t, hd), GMat::new(&v, t, hd).t(), false, Batch { count: bh, stride_a: head, stride_b: head, stride_c: tt })?;
-        self.k.causal_softmax_backward(&mut ds.as_view_mut(), &att.as_view(), bh, t, 1.0 / (hd as f32).sqrt())?;
-        self.gemm.matmul_batched_f32(&mut dq, hd, GMat::new(&ds, t, t), GMat::new(&k, t, hd), false, Batch { count: bh, stride_a: tt, stride_b: head, stride_c: head })?;
-        self.gemm.matmul_batched_f32(&mut dk, hd, GMat::new(&ds, t, t).t(), GMat::new(&q, t, hd), false, Batch { count: bh, stride_a: tt, stride_b: head, stride_c: head })?;
-        self.k.attn_merge_dqkv(&mut dqkv.as_view_mut(), &dq.as_view(), &dk.as_view(), &dv.as_view(), shape(d))
+        self.gemm.matmul_batched_f32(
+            &mut dv,
+            hd,
+            GMat::new(att, t, t).t(),
+            GMat::new(&dy, t, hd),
+            false,
+            Batch {
+                count: bh,
+                stride_a: tt,
+                stride_b: head,
+                stride_c: head,
+            },
+        )?;
+        self.gemm.matmul_batched_f32(
+            &mut ds,
+            t,
+            GMat::new(&dy, t, hd),
+            GMat::new(&v, t, hd).t(),
+            false,
+            Batch {
+                count: bh,
+                stride_a: head,
+                stride_b: head,
+                stride_c: tt,
+            },
+        )?;
+        self.k.causal_softmax_backward(
+            &mut ds.as_view_mut(),
+            &att.as_view(),
+            bh,
+            t,
+            1.0 / (hd as f32).sqrt(),
+        )?;
+        self.gemm.matmul_batched_f32(
+            &mut dq,
+            hd,
+            GMat::new(&ds, t, t),
+            GMat::new(&k, t, hd),
+            false,
+            Batch {
+                count: bh,
+                stride_a: tt,
+                stride_b: head,
+                stride_c: head,
+            },
+        )?;
+        self.gemm.matmul_batched_f32(
+            &mut dk,
+            hd,
+            GMat::new(&ds, t, t).t(),
+            GMat::new(&q, t, hd),
+            false,
+            Batch {
+                count: bh,
+                stride_a: tt,
+                stride_b: head,
+                stride_c: head,
+            },
+        )?;
+        self.k.attn_merge_dqkv(
+            &mut dqkv.as_view_mut(),
+            &dq.as_view(),
+            &dk.as_view(),
+            &dv.as_view(),
+            shape(d),
+        )
     }
     fn gelu_forward(&self, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
         self.k.gelu_forward(&mut out.as_view_mut(), &x.as_view())
     }
-    fn gelu_backward(&self, dx: &mut CudaSlice<f32>, x: &CudaSlice<f32>, dy: &CudaSlice<f32>) -> Result<()> {
-        self.k.gelu_backward(&mut dx.as_view_mut(), &x.as_view(), &dy.as_view())
+    fn gelu_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+    ) -> Result<()> {
+        self.k
+            .gelu_backward(&mut dx.as_view_mut(), &x.as_view(), &dy.as_view())
     }
     fn add_inplace(&self, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
         self.k.add_inplace(&mut y.as_view_mut(), &x.as_view())
     }
-    fn logits_forward(&self, logits: &mut CudaSlice<f32>, xf: &CudaSlice<f32>, p: &CudaSlice<f32>, wte: Region, n: usize, c: usize, vp: usize) -> Result<()> {
+    fn logits_forward(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        xf: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        wte: Region,
+        n: usize,
+        c: usize,
+        vp: usize,
+    ) -> Result<()> {
         let w = p.slice(wte.range());
-        self.gemm.matmul_f32(logits, vp, GMat::new(xf, n, c), GMat::new(&w, vp, c).t(), false)
+        self.gemm.matmul_f32(
+            logits,
+            vp,
+            GMat::new(xf, n, c),
+            GMat::new(&w, vp, c).t(),
+            false,
+        )
     }
-    fn logits_backward(&self, dxf: &mut CudaSlice<f32>, g: &mut CudaSlice<f32>, dwte: Region, dlogits: &CudaSlice<f32>, xf: &CudaSlice<f32>, p: &CudaSlice<f32>, wte: Region, n: usize, c: usize, vp: usize) -> Result<()> {
+    fn logits_backward(
+        &self,
+        dxf: &mut CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        dwte: Region,
+        dlogits: &CudaSlice<f32>,
+        xf: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        wte: Region,
+        n: usize,
+        c: usize,
+        vp: usize,
+    ) -> Result<()> {
         let w = p.slice(wte.range());
-        self.gemm.matmul_f32(dxf, c, GMat::new(dlogits, n, vp), GMat::new(&w, vp, c), false)?;
-        self.gemm.matmul_f32(&mut g.slice_mut(dwte.range()), c, GMat::new(dlogits, n, vp).t(), GMat::new(xf, n, c), true)
+        self.gemm.matmul_f32(
+            dxf,
+            c,
+            GMat::new(dlogits, n, vp),
+            GMat::new(&w, vp, c),
+            false,
+        )?;
+        self.gemm.matmul_f32(
+            &mut g.slice_mut(dwte.range()),
+            c,
+            GMat::new(dlogits, n, vp).t(),
+            GMat::new(xf, n, c),
+            true,
+        )
     }
-    fn softmax_xent(&self, logits: &mut CudaSlice<f32>, losses: &mut CudaSlice<f32>, targets: &DevTokens, vp: usize, v: usize, grad_scale: Option<f32>) -> Result<()> {
+    fn softmax_xent(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        losses: &mut CudaSlice<f32>,
+        targets: &DevTokens,
+        vp: usize,
+        v: usize,
+        grad_scale: Option<f32>,
+    ) -> Result<()> {
         let n = losses.len();
-        self.k.softmax_xent(&mut logits.as_view_mut(), &mut losses.as_view_mut(), &targets.ids.as_view(), n, vp, v, grad_scale)
+        self.k.softmax_xent(
+            &mut logits.as_view_mut(),
+            &mut losses.as_view_mut(),
+            &targets.ids.as_view(),
+            n,
+            vp,
+            v,
+            grad_scale,
+        )
     }
     fn sum(&self, x: &CudaSlice<f32>) -> Result<f64> {
         Ok(self.download(x)?.iter().map(|&v| v as f64).sum())
@@ -226,7 +538,11 @@ impl Backend for CudaBackend {
     fn sum_squares(&self, x: &CudaSlice<f32>) -> Result<f64> {
         let mut out = self.stream.alloc_zeros::<f64>(1)?;
         let mut parts = self.stream.alloc_zeros::<f64>(SUMSQ_PARTS)?;
-        self.k.sum_squares(&mut out.as_view_mut(), &mut parts.as_view_mut(), &x.as_view())?;
+        self.k.sum_squares(
+            &mut out.as_view_mut(),
+            &mut parts.as_view_mut(),
+            &x.as_view(),
+        )?;
         Ok(self.stream.clone_dtoh(&out)?[0])
     }
     fn scale(&self, x: &mut CudaSlice<f32>, k: f32) -> Result<()> {
@@ -235,7 +551,15 @@ impl Backend for CudaBackend {
         }
         self.k.scale(&mut x.as_view_mut(), k)
     }
-    fn adamw(&self, p: &mut CudaSlice<f32>, g: &CudaSlice<f32>, m: &mut CudaSlice<f32>, v: &mut CudaSlice<f32>, r: Region, s: AdamStep) -> Result<()> {
+    fn adamw(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        r: Region,
+        s: AdamStep,
+    ) -> Result<()> {
         let h = AdamWStep {
             lr: s.lr,
             beta1: s.beta1,
@@ -245,7 +569,13 @@ impl Backend for CudaBackend {
             step_size: s.step_size,
             bc2_sqrt: s.bc2_sqrt,
         };
-        self.k.adamw(&mut p.slice_mut(r.range()), &g.slice(r.range()), &mut m.slice_mut(r.range()), &mut v.slice_mut(r.range()), h)
+        self.k.adamw(
+            &mut p.slice_mut(r.range()),
+            &g.slice(r.range()),
+            &mut m.slice_mut(r.range()),
+            &mut v.slice_mut(r.range()),
+            h,
+        )
     }
 }
 

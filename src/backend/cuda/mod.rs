@@ -1,11 +1,9 @@
-//! CUDA backend entry point. The full backend (NVRTC kernels, cuBLASLt) is future work; what
-//! exists now is the device check, so that `backend = "cuda"` on a machine without CUDA is a
-//! clean error instead of cudarc's panic.
+//! The CUDA backend: NVRTC-compiled kernels from `kernels/` (`nvrtc.rs`, `kernels.rs`), cuBLASLt
+//! GEMMs (`gemm.rs`) and the [`Backend`](crate::backend::Backend) implementation (`backend.rs`).
+//! `device_count` checks for the driver first, so `train.backend = "cuda"` on a machine without
+//! CUDA is a clean "no CUDA device found" error instead of cudarc's panic.
 
 use anyhow::{bail, Result};
-
-pub mod kernels;
-pub mod nvrtc;
 
 /// Number of CUDA devices, or an error "no CUDA device found" when the driver library is
 /// absent or reports none. Never panics (cudarc panics if libcuda cannot be loaded, so the
@@ -29,4 +27,9 @@ pub fn device_count() -> Result<usize> {
     Ok(n as usize)
 }
 
+pub mod backend;
 pub mod gemm;
+pub mod kernels;
+pub mod nvrtc;
+
+pub use backend::CudaBackend;
