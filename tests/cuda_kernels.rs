@@ -176,8 +176,13 @@ fn embedding_matches_cpu() {
 #[test]
 fn layernorm_matches_cpu() {
     let Some(g) = gpu() else { return };
-    let (n, c) = (150, 72);
-    let mut r = Rng(2);
+    for (n, c) in [(150, 72), (300, 768)] {
+        layernorm_case(&g, n, c);
+    }
+}
+
+fn layernorm_case(g: &Gpu, n: usize, c: usize) {
+    let mut r = Rng(2 + n as u64);
     let x: Vec<f32> = r.vec(n * c, 2.0).iter().map(|v| v + 0.5).collect();
     let (w, bias) = (r.vec(c, 1.0), r.vec(c, 1.0));
     let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
@@ -301,15 +306,17 @@ fn bmm(
 #[test]
 fn attention_matches_cpu() {
     let Some(g) = gpu() else { return };
-    let d = AttnShape {
-        b: 2,
-        t: 19,
-        c: 48,
-        nh: 4,
-    };
+    // T < 32 and T > 32 (rows longer than a warp).
+    let shapes = [(2, 19, 48, 4), (1, 70, 64, 2)];
+    for (i, (b, t, c, nh)) in shapes.into_iter().enumerate() {
+        attention_case(&g, AttnShape { b, t, c, nh }, 40 + i as u64);
+    }
+}
+
+fn attention_case(g: &Gpu, d: AttnShape, seed: u64) {
     let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut r = Rng(4);
+    let mut r = Rng(seed);
     let qkv = r.vec(3 * d.numel(), 1.5);
     let ad = attention::AttnDims {
         b: d.b,
@@ -333,7 +340,11 @@ fn attention_matches_cpu() {
     .unwrap();
     let (q, k, v) = (g.down(&q_d), g.down(&k_d), g.down(&v_d));
     // Spot-check the layout: q[b, h, t, d] = qkv[b, t, h*hd + d] (+C for k, +2C for v).
-    for (bi, h, ti, di) in [(0, 0, 0, 0), (1, 3, 18, 11), (1, 2, 5, 7)] {
+    for (bi, h, ti, di) in [
+        (0, 0, 0, 0),
+        (d.b - 1, d.nh - 1, t - 1, hd - 1),
+        (0, 1, 5, 7),
+    ] {
         let dst = ((bi * d.nh + h) * t + ti) * hd + di;
         let src = (bi * t + ti) * 3 * d.c + h * hd + di;
         assert_eq!(
@@ -387,8 +398,13 @@ fn attention_matches_cpu() {
 #[test]
 fn cross_entropy_matches_cpu() {
     let Some(g) = gpu() else { return };
-    let (n, v, vp) = (7, 1000, 1024);
-    let mut r = Rng(5);
+    for (n, v, vp) in [(7, 1000, 1024), (4, 50257, 50304)] {
+        xent_case(&g, n, v, vp);
+    }
+}
+
+fn xent_case(g: &Gpu, n: usize, v: usize, vp: usize) {
+    let mut r = Rng(5 + v as u64);
     let logits = r.vec(n * vp, 4.0);
     let targets: Vec<u32> = (0..n).map(|_| r.below(v as u32)).collect();
     let tgt: Vec<i32> = targets.iter().map(|&x| x as i32).collect();
@@ -463,7 +479,7 @@ fn reductions_match_cpu() {
     let mut r = Rng(7);
     let x = r.vec(300_001, 1.0);
     let x_d = g.up(&x);
-    let (mut out_d, mut parts_d) = (g.up(&vec![0.0f64]), g.up(&vec![0.0f64; SUMSQ_PARTS]));
+    let (mut out_d, mut parts_d) = (g.up(&[0.0f64]), g.up(&vec![0.0f64; SUMSQ_PARTS]));
     g.k.sum_squares(
         &mut out_d.as_view_mut(),
         &mut parts_d.as_view_mut(),

@@ -34,41 +34,17 @@ pub const ROWS_PER_PART: usize = 64;
 const XENT_THREADS: u32 = 512;
 
 /// Every kernel function, by file (the file stem of `kernels/<file>.cu`).
+#[rustfmt::skip]
 pub const FUNCTIONS: &[(&str, &[&str])] = &[
-    (
-        "embedding",
-        &[
-            "embedding_forward",
-            "embedding_backward_wpe",
-            "embedding_backward_wte",
-        ],
-    ),
+    ("embedding", &["embedding_forward", "embedding_backward_wpe", "embedding_backward_wte"]),
     ("layernorm", &["layernorm_forward", "layernorm_backward"]),
     ("gelu", &["gelu_forward", "gelu_backward"]),
-    (
-        "attention",
-        &[
-            "attn_split_qkv",
-            "attn_merge_heads",
-            "attn_split_heads",
-            "attn_merge_dqkv",
-            "causal_softmax_forward",
-            "causal_softmax_backward",
-        ],
-    ),
+    ("attention", &["attn_split_qkv", "attn_merge_heads", "attn_split_heads", "attn_merge_dqkv",
+                    "causal_softmax_forward", "causal_softmax_backward"]),
     ("crossentropy", &["softmax_xent"]),
     ("adamw", &["adamw"]),
-    (
-        "reduce",
-        &[
-            "sum_squares_partial",
-            "sum_squares_final",
-            "scale",
-            "add_inplace",
-            "bias_grad_partial",
-            "column_reduce",
-        ],
-    ),
+    ("reduce", &["sum_squares_partial", "sum_squares_final", "scale", "add_inplace",
+                 "bias_grad_partial", "column_reduce"]),
     ("cast", &["f32_to_bf16", "bf16_to_f32"]),
 ];
 
@@ -274,7 +250,10 @@ impl Kernels {
         check_len!(out, n * c);
         check_len!(tok, n);
         ensure!(wpe.len() >= t * c, "wpe too short for T = {t}");
-        ensure!(t > 0 && n % t == 0, "N = {n} is not a multiple of T = {t}");
+        ensure!(
+            t > 0 && n.is_multiple_of(t),
+            "N = {n} is not a multiple of T = {t}"
+        );
         let (ni, ti, ci) = (i32_of(n, "N")?, i32_of(t, "T")?, i32_of(c, "C")?);
         let f = self.f("embedding_forward")?;
         let mut b = self.stream.launch_builder(f);
@@ -329,7 +308,7 @@ impl Kernels {
         );
         check_len!(seg_start, num_segs + 1);
         check_len!(seg_token, num_segs);
-        ensure!(c > 0 && dwte.len() % c == 0, "dwte is not [Vp, C]");
+        ensure!(c > 0 && dwte.len().is_multiple_of(c), "dwte is not [Vp, C]");
         if num_segs == 0 {
             return Ok(());
         }
@@ -417,9 +396,7 @@ impl Kernels {
         let parts = n.div_ceil(ROWS_PER_PART);
         ensure!(
             scratch.len() >= parts * 2 * c,
-            "layernorm scratch has {} floats, needs {}",
-            scratch.len(),
-            parts * 2 * c
+            "layernorm scratch too short"
         );
         if n == 0 {
             return Ok(());
@@ -456,11 +433,8 @@ impl Kernels {
             num_parts == 0 || partials.len() >= (num_parts - 1) * stride + width,
             "partials too short"
         );
-        let (pi, wi, si) = (
-            i32_of(num_parts, "parts")?,
-            i32_of(width, "width")?,
-            i32_of(stride, "stride")?,
-        );
+        let pi = i32_of(num_parts, "parts")?;
+        let (wi, si) = (i32_of(width, "width")?, i32_of(stride, "stride")?);
         let f = self.f("column_reduce")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(out).arg(partials).arg(&pi).arg(&wi).arg(&si);
@@ -495,15 +469,8 @@ impl Kernels {
         let f = self.f("bias_grad_partial")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&mut *scratch).arg(dy).arg(&ni).arg(&oi);
-        let c = LaunchConfig {
-            grid_dim: (
-                grid_for(oc, THREADS)?,
-                parts.min(MAX_GRID as usize) as u32,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let mut c = cfg(grid_for(oc, THREADS)?, THREADS);
+        c.grid_dim.1 = parts.min(MAX_GRID as usize) as u32;
         unsafe { l.launch(c) }?;
         self.column_reduce(db, &scratch.slice(..parts * oc), parts, oc, oc)
     }
@@ -525,11 +492,10 @@ impl AttnShape {
     }
 
     fn ints(&self) -> Result<[i32; 4]> {
+        let (c, nh) = (self.c, self.nh);
         ensure!(
-            self.nh > 0 && self.c % self.nh == 0,
-            "C = {} is not a multiple of NH = {}",
-            self.c,
-            self.nh
+            nh > 0 && c.is_multiple_of(nh),
+            "C = {c} is not a multiple of NH = {nh}"
         );
         Ok([
             i32_of(self.b, "B")?,
