@@ -73,6 +73,10 @@ pub struct TrainConfig {
     /// Compute backend: "cpu" (default) or "cuda".
     #[serde(default)]
     pub backend: BackendKind,
+    /// CUDA only: run fp32 GEMMs on tensor cores in TF32 (faster, ~1e-3 relative error per
+    /// product); off = exact fp32 (`COMPUTE_32F`).
+    #[serde(default)]
+    pub tf32: bool,
     /// Test hook: make the loss NaN at this step (exercises the NaN guard).
     #[serde(default)]
     pub debug_nan_at_step: Option<usize>,

@@ -253,7 +253,10 @@ pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSumma
     match cfg.train.backend {
         BackendKind::Cpu => run_on(rt, cfg, opts, Cpu::new(opts.threads)),
         BackendKind::Cuda => {
-            let be = rt.agree(crate::backend::cuda::CudaBackend::new(rt.local_rank))?;
+            let be = rt.agree(crate::backend::cuda::CudaBackend::with_options(
+                rt.local_rank,
+                cfg.train.tf32,
+            ))?;
             run_on(rt, cfg, opts, be)
         }
     }

@@ -4,8 +4,8 @@
 //! Buffers are `CudaSlice<f32>` on the device chosen by the node-local rank (modulo the
 //! devices visible, so `CUDA_VISIBLE_DEVICES` is respected). All work goes to one stream, in
 //! order; host reads (`download`, loss sums, the gradient norm) synchronise. GEMMs run in exact
-//! fp32 (`COMPUTE_32F`) by default so the GPU reproduces the CPU reference closely; bf16
-//! mixed precision is the next step (see README "GPUs").
+//! fp32 (`COMPUTE_32F`) by default so the GPU reproduces the CPU reference closely, or in TF32
+//! on tensor cores with `train.tf32 = true`; bf16 mixed precision is the next step (README "GPUs").
 
 use super::device_count;
 use super::gemm::{Batch, GMat, Gemm, Opts};
@@ -48,6 +48,11 @@ impl CudaBackend {
     /// Open the GPU for node-local rank `local_rank` (device `local_rank mod count`), compile
     /// (or load from the cache) the kernels for its architecture, create the cuBLASLt handle.
     pub fn new(local_rank: usize) -> Result<Self> {
+        Self::with_options(local_rank, false)
+    }
+
+    /// As [`CudaBackend::new`]; `tf32` runs the fp32 GEMMs on tensor cores in TF32.
+    pub fn with_options(local_rank: usize, tf32: bool) -> Result<Self> {
         let count = device_count()?;
         let ordinal = local_rank % count;
         let ctx =
@@ -55,9 +60,11 @@ impl CudaBackend {
         let stream = ctx.default_stream();
         let arch = kernels::device_arch(&ctx)?;
         let k = Kernels::load(&ctx, stream.clone(), &arch)?;
-        let gemm = Gemm::new(stream.clone())?;
+        let mut gemm = Gemm::new(stream.clone())?;
+        gemm.set_tf32(tf32);
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let device = format!("cuda:{ordinal} ({name}, {arch})");
+        let prec = if tf32 { "TF32 GEMMs" } else { "fp32 GEMMs" };
+        let device = format!("cuda:{ordinal} ({name}, {arch}, {prec})");
         Ok(Self {
             stream,
             k,

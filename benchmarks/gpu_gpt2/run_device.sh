@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (through the device tool): ferrotron's CUDA backend and PyTorch on
+# GPT-2 124M, T=1024, one GPU. Expects the carried binary and libraries in .carry/ (see
+# benchmarks/README.md) and writes JSON lines to $OUT/gpu_gpt2.jsonl.
+set -uo pipefail
+source .carry/gpu_env.sh
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
+out=${OUT:-/tmp}/gpu_gpt2.jsonl
+: > "$out"
+peak_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.log & echo $!; }
+for prec in tf32 fp32; do
+  for B in 32 16 8; do
+    pid=$(peak_mem)
+    tf=$([ $prec = tf32 ] && echo true || echo false)
+    if timeout 300 .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.tf32=$tf \
+        --set train.micro_batch_size=$B --set train.global_batch_size=$B --set train.steps=10 --set optim.warmup_steps=0 \
+        --set train.val_every=0 --set train.val_batches=0 --set log.plot=false --set log.save_final=false \
+        --set 'data.train=".carry/data/fortunes/train_*.bin"' --set 'data.val=".carry/data/fortunes/val_*.bin"' \
+        --set "log.out_dir=\"/tmp/ft-$prec-$B\"" > /tmp/ft.log 2>&1; then
+      kill $pid
+      python3 - "$prec" "$B" "/tmp/ft-$prec-$B/metrics.jsonl" >> "$out" <<'PY'
+import json, statistics, sys
+prec, B, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rows = [json.loads(l) for l in open(path) if '"loss"' in l][3:]
+tps = statistics.median(r["tokens_per_s"] for r in rows)
+mem = max(int(x) for x in open("/tmp/mem.log").read().split() if x.strip().isdigit())
+n, L, T, C = 124439808, 12, 1024, 768
+print(json.dumps({"impl": f"ferrotron-cuda-{prec}", "batch": B, "seq": T, "tokens_per_s": tps,
+                  "step_ms": statistics.median(r["step_ms"] for r in rows),
+                  "mfu": tps * (6 * n + 6 * L * T * C) / 989e12, "peak_mem_gib": mem / 1024,
+                  "peak_mem_note": "nvidia-smi memory.used (whole process incl. CUDA context)"}))
+PY
+      break
+    else
+      kill $pid; echo "ferrotron $prec B=$B failed:"; tail -3 /tmp/ft.log
+    fi
+  done
+done
+# PyTorch on the micro-batch ferrotron's TF32 run used (same work per step).
+PB=$(python3 -c "import json;print([json.loads(l) for l in open('$out')][0]['batch'])" 2>/dev/null || echo 16)
+for extra in "" "--compile"; do
+  timeout 300 python3 benchmarks/gpu_gpt2/pytorch_gpt2.py --batch $PB $extra 2>/tmp/pt.err | tail -1 >> "$out" || { echo "pytorch $extra failed"; tail -5 /tmp/pt.err; }
+done
+cat "$out"
