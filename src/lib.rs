@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
+pub mod comm;
 pub mod config;
 pub mod data;
 pub mod eval;
@@ -16,6 +17,7 @@ pub mod generate;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod runtime;
 pub mod train;

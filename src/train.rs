@@ -10,12 +10,15 @@
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::checkpoint::hf;
+use crate::comm::mpi::MpiComm;
+use crate::comm::Communicator;
 use crate::config::BackendKind;
 use crate::config::Config;
 use crate::data::{EvalWindows, TokenData, TrainSampler};
 use crate::metrics::{MetricsWriter, StepMetrics};
 use crate::model::gpt2::{Activations, Gpt2, Gpt2Config};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
+use crate::parallel::{Coords, Grid};
 use crate::runtime::Runtime;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -41,22 +44,30 @@ pub struct TrainSummary {
     pub out_dir: PathBuf,
 }
 
-/// Check the world against the configured grid. Only the 1×1×1 grid is implemented so far.
-pub fn check_grid(cfg: &Config, world: usize) -> Result<usize> {
+/// The grid for this world and config, with the checks that need the world size: dp·tp·pp =
+/// world; tensor and pipeline parallelism are not implemented yet; the global batch splits
+/// evenly into micro-batches over dp.
+pub fn check_grid(cfg: &Config, world: usize) -> Result<Grid> {
     let p = &cfg.parallel;
-    let dp = p.dp.unwrap_or(world / (p.tp * p.pp).max(1)).max(1);
-    if dp * p.tp * p.pp != world {
+    let grid = Grid::new(world, p.dp, p.tp, p.pp)?;
+    if grid.tp > 1 || grid.pp > 1 {
         bail!(
-            "world size {world} does not match the grid parallel.dp × parallel.tp × parallel.pp = {dp} × {} × {} = {}",
-            p.tp,
-            p.pp,
-            dp * p.tp * p.pp
+            "grid dp={} tp={} pp={}: tensor and pipeline parallelism are not implemented in this version (parallel.tp and parallel.pp must be 1)",
+            grid.dp,
+            grid.tp,
+            grid.pp
         );
     }
-    if world != 1 {
-        bail!("grid dp={dp} tp={} pp={}: only the 1×1×1 grid is implemented in this version (run with one rank)", p.tp, p.pp);
+    let t = &cfg.train;
+    if t.global_batch_size % (t.micro_batch_size * grid.dp) != 0 {
+        bail!(
+            "train.global_batch_size = {} is not divisible by train.micro_batch_size × dp = {} × {}",
+            t.global_batch_size,
+            t.micro_batch_size,
+            grid.dp
+        );
     }
-    let accum = cfg.train.global_batch_size / (cfg.train.micro_batch_size * dp);
+    let accum = t.global_batch_size / (t.micro_batch_size * grid.dp);
     if let Some(m) = p.micro_batches {
         if m != accum {
             bail!(
@@ -64,7 +75,7 @@ pub fn check_grid(cfg: &Config, world: usize) -> Result<usize> {
             );
         }
     }
-    Ok(dp)
+    Ok(grid)
 }
 
 /// Everything one rank needs to train, on backend `B`.
@@ -81,8 +92,9 @@ pub struct Trainer<B: Backend> {
     inputs: Vec<u32>,
     targets: Vec<u32>,
     accum: usize,
-    /// Next global sample index (the loader position).
-    next_sample: u64,
+    /// This rank's place in the grid.
+    grid: Grid,
+    coords: Coords,
 }
 
 /// Result of one optimizer step.
@@ -94,8 +106,9 @@ pub struct StepOut {
 
 impl<B: Backend> Trainer<B> {
     /// Validate inputs, load data, build and initialise the model. No collective calls.
-    pub fn new(cfg: &Config, world: usize, be: B) -> Result<Self> {
-        let dp = check_grid(cfg, world)?;
+    pub fn new(cfg: &Config, world: usize, rank: usize, be: B) -> Result<Self> {
+        let grid = check_grid(cfg, world)?;
+        let dp = grid.dp;
         let mcfg = Gpt2Config::from_model_config(&cfg.model);
         let model = Gpt2::with_backend(mcfg, be);
         let params = model.be.upload(&initial_params(cfg, &model.cfg)?)?;
@@ -141,12 +154,15 @@ impl<B: Backend> Trainer<B> {
             inputs: vec![0; n],
             targets: vec![0; n],
             accum: t.global_batch_size / (t.micro_batch_size * dp),
-            next_sample: 0,
+            grid,
+            coords: grid.coords(rank),
         })
     }
 
-    /// One optimizer step (0-based `step`).
-    pub fn step(&mut self, step: usize) -> Result<StepOut> {
+    /// One optimizer step (0-based `step`). The global batch is samples `step·G .. step·G + G`;
+    /// micro-batch j of data-parallel rank r takes samples `step·G + (j·dp + r)·B ..` (+B), so
+    /// every grid trains on the same global batch. Gradients and the loss are summed over `dp`.
+    pub fn step(&mut self, step: usize, dp_comm: Option<&dyn Communicator>) -> Result<StepOut> {
         let t = &self.cfg.train;
         let (b, seq) = (t.micro_batch_size, t.seq_len);
         let be = &self.model.be;
@@ -158,10 +174,11 @@ impl<B: Backend> Trainer<B> {
         let scale = 1.0 / (t.global_batch_size * seq) as f32;
         be.zero(&mut self.grads)?;
         let mut loss_sum = 0.0f64;
-        for _ in 0..self.accum {
+        let base = (step * t.global_batch_size) as u64;
+        for j in 0..self.accum {
+            let first = base + ((j * self.grid.dp + self.coords.dp) * b) as u64;
             self.sampler
-                .fill_batch(self.next_sample, b, &mut self.inputs, &mut self.targets);
-            self.next_sample += b as u64;
+                .fill_batch(first, b, &mut self.inputs, &mut self.targets);
             let (x, y) = (be.tokens(&self.inputs)?, be.tokens(&self.targets)?);
             let l = self
                 .model
@@ -170,7 +187,16 @@ impl<B: Backend> Trainer<B> {
                 .backward(&self.params, &mut self.grads, &x, &mut self.acts)?;
             loss_sum += l as f64;
         }
-        let loss = (loss_sum / self.accum as f64) as f32;
+        if let Some(comm) = dp_comm.filter(|c| c.size() > 1) {
+            // Data-parallel reduction (host-staged): Σ over dp of each rank's gradient sums.
+            let mut host = be.download(&self.grads)?;
+            comm.all_reduce_sum_f32(&mut host)?;
+            self.grads = be.upload(&host)?;
+            let mut l = [loss_sum];
+            comm.all_reduce_sum_f64(&mut l)?;
+            loss_sum = l[0];
+        }
+        let loss = (loss_sum / (self.accum * self.grid.dp) as f64) as f32;
         if !loss.is_finite() {
             bail!("loss is {loss} at step {} — training diverged (try a lower optim.lr or check the data)", step + 1);
         }
@@ -273,7 +299,7 @@ fn run_on<B: Backend>(
         .metrics
         .clone()
         .unwrap_or_else(|| out_dir.join("metrics.jsonl"));
-    let setup = Trainer::new(cfg, rt.size, be).and_then(|t| {
+    let setup = Trainer::new(cfg, rt.size, rt.rank, be).and_then(|t| {
         let w = if rt.rank == 0 {
             Some(MetricsWriter::create(&metrics_path)?)
         } else {
@@ -282,6 +308,9 @@ fn run_on<B: Backend>(
         Ok((t, w))
     });
     let (mut tr, mut writer) = rt.agree(setup)?;
+    // The data-parallel group: ranks with the same (tp, pp). Collective over the world.
+    let c = tr.coords;
+    let dp_comm = MpiComm::split(&rt.world, c.tp + tr.grid.tp * c.pp)?;
     let mcfg = tr.model.cfg;
     log::info!(
         "model: {} parameters ({}), vocab padded to {}; batch {}×{} tokens, {} micro-batch(es); backend {}",
@@ -298,7 +327,7 @@ fn run_on<B: Backend>(
         log::info!("step 0: val loss {v:.4}");
         w.write_val(0, v)?;
     }
-    let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val)?;
+    let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val, &dp_comm)?;
     if rt.rank == 0 && cfg.log.save_final {
         let dir = out_dir.join("final");
         let host = tr.model.be.download(&tr.params)?;
@@ -318,6 +347,7 @@ fn train_loop<B: Backend>(
     tr: &mut Trainer<B>,
     mut writer: Option<&mut MetricsWriter>,
     first_val: Option<f32>,
+    dp_comm: &dyn Communicator,
 ) -> Result<TrainSummary> {
     let steps = cfg.train.steps;
     let flops_per_token = tr.model.cfg.flops_per_token(
@@ -328,7 +358,7 @@ fn train_loop<B: Backend>(
     let (mut last_val, mut final_loss) = (first_val, f32::NAN);
     for s in 0..steps {
         let t0 = Instant::now();
-        let out = tr.step(s)?;
+        let out = tr.step(s, Some(dp_comm))?;
         let dt = t0.elapsed().as_secs_f64();
         let is_val =
             (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;

@@ -1,0 +1,41 @@
+//! Communicators: collective operations on one group of ranks, with byte and time counters.
+//!
+//! [`Communicator`] is what the training code sees; `mpi.rs` implements it with MPI on host
+//! memory. Every call counts its payload (bytes of the buffer it was given, once per call) and
+//! the seconds it took, so per-step metrics can report communication per group and compare the
+//! bytes with the analytical volumes.
+
+pub mod mpi;
+
+use anyhow::Result;
+use std::cell::Cell;
+
+/// Counters of one communicator (payload bytes and seconds spent in calls).
+#[derive(Debug, Default)]
+pub struct CommStats {
+    bytes: Cell<u64>,
+    seconds: Cell<f64>,
+}
+
+impl CommStats {
+    pub fn add(&self, bytes: usize, seconds: f64) {
+        self.bytes.set(self.bytes.get() + bytes as u64);
+        self.seconds.set(self.seconds.get() + seconds);
+    }
+    /// (bytes, seconds) since the last call, then reset.
+    pub fn take(&self) -> (u64, f64) {
+        (self.bytes.replace(0), self.seconds.replace(0.0))
+    }
+}
+
+/// Collectives on one group of ranks (host buffers).
+pub trait Communicator {
+    /// This rank's index in the group.
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// `buf ← Σ_group buf`, elementwise.
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// `buf ← Σ_group buf`, elementwise (f64).
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
+    fn stats(&self) -> &CommStats;
+}
