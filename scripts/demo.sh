@@ -4,7 +4,7 @@
 # GPT-2 of inputs/tiny.toml with mpirun and prints where the outputs went.
 #
 # Usage: bash scripts/demo.sh [extra `ferrotron train` arguments...]
-# Environment: FERROTRON_RANKS (default 1) sets the number of MPI ranks.
+# Environment: FERROTRON_RANKS (default 2) sets the number of MPI ranks (data parallel).
 # Works from any directory.
 set -euo pipefail
 
@@ -53,7 +53,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 
-RANKS="${FERROTRON_RANKS:-1}"
+RANKS="${FERROTRON_RANKS:-2}"
 # --bind-to none: OpenMPI would pin a lone rank to one core; ferrotron sizes its thread pool to
 # the cores per local rank itself.
 say "training inputs/tiny.toml on $RANKS MPI rank(s)"

@@ -59,7 +59,10 @@ pub fn check_grid(cfg: &Config, world: usize) -> Result<Grid> {
         );
     }
     let t = &cfg.train;
-    if t.global_batch_size % (t.micro_batch_size * grid.dp) != 0 {
+    if !t
+        .global_batch_size
+        .is_multiple_of(t.micro_batch_size * grid.dp)
+    {
         bail!(
             "train.global_batch_size = {} is not divisible by train.micro_batch_size × dp = {} × {}",
             t.global_batch_size,
@@ -312,16 +315,9 @@ fn run_on<B: Backend>(
     let c = tr.coords;
     let dp_comm = MpiComm::split(&rt.world, c.tp + tr.grid.tp * c.pp)?;
     let mcfg = tr.model.cfg;
-    log::info!(
-        "model: {} parameters ({}), vocab padded to {}; batch {}×{} tokens, {} micro-batch(es); backend {}",
-        tr.model.layout.num_real_params(&mcfg),
-        describe(&mcfg),
-        mcfg.padded_vocab,
-        cfg.train.global_batch_size,
-        cfg.train.seq_len,
-        tr.accum,
-        tr.model.be.name()
-    );
+    if rt.rank == 0 {
+        log_setup(cfg, &tr);
+    }
     let first_val = tr.validate()?;
     if let (Some(v), Some(w)) = (first_val, writer.as_mut()) {
         log::info!("step 0: val loss {v:.4}");
@@ -340,6 +336,25 @@ fn run_on<B: Backend>(
         out_dir,
         ..summary
     })
+}
+
+fn log_setup<B: Backend>(cfg: &Config, tr: &Trainer<B>) {
+    let mcfg = tr.model.cfg;
+    let g = tr.grid;
+    log::info!(
+        "model: {} parameters ({}), vocab padded to {}; grid dp={} tp={} pp={}; global batch {}×{} tokens, {} micro-batch(es) of {} per rank; backend {}",
+        tr.model.layout.num_real_params(&mcfg),
+        describe(&mcfg),
+        mcfg.padded_vocab,
+        g.dp,
+        g.tp,
+        g.pp,
+        cfg.train.global_batch_size,
+        cfg.train.seq_len,
+        tr.accum,
+        cfg.train.micro_batch_size,
+        tr.model.be.name()
+    );
 }
 
 fn train_loop<B: Backend>(

@@ -31,7 +31,7 @@ impl Grid {
         }
         let dp = match dp {
             Some(d) => d,
-            None if world % (tp * pp) == 0 => world / (tp * pp),
+            None if world.is_multiple_of(tp * pp) => world / (tp * pp),
             None => bail!(
                 "world size {world} is not divisible by parallel.tp × parallel.pp = {tp} × {pp}"
             ),
@@ -168,7 +168,6 @@ mod tests {
                 (Grid::model_parallel_group, g.tp * g.pp),
             ];
             for (f, size) in fns {
-                let mut seen = vec![0usize; g.world()];
                 for r in 0..g.world() {
                     let members = f(&g, r);
                     assert_eq!(members.len(), size);
@@ -176,9 +175,7 @@ mod tests {
                     for &m in &members {
                         assert_eq!(f(&g, m), members, "group membership must be symmetric");
                     }
-                    seen[r] += 1;
                 }
-                assert!(seen.iter().all(|&s| s == 1));
             }
         }
     }
