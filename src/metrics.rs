@@ -26,6 +26,10 @@ pub struct StepMetrics {
     pub model_tflops: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f32>,
+    /// Payload bytes per communication group in this step (`{"dp": …}`; tp, pp, emb later).
+    pub comm_bytes: std::collections::BTreeMap<&'static str, u64>,
+    /// Milliseconds spent in each group's calls in this step.
+    pub comm_ms: std::collections::BTreeMap<&'static str, f64>,
 }
 
 /// Appends JSON lines to a file, flushing each line (so a crash loses nothing written).

@@ -87,7 +87,10 @@ pub struct Trainer<B: Backend> {
     pub model: Gpt2<B>,
     pub params: B::Buf,
     grads: B::Buf,
-    opt: AdamW<B>,
+    /// Full optimizer state (no ZeRO, or dp = 1).
+    opt: Option<AdamW<B>>,
+    /// ZeRO-1: this rank's shard of the optimizer state (dp > 1 and `optim.zero = 1`).
+    zero: Option<ZeroShard>,
     sched: LrSchedule,
     sampler: TrainSampler,
     val: Option<EvalWindows>,
@@ -98,6 +101,78 @@ pub struct Trainer<B: Backend> {
     /// This rank's place in the grid.
     grid: Grid,
     coords: Coords,
+}
+
+/// ZeRO-1 (optimizer-state sharding over dp): the flat parameters, padded to dp·⌈N/dp⌉, are cut
+/// into dp contiguous shards; this rank keeps AdamW's m and v for shard r only. A step
+/// reduce-scatters the gradients (rank r gets the dp-sum of shard r), computes the global norm
+/// from the shards' squared sums (one f64 all-reduce), clips and updates its shard, and
+/// all-gathers the updated parameters. Host-staged, like the plain data-parallel path.
+struct ZeroShard {
+    opt: AdamW<Cpu>,
+    cpu: Cpu,
+    lo: usize,
+    hi: usize,
+    chunk: usize,
+}
+
+impl ZeroShard {
+    fn new(
+        cfg: AdamWConfig,
+        layout: &crate::model::gpt2::ParamLayout,
+        dp: usize,
+        r: usize,
+    ) -> Result<Self> {
+        let chunk = layout.total.div_ceil(dp);
+        let (lo, hi) = (
+            (r * chunk).min(layout.total),
+            ((r + 1) * chunk).min(layout.total),
+        );
+        let cpu = Cpu::new(1);
+        let opt = AdamW::with_ranges(
+            &cpu,
+            cfg,
+            chunk,
+            crate::optim::adamw::shard_ranges(layout, lo, hi),
+        )?;
+        Ok(Self {
+            opt,
+            cpu,
+            lo,
+            hi,
+            chunk,
+        })
+    }
+
+    /// One sharded update; returns the global gradient norm (before clipping).
+    fn update<B: Backend>(
+        &mut self,
+        be: &B,
+        params: &mut B::Buf,
+        grads: &B::Buf,
+        comm: &dyn Communicator,
+        clip_to: f32,
+        lr: f32,
+    ) -> Result<f64> {
+        let dp = comm.size();
+        let mut g = be.download(grads)?;
+        g.resize(self.chunk * dp, 0.0);
+        let mut shard_g = vec![0.0f32; self.chunk];
+        comm.reduce_scatter_sum_f32(&g, &mut shard_g)?;
+        let mut ss = [clip::sum_squares(&shard_g)];
+        comm.all_reduce_sum_f64(&mut ss)?;
+        let norm = ss[0].sqrt();
+        clip::scale(&mut shard_g, clip::clip_coef(norm, clip_to));
+        let host = be.download(params)?;
+        let mut shard_p = host[self.lo..self.hi].to_vec();
+        shard_p.resize(self.chunk, 0.0);
+        self.opt.step(&self.cpu, &mut shard_p, &shard_g, lr)?;
+        let mut full = vec![0.0f32; self.chunk * dp];
+        comm.all_gather_f32(&shard_p, &mut full)?;
+        full.truncate(host.len());
+        *params = be.upload(&full)?;
+        Ok(norm)
+    }
 }
 
 /// Result of one optimizer step.
@@ -144,10 +219,18 @@ impl<B: Backend> Trainer<B> {
             total_steps: t.steps,
         };
         let n = t.micro_batch_size * t.seq_len;
+        let zero = (cfg.optim.zero == 1 && grid.dp > 1)
+            .then(|| ZeroShard::new(acfg, &model.layout, grid.dp, grid.coords(rank).dp))
+            .transpose()?;
         Ok(Self {
             cfg: cfg.clone(),
             grads: model.be.zeros(model.layout.total)?,
-            opt: AdamW::new(&model.be, acfg, &model.layout)?,
+            opt: if zero.is_some() {
+                None
+            } else {
+                Some(AdamW::new(&model.be, acfg, &model.layout)?)
+            },
+            zero,
             acts: model.activations(t.micro_batch_size, t.seq_len)?,
             model,
             params,
@@ -190,26 +273,43 @@ impl<B: Backend> Trainer<B> {
                 .backward(&self.params, &mut self.grads, &x, &mut self.acts)?;
             loss_sum += l as f64;
         }
-        if let Some(comm) = dp_comm.filter(|c| c.size() > 1) {
-            // Data-parallel reduction (host-staged): Σ over dp of each rank's gradient sums.
-            let mut host = be.download(&self.grads)?;
-            comm.all_reduce_sum_f32(&mut host)?;
-            self.grads = be.upload(&host)?;
+        let lr = self.sched.at(step);
+        let comm = dp_comm.filter(|c| c.size() > 1);
+        if let Some(c) = comm {
             let mut l = [loss_sum];
-            comm.all_reduce_sum_f64(&mut l)?;
+            c.all_reduce_sum_f64(&mut l)?;
             loss_sum = l[0];
         }
         let loss = (loss_sum / (self.accum * self.grid.dp) as f64) as f32;
         if !loss.is_finite() {
             bail!("loss is {loss} at step {} — training diverged (try a lower optim.lr or check the data)", step + 1);
         }
-        let norm = be.sum_squares(&self.grads)?.sqrt();
-        be.scale(
-            &mut self.grads,
-            clip::clip_coef(norm, self.cfg.optim.grad_clip),
-        )?;
-        let lr = self.sched.at(step);
-        self.opt.step(be, &mut self.params, &self.grads, lr)?;
+        let norm = match (comm, self.zero.as_mut()) {
+            (Some(c), Some(z)) => z.update(
+                be,
+                &mut self.params,
+                &self.grads,
+                c,
+                self.cfg.optim.grad_clip,
+                lr,
+            )?,
+            (c, _) => {
+                if let Some(c) = c {
+                    // Data-parallel reduction (host-staged): Σ over dp of each rank's gradients.
+                    let mut host = be.download(&self.grads)?;
+                    c.all_reduce_sum_f32(&mut host)?;
+                    self.grads = be.upload(&host)?;
+                }
+                let norm = be.sum_squares(&self.grads)?.sqrt();
+                be.scale(
+                    &mut self.grads,
+                    clip::clip_coef(norm, self.cfg.optim.grad_clip),
+                )?;
+                let opt = self.opt.as_mut().context("optimizer state missing")?;
+                opt.step(be, &mut self.params, &self.grads, lr)?;
+                norm
+            }
+        };
         Ok(StepOut {
             loss,
             grad_norm: norm as f32,
@@ -374,6 +474,7 @@ fn train_loop<B: Backend>(
     for s in 0..steps {
         let t0 = Instant::now();
         let out = tr.step(s, Some(dp_comm))?;
+        let (dp_bytes, dp_secs) = dp_comm.stats().take();
         let dt = t0.elapsed().as_secs_f64();
         let is_val =
             (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;
@@ -391,6 +492,8 @@ fn train_loop<B: Backend>(
             tokens: ((s + 1) * tr.tokens_per_step()) as u64,
             model_tflops: tps * flops_per_token / 1e12,
             val_loss,
+            comm_bytes: [("dp", dp_bytes)].into(),
+            comm_ms: [("dp", dp_secs * 1e3)].into(),
         };
         if let Some(w) = writer.as_deref_mut() {
             w.write(&m)?;

@@ -52,6 +52,29 @@ impl Communicator for MpiComm {
             .add(std::mem::size_of_val(buf), t0.elapsed().as_secs_f64());
         Ok(())
     }
+    fn reduce_scatter_sum_f32(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(
+            input.len() == out.len() * self.size(),
+            "reduce_scatter: input must be size × output"
+        );
+        let t0 = Instant::now();
+        self.comm
+            .reduce_scatter_block_into(input, out, SystemOperation::sum());
+        self.stats
+            .add(std::mem::size_of_val(input), t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+    fn all_gather_f32(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(
+            out.len() == input.len() * self.size(),
+            "all_gather: output must be size × input"
+        );
+        let t0 = Instant::now();
+        self.comm.all_gather_into(input, out);
+        self.stats
+            .add(std::mem::size_of_val(out), t0.elapsed().as_secs_f64());
+        Ok(())
+    }
     fn stats(&self) -> &CommStats {
         &self.stats
     }

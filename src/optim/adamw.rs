@@ -6,6 +6,25 @@
 
 use crate::backend::{AdamStep, Backend, Region};
 use crate::model::gpt2::ParamLayout;
+
+/// The parameter tensors of `layout` that intersect `[lo, hi)`, clipped and shifted to start at
+/// `lo` (the decay flag of each kept).
+pub fn shard_ranges(layout: &ParamLayout, lo: usize, hi: usize) -> Vec<(Region, bool)> {
+    layout
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let (a, b) = (e.offset.max(lo), (e.offset + e.len).min(hi));
+            (a < b).then_some((
+                Region {
+                    off: a - lo,
+                    len: b - a,
+                },
+                e.decay,
+            ))
+        })
+        .collect()
+}
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -30,23 +49,21 @@ pub struct AdamW<B: Backend> {
 
 impl<B: Backend> AdamW<B> {
     pub fn new(be: &B, cfg: AdamWConfig, layout: &ParamLayout) -> Result<Self> {
-        let ranges = layout
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    Region {
-                        off: e.offset,
-                        len: e.len,
-                    },
-                    e.decay,
-                )
-            })
-            .collect();
+        Self::with_ranges(be, cfg, layout.total, shard_ranges(layout, 0, layout.total))
+    }
+
+    /// State for a buffer of `len` values whose updated parts are `ranges` (with their decay
+    /// flags) — e.g. one ZeRO-1 shard of the flat parameters, in shard coordinates.
+    pub fn with_ranges(
+        be: &B,
+        cfg: AdamWConfig,
+        len: usize,
+        ranges: Vec<(Region, bool)>,
+    ) -> Result<Self> {
         Ok(Self {
             cfg,
-            m: be.zeros(layout.total)?,
-            v: be.zeros(layout.total)?,
+            m: be.zeros(len)?,
+            v: be.zeros(len)?,
             t: 0,
             ranges,
         })
