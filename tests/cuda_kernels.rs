@@ -11,7 +11,7 @@
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use ferrotron::backend::cuda::kernels::{
-    AdamWStep, AttnShape, EmbeddingSegments, Kernels, FUNCTIONS, SUMSQ_PARTS,
+    AttnShape, EmbeddingSegments, Kernels, FUNCTIONS, SUMSQ_PARTS,
 };
 use ferrotron::backend::cuda::{self, nvrtc};
 use ferrotron::model::gpt2::{attention, embedding, layernorm, loss, mlp, Gpt2Config, ParamLayout};
@@ -457,7 +457,7 @@ fn adamw_matches_cpu() {
         let g_d = g.up(&grads);
         for e in &layout.entries {
             let range = e.offset..e.offset + e.len;
-            let h = AdamWStep::new(&cfg, lr, step, e.decay);
+            let h = ferrotron::backend::AdamStep::new(&cfg, lr, step, e.decay);
             g.k.adamw(
                 &mut p_d.slice_mut(range.clone()),
                 &g_d.slice(range.clone()),

@@ -73,25 +73,32 @@ impl<B: Backend> AdamW<B> {
     pub fn step(&mut self, be: &B, params: &mut B::Buf, grads: &B::Buf, lr: f32) -> Result<()> {
         self.t += 1;
         let c = self.cfg;
-        let bc1 = 1.0 - (c.beta1 as f64).powi(self.t as i32);
-        let bc2 = 1.0 - (c.beta2 as f64).powi(self.t as i32);
         for &(r, decay) in &self.ranges {
-            let s = AdamStep {
-                lr,
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: c.eps,
-                decay_factor: if decay {
-                    1.0 - lr * c.weight_decay
-                } else {
-                    1.0
-                },
-                step_size: (lr as f64 / bc1) as f32,
-                bc2_sqrt: bc2.sqrt() as f32,
-            };
+            let s = AdamStep::new(&c, lr, self.t, decay);
             be.adamw(params, grads, &mut self.m, &mut self.v, r, s)?;
         }
         Ok(())
+    }
+}
+
+impl AdamStep {
+    /// The scalars of update number `t` (1-based) at learning rate `lr`, as torch computes them.
+    pub fn new(cfg: &AdamWConfig, lr: f32, t: u64, decay: bool) -> Self {
+        let bc1 = 1.0 - (cfg.beta1 as f64).powi(t as i32);
+        let bc2 = 1.0 - (cfg.beta2 as f64).powi(t as i32);
+        Self {
+            lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            decay_factor: if decay {
+                1.0 - lr * cfg.weight_decay
+            } else {
+                1.0
+            },
+            step_size: (lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+        }
     }
 }
 

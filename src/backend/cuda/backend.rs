@@ -9,7 +9,7 @@
 
 use super::device_count;
 use super::gemm::{Batch, GMat, Gemm, Opts};
-use super::kernels::{self, AdamWStep, AttnShape, Kernels, SUMSQ_PARTS};
+use super::kernels::{self, AttnShape, Kernels, SUMSQ_PARTS};
 use crate::backend::{AdamStep, Backend, Region};
 use crate::model::gpt2::attention::AttnDims;
 use anyhow::{ensure, Context, Result};
@@ -567,21 +567,12 @@ impl Backend for CudaBackend {
         r: Region,
         s: AdamStep,
     ) -> Result<()> {
-        let h = AdamWStep {
-            lr: s.lr,
-            beta1: s.beta1,
-            beta2: s.beta2,
-            eps: s.eps,
-            wd_factor: s.decay_factor,
-            step_size: s.step_size,
-            bc2_sqrt: s.bc2_sqrt,
-        };
         self.k.adamw(
             &mut p.slice_mut(r.range()),
             &g.slice(r.range()),
             &mut m.slice_mut(r.range()),
             &mut v.slice_mut(r.range()),
-            h,
+            s,
         )
     }
 }

@@ -14,6 +14,7 @@
 //!   second pass — results do not depend on the device or on timing.
 
 use super::nvrtc::{self, KERNELS};
+use crate::backend::AdamStep;
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
@@ -103,43 +104,6 @@ impl EmbeddingSegments {
 
     pub fn num_segs(&self) -> usize {
         self.seg_token.len()
-    }
-}
-
-/// Scalars of one AdamW step (torch order, see `src/optim/adamw.rs`).
-#[derive(Debug, Clone, Copy)]
-pub struct AdamWStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    /// `1 − lr·wd` for decayed tensors, 1 otherwise.
-    pub wd_factor: f32,
-    /// `lr / (1 − β1ᵗ)`.
-    pub step_size: f32,
-    /// `sqrt(1 − β2ᵗ)`.
-    pub bc2_sqrt: f32,
-}
-
-impl AdamWStep {
-    /// The scalars for step `t` (1-based) exactly as [`crate::optim::adamw::AdamW::step`]
-    /// computes them.
-    pub fn new(cfg: &crate::optim::adamw::AdamWConfig, lr: f32, t: u64, decay: bool) -> Self {
-        let bc1 = 1.0 - (cfg.beta1 as f64).powi(t as i32);
-        let bc2 = 1.0 - (cfg.beta2 as f64).powi(t as i32);
-        Self {
-            lr,
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            eps: cfg.eps,
-            wd_factor: if decay {
-                1.0 - lr * cfg.weight_decay
-            } else {
-                1.0
-            },
-            step_size: (lr as f64 / bc1) as f32,
-            bc2_sqrt: bc2.sqrt() as f32,
-        }
     }
 }
 
@@ -707,7 +671,7 @@ impl Kernels {
         g: &CudaView<f32>,
         m: &mut CudaViewMut<f32>,
         v: &mut CudaViewMut<f32>,
-        h: AdamWStep,
+        h: AdamStep,
     ) -> Result<()> {
         let n = p.len();
         check_len!(g, n);
@@ -724,7 +688,7 @@ impl Kernels {
             .arg(&h.beta1)
             .arg(&h.beta2);
         l.arg(&h.eps)
-            .arg(&h.wd_factor)
+            .arg(&h.decay_factor)
             .arg(&h.step_size)
             .arg(&h.bc2_sqrt);
         unsafe { l.launch(elementwise(n)) }?;
