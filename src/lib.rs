@@ -20,4 +20,5 @@ pub mod optim;
 pub mod parallel;
 pub mod plot;
 pub mod runtime;
+pub mod schedule;
 pub mod train;
