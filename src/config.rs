@@ -73,10 +73,10 @@ pub struct TrainConfig {
     /// Compute backend: "cpu" (default) or "cuda".
     #[serde(default)]
     pub backend: BackendKind,
-    /// CUDA only: run fp32 GEMMs on tensor cores in TF32 (faster, ~1e-3 relative error per
-    /// product); off = exact fp32 (`COMPUTE_32F`).
+    /// CUDA GEMM precision: "fp32" (exact, default), "tf32" (tensor cores, ~1e-3 relative
+    /// error per product) or "bf16" (operands rounded to bf16, fp32 accumulation).
     #[serde(default)]
-    pub tf32: bool,
+    pub precision: Precision,
     /// Test hook: make the loss NaN at this step (exercises the NaN guard).
     #[serde(default)]
     pub debug_nan_at_step: Option<usize>,
@@ -106,6 +106,16 @@ pub struct OptimConfig {
     /// ZeRO stage (0 or 1).
     #[serde(default)]
     pub zero: u8,
+}
+
+/// Precision of the GEMMs on the CUDA backend (everything else is fp32).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Tf32,
+    Bf16,
 }
 
 /// Which compute backend runs the model.

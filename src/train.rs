@@ -384,7 +384,7 @@ pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSumma
         BackendKind::Cuda => {
             let be = rt.agree(crate::backend::cuda::CudaBackend::with_options(
                 rt.local_rank,
-                cfg.train.tf32,
+                cfg.train.precision,
             ))?;
             run_on(rt, cfg, opts, be)
         }

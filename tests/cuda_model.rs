@@ -172,3 +172,33 @@ fn gpu_training_matches_cpu_for_20_steps() {
         got[0], want[0], got[19], want[19]
     );
 }
+
+#[test]
+fn gpu_reduced_precision_tracks_cpu() {
+    use ferrotron::config::Precision;
+    if gpu().is_none() {
+        return;
+    }
+    let cfg = Gpt2Config::new(1000, 64, 64, 3, 4);
+    let cpu = Gpt2::new(cfg, 2);
+    let mut init = vec![0.0f32; cpu.layout.total];
+    cpu.layout.init(&cfg, 42, &mut init);
+    let (b, t) = (4, 64);
+    let want = train_losses(&cpu, &init, 20, b, t);
+    // TF32 keeps 10 mantissa bits, bf16 8: per-product errors of ~1e-3 and ~4e-3. Over 20 steps
+    // the loss curves stay within these relative bounds of the exact fp32 CPU run.
+    for (prec, tol) in [(Precision::Tf32, 5e-3f32), (Precision::Bf16, 2e-2)] {
+        let be = CudaBackend::with_options(0, prec).unwrap();
+        let got = train_losses(&Gpt2::with_backend(cfg, be), &init, 20, b, t);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| ((g - w) / w).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{prec:?}: worst relative loss difference over 20 steps {worst:.2e}");
+        assert!(
+            worst <= tol,
+            "{prec:?}: loss curve differs from CPU by {worst} (> {tol})"
+        );
+    }
+}

@@ -8,11 +8,11 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
 out=${OUT:-/tmp}/gpu_gpt2.jsonl
 : > "$out"
 peak_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.log & echo $!; }
-for prec in tf32 fp32; do
+for prec in bf16 tf32 fp32; do
   for B in 32 16 8; do
     pid=$(peak_mem)
-    tf=$([ $prec = tf32 ] && echo true || echo false)
-    if timeout 300 .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.tf32=$tf \
+
+    if timeout 300 .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.precision=$prec \
         --set train.micro_batch_size=$B --set train.global_batch_size=$B --set train.steps=10 --set optim.warmup_steps=0 \
         --set train.val_every=0 --set train.val_batches=0 --set log.plot=false --set log.save_final=false \
         --set 'data.train=".carry/data/fortunes/train_*.bin"' --set 'data.val=".carry/data/fortunes/val_*.bin"' \
@@ -36,7 +36,7 @@ PY
     fi
   done
 done
-# PyTorch on the micro-batch ferrotron's TF32 run used (same work per step).
+# PyTorch on the micro-batch ferrotron's first (bf16) run used (same work per step).
 PB=$(python3 -c "import json;print([json.loads(l) for l in open('$out')][0]['batch'])" 2>/dev/null || echo 16)
 for extra in "" "--compile"; do
   timeout 300 python3 benchmarks/gpu_gpt2/pytorch_gpt2.py --batch $PB $extra 2>/tmp/pt.err | tail -1 >> "$out" || { echo "pytorch $extra failed"; tail -5 /tmp/pt.err; }

@@ -4,20 +4,26 @@
 //! Buffers are `CudaSlice<f32>` on the device chosen by the node-local rank (modulo the
 //! devices visible, so `CUDA_VISIBLE_DEVICES` is respected). All work goes to one stream, in
 //! order; host reads (`download`, loss sums, the gradient norm) synchronise. GEMMs run in exact
-//! fp32 (`COMPUTE_32F`) by default so the GPU reproduces the CPU reference closely, or in TF32
-//! on tensor cores with `train.tf32 = true`; bf16 mixed precision is the next step (README "GPUs").
+//! fp32 (`COMPUTE_32F`) by default so the GPU reproduces the CPU reference closely; with
+//! `train.precision = "tf32"` on tensor cores in TF32, with `"bf16"` on bf16-rounded operands
+//! (fp32 accumulation and outputs). Master weights, gradients and AdamW state are always fp32.
 
 use super::device_count;
 use super::gemm::{Batch, GMat, Gemm, Opts};
 use super::kernels::{self, AttnShape, Kernels, SUMSQ_PARTS};
 use crate::backend::{AdamStep, Backend, Region};
+use crate::config::Precision;
 use crate::model::gpt2::attention::AttnDims;
 use anyhow::{ensure, Context, Result};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaViewMut};
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+};
+use half::bf16;
 use std::sync::Arc;
 
 /// One GPU with its stream, kernels and cuBLASLt handle.
 pub struct CudaBackend {
+    precision: Precision,
     stream: Arc<CudaStream>,
     k: Kernels,
     gemm: Gemm,
@@ -48,11 +54,11 @@ impl CudaBackend {
     /// Open the GPU for node-local rank `local_rank` (device `local_rank mod count`), compile
     /// (or load from the cache) the kernels for its architecture, create the cuBLASLt handle.
     pub fn new(local_rank: usize) -> Result<Self> {
-        Self::with_options(local_rank, false)
+        Self::with_options(local_rank, Precision::Fp32)
     }
 
-    /// As [`CudaBackend::new`]; `tf32` runs the fp32 GEMMs on tensor cores in TF32.
-    pub fn with_options(local_rank: usize, tf32: bool) -> Result<Self> {
+    /// As [`CudaBackend::new`] with the GEMM precision (`train.precision`).
+    pub fn with_options(local_rank: usize, precision: Precision) -> Result<Self> {
         let count = device_count()?;
         let ordinal = local_rank % count;
         let ctx =
@@ -61,11 +67,11 @@ impl CudaBackend {
         let arch = kernels::device_arch(&ctx)?;
         let k = Kernels::load(&ctx, stream.clone(), &arch)?;
         let mut gemm = Gemm::new(stream.clone())?;
-        gemm.set_tf32(tf32);
+        gemm.set_tf32(precision == Precision::Tf32);
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let prec = if tf32 { "TF32 GEMMs" } else { "fp32 GEMMs" };
-        let device = format!("cuda:{ordinal} ({name}, {arch}, {prec})");
+        let device = format!("cuda:{ordinal} ({name}, {arch}, {precision:?} GEMMs)");
         Ok(Self {
+            precision,
             stream,
             k,
             gemm,
@@ -98,6 +104,81 @@ impl CudaBackend {
             let (mut va, mut vb) = (hi.slice_mut(0..a.len), lo.slice_mut(b.range()));
             f(&mut va, &mut vb)
         }
+    }
+}
+
+/// A GEMM operand: a whole f32 buffer (or parameter region) read as `[rows, cols]` (per batch
+/// element), optionally transposed.
+struct Op<'a> {
+    v: CudaView<'a, f32>,
+    rows: usize,
+    cols: usize,
+    t: bool,
+}
+
+fn op(v: CudaView<'_, f32>, rows: usize, cols: usize) -> Op<'_> {
+    Op {
+        v,
+        rows,
+        cols,
+        t: false,
+    }
+}
+
+impl Op<'_> {
+    fn t(self) -> Self {
+        Self { t: !self.t, ..self }
+    }
+}
+
+fn gmat<'a, T>(buf: &'a dyn DevicePtr<T>, o: &Op) -> GMat<'a, T> {
+    let g = GMat::new(buf, o.rows, o.cols);
+    if o.t {
+        g.t()
+    } else {
+        g
+    }
+}
+
+impl CudaBackend {
+    /// `dst (+)= a·b (+ bias)` with fp32 accumulation. `Bf16`: both operands are rounded to
+    /// bf16 first (as PyTorch's autocast does per op); `Tf32`/`Fp32`: fp32 inputs, tensor-core
+    /// TF32 or exact products.
+    fn mm<D: DevicePtrMut<f32>>(
+        &self,
+        dst: &mut D,
+        dst_rs: usize,
+        a: Op,
+        b: Op,
+        acc: bool,
+        batch: Option<Batch>,
+        bias: Option<&CudaView<f32>>,
+    ) -> Result<()> {
+        let bias = bias.map(|x| x as &dyn DevicePtr<f32>);
+        if self.precision == Precision::Bf16 {
+            let (ab, bb) = (self.to_bf16(&a.v)?, self.to_bf16(&b.v)?);
+            let opts = Opts {
+                accumulate: acc,
+                batch,
+                bias,
+            };
+            return self
+                .gemm
+                .matmul::<bf16, f32>(dst, dst_rs, gmat(&ab, &a), gmat(&bb, &b), opts);
+        }
+        let opts = Opts {
+            accumulate: acc,
+            batch,
+            bias,
+        };
+        self.gemm
+            .matmul::<f32, f32>(dst, dst_rs, gmat(&a.v, &a), gmat(&b.v, &b), opts)
+    }
+
+    fn to_bf16(&self, x: &CudaView<f32>) -> Result<CudaSlice<bf16>> {
+        let mut out = self.stream.alloc_zeros::<bf16>(x.len().max(1))?;
+        self.k.f32_to_bf16(&mut out.slice_mut(0..x.len()), x)?;
+        Ok(out)
     }
 }
 
@@ -257,13 +338,16 @@ impl Backend for CudaBackend {
         ic: usize,
         oc: usize,
     ) -> Result<()> {
-        let (wv, bv) = (p.slice(w.range()), p.slice(b.range()));
-        let opts = Opts {
-            bias: Some(&bv),
-            ..Default::default()
-        };
-        self.gemm
-            .matmul::<f32, f32>(out, oc, GMat::new(x, n, ic), GMat::new(&wv, ic, oc), opts)
+        let bias = p.slice(b.range());
+        self.mm(
+            out,
+            oc,
+            op(x.as_view(), n, ic),
+            op(p.slice(w.range()), ic, oc),
+            false,
+            None,
+            Some(&bias),
+        )
     }
     fn linear_backward(
         &self,
@@ -279,20 +363,23 @@ impl Backend for CudaBackend {
         ic: usize,
         oc: usize,
     ) -> Result<()> {
-        let wv = p.slice(w.range());
-        self.gemm.matmul_f32(
+        self.mm(
             dx,
             ic,
-            GMat::new(dy, n, oc),
-            GMat::new(&wv, ic, oc).t(),
+            op(dy.as_view(), n, oc),
+            op(p.slice(w.range()), ic, oc).t(),
             false,
+            None,
+            None,
         )?;
-        self.gemm.matmul_f32(
+        self.mm(
             &mut g.slice_mut(dw.range()),
             oc,
-            GMat::new(x, n, ic).t(),
-            GMat::new(dy, n, oc),
+            op(x.as_view(), n, ic).t(),
+            op(dy.as_view(), n, oc),
             true,
+            None,
+            None,
         )?;
         let mut scratch = self.scratch(Kernels::bias_scratch_len(n, oc))?;
         self.k.bias_grad(
@@ -325,36 +412,38 @@ impl Backend for CudaBackend {
             &qkv.as_view(),
             shape(d),
         )?;
-        let head = t * hd;
+        let (head, tt) = (t * hd, t * t);
         let qk = Batch {
             count: bh,
             stride_a: head,
             stride_b: head,
-            stride_c: t * t,
+            stride_c: tt,
         };
-        self.gemm.matmul_batched_f32(
+        self.mm(
             att,
             t,
-            GMat::new(&q, t, hd),
-            GMat::new(&k, t, hd).t(),
+            op(q.as_view(), t, hd),
+            op(k.as_view(), t, hd).t(),
             false,
-            qk,
+            Some(qk),
+            None,
         )?;
         self.k
             .causal_softmax_forward(&mut att.as_view_mut(), bh, t, 1.0 / (hd as f32).sqrt())?;
         let pv = Batch {
             count: bh,
-            stride_a: t * t,
+            stride_a: tt,
             stride_b: head,
             stride_c: head,
         };
-        self.gemm.matmul_batched_f32(
+        self.mm(
             &mut y,
             hd,
-            GMat::new(att, t, t),
-            GMat::new(&v, t, hd),
+            op(att.as_view(), t, t),
+            op(v.as_view(), t, hd),
             false,
-            pv,
+            Some(pv),
+            None,
         )?;
         self.k
             .attn_merge_heads(&mut out.as_view_mut(), &y.as_view(), shape(d))
@@ -380,40 +469,43 @@ impl Backend for CudaBackend {
         let mut dy = self.scratch(n)?;
         self.k
             .attn_split_heads(&mut dy.as_view_mut(), &dout.as_view(), shape(d))?;
-        let head = t * hd;
+        let (head, tt) = (t * hd, t * t);
         let (mut dq, mut dk, mut dv, mut ds) = (
             self.scratch(n)?,
             self.scratch(n)?,
             self.scratch(n)?,
-            self.scratch(bh * t * t)?,
+            self.scratch(bh * tt)?,
         );
-        let tt = t * t;
+        let tt_h = Some(Batch {
+            count: bh,
+            stride_a: tt,
+            stride_b: head,
+            stride_c: head,
+        });
+        let h_h = Some(Batch {
+            count: bh,
+            stride_a: head,
+            stride_b: head,
+            stride_c: tt,
+        });
         // dV = Pᵀ·dY; dP = dY·Vᵀ (into ds); dS in place; dQ = dS·K; dK = dSᵀ·Q.
-        self.gemm.matmul_batched_f32(
+        self.mm(
             &mut dv,
             hd,
-            GMat::new(att, t, t).t(),
-            GMat::new(&dy, t, hd),
+            op(att.as_view(), t, t).t(),
+            op(dy.as_view(), t, hd),
             false,
-            Batch {
-                count: bh,
-                stride_a: tt,
-                stride_b: head,
-                stride_c: head,
-            },
+            tt_h,
+            None,
         )?;
-        self.gemm.matmul_batched_f32(
+        self.mm(
             &mut ds,
             t,
-            GMat::new(&dy, t, hd),
-            GMat::new(&v, t, hd).t(),
+            op(dy.as_view(), t, hd),
+            op(v.as_view(), t, hd).t(),
             false,
-            Batch {
-                count: bh,
-                stride_a: head,
-                stride_b: head,
-                stride_c: tt,
-            },
+            h_h,
+            None,
         )?;
         self.k.causal_softmax_backward(
             &mut ds.as_view_mut(),
@@ -422,31 +514,23 @@ impl Backend for CudaBackend {
             t,
             1.0 / (hd as f32).sqrt(),
         )?;
-        self.gemm.matmul_batched_f32(
+        self.mm(
             &mut dq,
             hd,
-            GMat::new(&ds, t, t),
-            GMat::new(&k, t, hd),
+            op(ds.as_view(), t, t),
+            op(k.as_view(), t, hd),
             false,
-            Batch {
-                count: bh,
-                stride_a: tt,
-                stride_b: head,
-                stride_c: head,
-            },
+            tt_h,
+            None,
         )?;
-        self.gemm.matmul_batched_f32(
+        self.mm(
             &mut dk,
             hd,
-            GMat::new(&ds, t, t).t(),
-            GMat::new(&q, t, hd),
+            op(ds.as_view(), t, t).t(),
+            op(q.as_view(), t, hd),
             false,
-            Batch {
-                count: bh,
-                stride_a: tt,
-                stride_b: head,
-                stride_c: head,
-            },
+            tt_h,
+            None,
         )?;
         self.k.attn_merge_dqkv(
             &mut dqkv.as_view_mut(),
@@ -481,13 +565,14 @@ impl Backend for CudaBackend {
         c: usize,
         vp: usize,
     ) -> Result<()> {
-        let w = p.slice(wte.range());
-        self.gemm.matmul_f32(
+        self.mm(
             logits,
             vp,
-            GMat::new(xf, n, c),
-            GMat::new(&w, vp, c).t(),
+            op(xf.as_view(), n, c),
+            op(p.slice(wte.range()), vp, c).t(),
             false,
+            None,
+            None,
         )
     }
     fn logits_backward(
@@ -503,20 +588,23 @@ impl Backend for CudaBackend {
         c: usize,
         vp: usize,
     ) -> Result<()> {
-        let w = p.slice(wte.range());
-        self.gemm.matmul_f32(
+        self.mm(
             dxf,
             c,
-            GMat::new(dlogits, n, vp),
-            GMat::new(&w, vp, c),
+            op(dlogits.as_view(), n, vp),
+            op(p.slice(wte.range()), vp, c),
             false,
+            None,
+            None,
         )?;
-        self.gemm.matmul_f32(
+        self.mm(
             &mut g.slice_mut(dwte.range()),
             c,
-            GMat::new(dlogits, n, vp).t(),
-            GMat::new(xf, n, c),
+            op(dlogits.as_view(), n, vp).t(),
+            op(xf.as_view(), n, c),
             true,
+            None,
+            None,
         )
     }
     fn softmax_xent(
