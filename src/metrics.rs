@@ -30,6 +30,10 @@ pub struct StepMetrics {
     pub comm_bytes: std::collections::BTreeMap<&'static str, u64>,
     /// Milliseconds spent in each group's calls in this step.
     pub comm_ms: std::collections::BTreeMap<&'static str, f64>,
+    /// Step time outside communication calls (and outside pipeline waits).
+    pub compute_ms: f64,
+    /// Time a pipeline stage waited for its neighbours (0 until pipeline parallelism runs).
+    pub bubble_ms: f64,
 }
 
 /// Appends JSON lines to a file, flushing each line (so a crash loses nothing written).

@@ -494,6 +494,8 @@ fn train_loop<B: Backend>(
             val_loss,
             comm_bytes: [("dp", dp_bytes)].into(),
             comm_ms: [("dp", dp_secs * 1e3)].into(),
+            compute_ms: (dt - dp_secs) * 1e3,
+            bubble_ms: 0.0,
         };
         if let Some(w) = writer.as_deref_mut() {
             w.write(&m)?;

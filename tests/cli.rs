@@ -39,6 +39,8 @@ fn training_is_deterministic_and_learns() {
         "\"tokens_per_s\"",
         "\"step_ms\"",
         "\"val_loss\"",
+        "\"compute_ms\"",
+        "\"comm_bytes\"",
     ] {
         assert!(line.contains(key), "metrics lack {key}");
     }
