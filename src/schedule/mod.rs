@@ -73,12 +73,8 @@ impl ScheduleStats {
     }
 }
 
-/// Runs all stages' lists together and checks: every micro-batch is forwarded and backwarded
-/// exactly once per stage, forward before backward; every send has its receive on the
-/// neighbour in the same order; nothing deadlocks. Each stage has a clock; a receive waits
-/// for its message's send time; compute advances the clock by its cost.
-pub fn simulate(lists: &[Vec<Action>], m: usize) -> Result<ScheduleStats> {
-    let p = lists.len();
+/// Every micro-batch forwarded and backwarded exactly once per stage, forward first.
+fn check_complete(lists: &[Vec<Action>], m: usize) -> Result<()> {
     for (s, list) in lists.iter().enumerate() {
         for mb in 0..m {
             let count = |x: Action| list.iter().filter(|a| **a == x).count();
@@ -92,6 +88,16 @@ pub fn simulate(lists: &[Vec<Action>], m: usize) -> Result<ScheduleStats> {
             }
         }
     }
+    Ok(())
+}
+
+/// Runs all stages' lists together and checks: every micro-batch is forwarded and backwarded
+/// exactly once per stage, forward before backward; every send has its receive on the
+/// neighbour in the same order; nothing deadlocks. Each stage has a clock; a receive waits
+/// for its message's send time; compute advances the clock by its cost.
+pub fn simulate(lists: &[Vec<Action>], m: usize) -> Result<ScheduleStats> {
+    check_complete(lists, m)?;
+    let p = lists.len();
     // Messages in flight per link, FIFO, with their send times: activations s→s+1 in acts[s],
     // gradients s+1→s in grads[s].
     type Link = std::collections::VecDeque<(usize, u64)>;

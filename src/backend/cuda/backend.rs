@@ -175,6 +175,24 @@ impl CudaBackend {
             .matmul::<f32, f32>(dst, dst_rs, gmat(&a.v, &a), gmat(&b.v, &b), opts)
     }
 
+    /// Q, K, V of `qkv [B, T, 3C]` as three `[B, NH, T, hd]` buffers.
+    fn split_qkv(
+        &self,
+        qkv: &CudaSlice<f32>,
+        d: AttnDims,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
+        let n = d.b * d.t * d.c;
+        let (mut q, mut k, mut v) = (self.scratch(n)?, self.scratch(n)?, self.scratch(n)?);
+        self.k.attn_split_qkv(
+            &mut q.as_view_mut(),
+            &mut k.as_view_mut(),
+            &mut v.as_view_mut(),
+            &qkv.as_view(),
+            shape(d),
+        )?;
+        Ok((q, k, v))
+    }
+
     fn to_bf16(&self, x: &CudaView<f32>) -> Result<CudaSlice<bf16>> {
         let mut out = self.stream.alloc_zeros::<bf16>(x.len().max(1))?;
         self.k.f32_to_bf16(&mut out.slice_mut(0..x.len()), x)?;
@@ -399,19 +417,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
         let n = d.b * d.t * d.c;
-        let (mut q, mut k, mut v, mut y) = (
-            self.scratch(n)?,
-            self.scratch(n)?,
-            self.scratch(n)?,
-            self.scratch(n)?,
-        );
-        self.k.attn_split_qkv(
-            &mut q.as_view_mut(),
-            &mut k.as_view_mut(),
-            &mut v.as_view_mut(),
-            &qkv.as_view(),
-            shape(d),
-        )?;
+        let (q, k, v) = self.split_qkv(qkv, d)?;
+        let mut y = self.scratch(n)?;
         let (head, tt) = (t * hd, t * t);
         let qk = Batch {
             count: bh,
@@ -458,14 +465,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
         let n = d.b * d.t * d.c;
-        let (mut q, mut k, mut v) = (self.scratch(n)?, self.scratch(n)?, self.scratch(n)?);
-        self.k.attn_split_qkv(
-            &mut q.as_view_mut(),
-            &mut k.as_view_mut(),
-            &mut v.as_view_mut(),
-            &qkv.as_view(),
-            shape(d),
-        )?;
+        let (q, k, v) = self.split_qkv(qkv, d)?;
         let mut dy = self.scratch(n)?;
         self.k
             .attn_split_heads(&mut dy.as_view_mut(), &dout.as_view(), shape(d))?;
