@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::model::gpt2::attention::AttnDims;
+use crate::model::gpt2::{embedding, vocab_parallel};
 use anyhow::Result;
 
 /// A contiguous range of a flat buffer (one parameter tensor, or its gradient).
@@ -105,7 +106,8 @@ pub trait Backend: Send + Sync {
         mean: &Self::Buf,
         rstd: &Self::Buf,
     ) -> Result<()>;
-    /// `out[N, OC] = x[N, IC] · W[IC, OC] + b`.
+    /// `out[N, OC] = x[N, IC] · W[IC, OC] + b`; an empty `b` region means no bias (the
+    /// row-parallel layers of tensor parallelism add their bias on one TP rank only).
     fn linear_forward(
         &self,
         out: &mut Self::Buf,
@@ -205,4 +207,99 @@ pub trait Backend: Send + Sync {
         r: Region,
         s: AdamStep,
     ) -> Result<()>;
+
+    /// The buffer as a host slice when it lives in host memory (the CPU backend), so
+    /// communication can work in place; None otherwise (callers stage through the host).
+    fn host_mut<'a>(&self, _buf: &'a mut Self::Buf) -> Option<&'a mut [f32]> {
+        None
+    }
+
+    /// Σ x² over the given regions of `x` (f64 on the host). Default: staged through the host.
+    fn sum_squares_ranges(&self, x: &Self::Buf, ranges: &[Region]) -> Result<f64> {
+        let h = self.download(x)?;
+        Ok(ranges
+            .iter()
+            .map(|r| crate::optim::clip::sum_squares(&h[r.range()]))
+            .sum())
+    }
+
+    /// Vocab-parallel embedding of one TP rank (see `model::gpt2::vocab_parallel`): `wte` is the
+    /// local `[Vl, C]` block of global rows `v0 ..`; `wpe` is added only where given. Host token
+    /// ids. Default: staged through the host with the CPU twin.
+    fn embedding_forward_shard(
+        &self,
+        out: &mut Self::Buf,
+        tok: &[u32],
+        p: &Self::Buf,
+        wte: Region,
+        wpe: Option<Region>,
+        t: usize,
+        c: usize,
+        v0: usize,
+    ) -> Result<()> {
+        let h = self.download(p)?;
+        let mut o = self.download(out)?;
+        let wpe = wpe.map(|r| &h[r.range()]);
+        vocab_parallel::embedding_forward(&mut o, tok, &h[wte.range()], wpe, t, c, v0);
+        *out = self.upload(&o)?;
+        Ok(())
+    }
+    /// Backward of [`Backend::embedding_forward_shard`]: `dwte` (local rows) and `dwpe`
+    /// accumulate. Default: staged through the host.
+    fn embedding_backward_shard(
+        &self,
+        g: &mut Self::Buf,
+        dwte: Region,
+        dwpe: Region,
+        dx: &Self::Buf,
+        tok: &[u32],
+        t: usize,
+        c: usize,
+        v0: usize,
+    ) -> Result<()> {
+        let mut h = self.download(g)?;
+        let dx = self.download(dx)?;
+        let mut a = h[dwte.range()].to_vec();
+        let mut b = h[dwpe.range()].to_vec();
+        embedding::backward_shard(&mut a, &mut b, &dx, tok, t, c, v0);
+        h[dwte.range()].copy_from_slice(&a);
+        h[dwpe.range()].copy_from_slice(&b);
+        *g = self.upload(&h)?;
+        Ok(())
+    }
+    /// Vocab-parallel cross-entropy, step 1: per-row partials `stats [N, 3]` of the local logits
+    /// `[N, Vl]` (global columns `v0 ..`, real ones `< v`). Default: staged through the host.
+    fn xent_partial(
+        &self,
+        logits: &Self::Buf,
+        stats: &mut Self::Buf,
+        targets: &[u32],
+        vl: usize,
+        v0: usize,
+        v: usize,
+    ) -> Result<()> {
+        let z = self.download(logits)?;
+        let mut st = self.download(stats)?;
+        vocab_parallel::xent_partial(&z, &mut st, targets, vl, v0, v);
+        *stats = self.upload(&st)?;
+        Ok(())
+    }
+    /// Vocab-parallel cross-entropy, step 3: local logits become `scale · (softmax − onehot)`
+    /// from the combined `ms [N, 2] = (M, 1/S)`. Default: staged through the host.
+    fn xent_grad(
+        &self,
+        logits: &mut Self::Buf,
+        ms: &Self::Buf,
+        targets: &[u32],
+        vl: usize,
+        v0: usize,
+        v: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let mut z = self.download(logits)?;
+        let ms = self.download(ms)?;
+        vocab_parallel::xent_grad(&mut z, &ms, targets, vl, v0, v, scale);
+        *logits = self.upload(&z)?;
+        Ok(())
+    }
 }

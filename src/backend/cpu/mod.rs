@@ -39,7 +39,7 @@ fn online_cpus() -> usize {
 
 use super::{AdamStep, Backend, Region};
 use crate::model::gpt2::attention::{self, AttnDims};
-use crate::model::gpt2::{embedding, head, layernorm, linear, loss, mlp};
+use crate::model::gpt2::{embedding, head, layernorm, linear, loss, mlp, vocab_parallel};
 use crate::optim::{adamw, clip};
 use anyhow::Result;
 
@@ -278,6 +278,70 @@ impl Backend for Cpu {
     }
     fn sum(&self, x: &Vec<f32>) -> Result<f64> {
         Ok(x.iter().map(|&v| v as f64).sum())
+    }
+    fn host_mut<'a>(&self, buf: &'a mut Vec<f32>) -> Option<&'a mut [f32]> {
+        Some(buf)
+    }
+    fn sum_squares_ranges(&self, x: &Vec<f32>, ranges: &[Region]) -> Result<f64> {
+        Ok(ranges
+            .iter()
+            .map(|r| clip::sum_squares(&x[r.range()]))
+            .sum())
+    }
+    fn embedding_forward_shard(
+        &self,
+        out: &mut Vec<f32>,
+        tok: &[u32],
+        p: &Vec<f32>,
+        wte: Region,
+        wpe: Option<Region>,
+        t: usize,
+        c: usize,
+        v0: usize,
+    ) -> Result<()> {
+        let wpe = wpe.map(|r| &p[r.range()]);
+        vocab_parallel::embedding_forward(out, tok, &p[wte.range()], wpe, t, c, v0);
+        Ok(())
+    }
+    fn embedding_backward_shard(
+        &self,
+        g: &mut Vec<f32>,
+        dwte: Region,
+        dwpe: Region,
+        dx: &Vec<f32>,
+        tok: &[u32],
+        t: usize,
+        c: usize,
+        v0: usize,
+    ) -> Result<()> {
+        let (a, b) = two_mut(g, dwte, dwpe);
+        embedding::backward_shard(a, b, dx, tok, t, c, v0);
+        Ok(())
+    }
+    fn xent_partial(
+        &self,
+        logits: &Vec<f32>,
+        stats: &mut Vec<f32>,
+        targets: &[u32],
+        vl: usize,
+        v0: usize,
+        v: usize,
+    ) -> Result<()> {
+        vocab_parallel::xent_partial(logits, stats, targets, vl, v0, v);
+        Ok(())
+    }
+    fn xent_grad(
+        &self,
+        logits: &mut Vec<f32>,
+        ms: &Vec<f32>,
+        targets: &[u32],
+        vl: usize,
+        v0: usize,
+        v: usize,
+        scale: f32,
+    ) -> Result<()> {
+        vocab_parallel::xent_grad(logits, ms, targets, vl, v0, v, scale);
+        Ok(())
     }
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
         Ok(clip::sum_squares(x))

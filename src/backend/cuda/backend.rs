@@ -364,7 +364,7 @@ impl Backend for CudaBackend {
             op(p.slice(w.range()), ic, oc),
             false,
             None,
-            Some(&bias),
+            (b.len > 0).then_some(&bias),
         )
     }
     fn linear_backward(

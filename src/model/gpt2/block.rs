@@ -2,9 +2,17 @@
 //!   a = x + c_proj(attn(c_attn(ln_1(x))))
 //!   y = a + mlp_proj(gelu(c_fc(ln_2(a))))
 //! All activations are `[N = B·T, ·]` row-major; saved ones live in [`BlockActs`].
+//!
+//! Tensor parallelism (Megatron) over a TP group of size P, rank r: `c_attn` and `c_fc` are
+//! column-parallel (rank r holds q, k, v columns of heads `r·NH/P ..` and `4C/P` MLP columns),
+//! `c_proj` and `mlp.c_proj` row-parallel (matching input rows), LayerNorms and the
+//! row-parallel biases replicated. Per sub-block one all-reduce forward (after the row-parallel
+//! GEMM: "reduce from TP"; the bias is added on rank 0 only) and one backward (the input
+//! gradient of the column-parallel GEMM: dual of "copy to TP"). With P = 1 it is the plain block.
 
 use super::attention::AttnDims;
 use crate::backend::{Backend, Region};
+use crate::parallel::Tp;
 use anyhow::Result;
 
 /// The twelve tensors of a block (parameters, or their gradients).
@@ -44,39 +52,40 @@ impl<T> BlockTensors<T> {
     }
 }
 
-/// Activations of one block saved for backward. N = B·T.
+/// Activations of one block saved for backward. N = B·T, P = TP size.
 pub struct BlockActs<B: Backend> {
     pub ln1: B::Buf,      // [N, C]
     pub ln1_mean: B::Buf, // [N]
     pub ln1_rstd: B::Buf, // [N]
-    pub qkv: B::Buf,      // [N, 3C]
-    pub att: B::Buf,      // [B, NH, T, T]
-    pub atty: B::Buf,     // [N, C]
+    pub qkv: B::Buf,      // [N, 3C/P]
+    pub att: B::Buf,      // [B, NH/P, T, T]
+    pub atty: B::Buf,     // [N, C/P]
     pub res2: B::Buf,     // [N, C]  x + attention branch
     pub ln2: B::Buf,      // [N, C]
     pub ln2_mean: B::Buf, // [N]
     pub ln2_rstd: B::Buf, // [N]
-    pub fch: B::Buf,      // [N, 4C]
-    pub fch_gelu: B::Buf, // [N, 4C]
+    pub fch: B::Buf,      // [N, 4C/P]
+    pub fch_gelu: B::Buf, // [N, 4C/P]
     pub out: B::Buf,      // [N, C]  block output
 }
 
 impl<B: Backend> BlockActs<B> {
-    pub fn new(be: &B, b: usize, t: usize, c: usize, nh: usize) -> Result<Self> {
-        let n = b * t;
+    /// For the full model pass `tp = 1`; for one TP rank of P, `tp = P`.
+    pub fn new(be: &B, b: usize, t: usize, c: usize, nh: usize, tp: usize) -> Result<Self> {
+        let (n, cl) = (b * t, c / tp);
         Ok(Self {
             ln1: be.zeros(n * c)?,
             ln1_mean: be.zeros(n)?,
             ln1_rstd: be.zeros(n)?,
-            qkv: be.zeros(n * 3 * c)?,
-            att: be.zeros(b * nh * t * t)?,
-            atty: be.zeros(n * c)?,
+            qkv: be.zeros(n * 3 * cl)?,
+            att: be.zeros(b * (nh / tp) * t * t)?,
+            atty: be.zeros(n * cl)?,
             res2: be.zeros(n * c)?,
             ln2: be.zeros(n * c)?,
             ln2_mean: be.zeros(n)?,
             ln2_rstd: be.zeros(n)?,
-            fch: be.zeros(n * 4 * c)?,
-            fch_gelu: be.zeros(n * 4 * c)?,
+            fch: be.zeros(n * 4 * cl)?,
+            fch_gelu: be.zeros(n * 4 * cl)?,
             out: be.zeros(n * c)?,
         })
     }
@@ -92,19 +101,39 @@ pub struct BlockScratch<B: Backend> {
 }
 
 impl<B: Backend> BlockScratch<B> {
-    pub fn new(be: &B, n: usize, c: usize) -> Result<Self> {
+    pub fn new(be: &B, n: usize, c: usize, tp: usize) -> Result<Self> {
+        let cl = c / tp;
         Ok(Self {
             dln: be.zeros(n * c)?,
-            dqkv: be.zeros(n * 3 * c)?,
-            datty: be.zeros(n * c)?,
-            dfch: be.zeros(n * 4 * c)?,
-            dgelu: be.zeros(n * 4 * c)?,
+            dqkv: be.zeros(n * 3 * cl)?,
+            datty: be.zeros(n * cl)?,
+            dfch: be.zeros(n * 4 * cl)?,
+            dgelu: be.zeros(n * 4 * cl)?,
         })
     }
 }
 
+/// The bias of a row-parallel layer: added by TP rank 0 only, before the all-reduce.
+fn row_bias(tp: &Tp, b: Region) -> Region {
+    if tp.rank == 0 {
+        b
+    } else {
+        Region { off: 0, len: 0 }
+    }
+}
+
+/// Attention dimensions of this TP rank's heads.
+fn local_dims(d: AttnDims, tp: &Tp) -> AttnDims {
+    AttnDims {
+        c: d.c / tp.size,
+        nh: d.nh / tp.size,
+        ..d
+    }
+}
+
 /// Forward of one block from input `x [N, C]`; fills `a`. `p` holds the block's parameter
-/// regions inside the flat parameter buffer `params`.
+/// regions (this TP rank's shards) inside the flat parameter buffer `params`; `d` is the full
+/// model's shape.
 pub fn forward<B: Backend>(
     be: &B,
     a: &mut BlockActs<B>,
@@ -112,8 +141,9 @@ pub fn forward<B: Backend>(
     params: &B::Buf,
     p: &BlockTensors<Region>,
     d: AttnDims,
+    tp: &Tp,
 ) -> Result<()> {
-    let (n, c) = (d.b * d.t, d.c);
+    let (n, c, cl) = (d.b * d.t, d.c, d.c / tp.size);
     be.layernorm_forward(
         &mut a.ln1,
         &mut a.ln1_mean,
@@ -123,9 +153,13 @@ pub fn forward<B: Backend>(
         p.ln1_w,
         p.ln1_b,
     )?;
-    be.linear_forward(&mut a.qkv, &a.ln1, params, p.qkv_w, p.qkv_b, n, c, 3 * c)?;
-    be.attention_forward(&mut a.atty, &mut a.att, &a.qkv, d)?;
-    be.linear_forward(&mut a.res2, &a.atty, params, p.proj_w, p.proj_b, n, c, c)?;
+    // Copy to TP (identity) → column-parallel c_attn → local heads.
+    be.linear_forward(&mut a.qkv, &a.ln1, params, p.qkv_w, p.qkv_b, n, c, 3 * cl)?;
+    be.attention_forward(&mut a.atty, &mut a.att, &a.qkv, local_dims(d, tp))?;
+    // Row-parallel c_proj → reduce from TP.
+    let pb = row_bias(tp, p.proj_b);
+    be.linear_forward(&mut a.res2, &a.atty, params, p.proj_w, pb, n, cl, c)?;
+    tp.all_reduce(be, &mut a.res2)?;
     be.add_inplace(&mut a.res2, x)?;
     be.layernorm_forward(
         &mut a.ln2,
@@ -136,24 +170,28 @@ pub fn forward<B: Backend>(
         p.ln2_w,
         p.ln2_b,
     )?;
-    be.linear_forward(&mut a.fch, &a.ln2, params, p.fc_w, p.fc_b, n, c, 4 * c)?;
+    // Copy to TP (identity) → column-parallel c_fc → GELU → row-parallel c_proj → reduce.
+    be.linear_forward(&mut a.fch, &a.ln2, params, p.fc_w, p.fc_b, n, c, 4 * cl)?;
     be.gelu_forward(&mut a.fch_gelu, &a.fch)?;
+    let fb = row_bias(tp, p.fcproj_b);
     be.linear_forward(
         &mut a.out,
         &a.fch_gelu,
         params,
         p.fcproj_w,
-        p.fcproj_b,
+        fb,
         n,
-        4 * c,
+        4 * cl,
         c,
     )?;
+    tp.all_reduce(be, &mut a.out)?;
     be.add_inplace(&mut a.out, &a.res2)
 }
 
 /// Backward of one block. On entry `dres [N, C]` is the gradient of the block output; on exit
 /// it is the gradient of the block input `x`. Parameter gradients accumulate into `grads` at
-/// the regions of `p` (gradients share the parameters' layout).
+/// the regions of `p` (gradients share the parameters' layout). The reduce regions' duals are
+/// identities (`dres` is already replicated); the copy regions' duals all-reduce `dln`.
 pub fn backward<B: Backend>(
     be: &B,
     dres: &mut B::Buf,
@@ -164,8 +202,9 @@ pub fn backward<B: Backend>(
     params: &B::Buf,
     p: &BlockTensors<Region>,
     d: AttnDims,
+    tp: &Tp,
 ) -> Result<()> {
-    let (n, c) = (d.b * d.t, d.c);
+    let (n, c, cl) = (d.b * d.t, d.c, d.c / tp.size);
     // MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))).
     be.linear_backward(
         &mut s.dgelu,
@@ -177,7 +216,7 @@ pub fn backward<B: Backend>(
         params,
         p.fcproj_w,
         n,
-        4 * c,
+        4 * cl,
         c,
     )?;
     be.gelu_backward(&mut s.dfch, &a.fch, &s.dgelu)?;
@@ -192,8 +231,9 @@ pub fn backward<B: Backend>(
         p.fc_w,
         n,
         c,
-        4 * c,
+        4 * cl,
     )?;
+    tp.all_reduce(be, &mut s.dln)?; // dual of copy to TP
     be.layernorm_backward(
         dres,
         grads,
@@ -217,10 +257,10 @@ pub fn backward<B: Backend>(
         params,
         p.proj_w,
         n,
-        c,
+        cl,
         c,
     )?;
-    be.attention_backward(&mut s.dqkv, &s.datty, &a.qkv, &a.att, d)?;
+    be.attention_backward(&mut s.dqkv, &s.datty, &a.qkv, &a.att, local_dims(d, tp))?;
     be.linear_backward(
         &mut s.dln,
         grads,
@@ -232,8 +272,9 @@ pub fn backward<B: Backend>(
         p.qkv_w,
         n,
         c,
-        3 * c,
+        3 * cl,
     )?;
+    tp.all_reduce(be, &mut s.dln)?; // dual of copy to TP
     be.layernorm_backward(
         dres,
         grads,

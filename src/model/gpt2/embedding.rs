@@ -19,8 +19,6 @@ pub fn forward(out: &mut [f32], tok: &[u32], wte: &[f32], wpe: &[f32], t_len: us
 }
 
 /// Backward: `dwte[tok[i]] += dx[i]`, `dwpe[i mod T] += dx[i]`.
-/// Rows are grouped by token id with a counting sort; each output row is owned by one task and
-/// sums its contributions in row order, so the result is independent of the thread count.
 pub fn backward(
     dwte: &mut [f32],
     dwpe: &mut [f32],
@@ -29,12 +27,37 @@ pub fn backward(
     t_len: usize,
     c: usize,
 ) {
+    backward_shard(dwte, dwpe, dx, tok, t_len, c, 0)
+}
+
+/// Backward of a vocabulary shard (see `vocab_parallel`): `dwte` is `[Vl, C]` for global rows
+/// `v0 .. v0 + Vl`; tokens outside them add nothing to it. `dwpe` always accumulates.
+/// Rows are grouped by token id with a counting sort; each output row is owned by one task and
+/// sums its contributions in row order, so the result is independent of the thread count.
+pub fn backward_shard(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dx: &[f32],
+    tok: &[u32],
+    t_len: usize,
+    c: usize,
+    v0: usize,
+) {
     let vp = dwte.len() / c;
-    let mut start = vec![0usize; vp + 1];
+    // Local row of each token; tokens of other shards go to the ignored bucket `vp`.
+    let tok: Vec<u32> = tok
+        .iter()
+        .map(|&id| match (id as usize).checked_sub(v0) {
+            Some(r) if r < vp => r as u32,
+            _ => vp as u32,
+        })
+        .collect();
+    let tok = &tok[..];
+    let mut start = vec![0usize; vp + 2];
     for &id in tok {
         start[id as usize + 1] += 1;
     }
-    for v in 0..vp {
+    for v in 0..=vp {
         start[v + 1] += start[v];
     }
     let mut fill = start.clone();

@@ -15,9 +15,13 @@ pub fn forward(
     oc: usize,
     threads: usize,
 ) {
-    out[..n * oc]
-        .par_chunks_mut(oc)
-        .for_each(|row| row.copy_from_slice(b));
+    if b.is_empty() {
+        out[..n * oc].fill(0.0);
+    } else {
+        out[..n * oc]
+            .par_chunks_mut(oc)
+            .for_each(|row| row.copy_from_slice(b));
+    }
     matmul(
         out,
         oc,

@@ -17,6 +17,7 @@ pub mod loss;
 pub mod mlp;
 pub mod model;
 pub mod params;
+pub mod vocab_parallel;
 
 pub use model::{Activations, Gpt2};
 pub use params::ParamLayout;
@@ -52,6 +53,17 @@ impl Gpt2Config {
             n_embd,
             n_layer,
             n_head,
+        }
+    }
+
+    /// The same model with the vocabulary padded to a multiple of 64·tp, so each of `tp`
+    /// vocab-parallel shards has a multiple of 64 rows (the padding is masked; the real model
+    /// and its exported weights do not change).
+    pub fn with_tp_padding(self, tp: usize) -> Self {
+        let m = 64 * tp.max(1);
+        Self {
+            padded_vocab: self.vocab_size.div_ceil(m) * m,
+            ..self
         }
     }
 

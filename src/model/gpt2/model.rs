@@ -11,6 +11,7 @@ use super::params::{BlockIdx, ParamLayout};
 use super::Gpt2Config;
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Region};
+use crate::parallel::Tp;
 use anyhow::{ensure, Result};
 
 /// A GPT-2 of a given shape on backend `B` (the CPU backend by default).
@@ -46,14 +47,14 @@ impl<B: Backend> Activations<B> {
             t,
             encoded: be.zeros(n * c)?,
             blocks: (0..cfg.n_layer)
-                .map(|_| BlockActs::new(be, b, t, c, cfg.n_head))
+                .map(|_| BlockActs::new(be, b, t, c, cfg.n_head, 1))
                 .collect::<Result<_>>()?,
             lnf: be.zeros(n * c)?,
             lnf_mean: be.zeros(n)?,
             lnf_rstd: be.zeros(n)?,
             logits: be.zeros(n * cfg.padded_vocab)?,
             losses: be.zeros(n)?,
-            scratch: BlockScratch::new(be, n, c)?,
+            scratch: BlockScratch::new(be, n, c, 1)?,
             dres: be.zeros(n * c)?,
             dlnf: be.zeros(n * c)?,
         })
@@ -159,6 +160,7 @@ impl<B: Backend> Gpt2<B> {
                 params,
                 &self.block_regions(l),
                 self.dims(b, t),
+                &Tp::single(),
             )?;
         }
         let x = acts.blocks.last().map_or(&acts.encoded, |a| &a.out);
@@ -230,6 +232,7 @@ impl<B: Backend> Gpt2<B> {
                 params,
                 &p,
                 self.dims(b, t),
+                &Tp::single(),
             )?;
         }
         be.embedding_backward(grads, wte, self.region(ly.wpe), dres, tokens, t, c)
