@@ -8,19 +8,25 @@
 //! Validation runs at step 0, every `train.val_every` steps and at the last step.
 
 use crate::backend::cpu::Cpu;
-use crate::backend::Backend;
+use crate::backend::{Backend, Region};
 use crate::checkpoint::hf;
-use crate::comm::mpi::MpiComm;
 use crate::comm::Communicator;
-use crate::config::BackendKind;
-use crate::config::Config;
+use crate::config::{BackendKind, Config, Schedule};
 use crate::data::{EvalWindows, TokenData, TrainSampler};
 use crate::metrics::{MetricsWriter, StepMetrics};
-use crate::model::gpt2::{Activations, Gpt2, Gpt2Config};
+use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
-use crate::parallel::{Coords, Grid};
+use crate::parallel::groups::{gather_weights, Groups};
+use crate::parallel::pipeline::{self, Links};
+use crate::parallel::shard::{check_shape, repad, StageLayout};
+use crate::parallel::stage::{StageActs, StageModel, StageScratch};
+use crate::parallel::tp::{all_reduce_buf, all_reduce_region};
+use crate::parallel::zero::ZeroShard;
+use crate::parallel::{Coords, Grid, Tp};
 use crate::runtime::Runtime;
+use crate::schedule::Action;
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,20 +50,16 @@ pub struct TrainSummary {
     pub out_dir: PathBuf,
 }
 
-/// The grid for this world and config, with the checks that need the world size: dp·tp·pp =
-/// world; tensor and pipeline parallelism are not implemented yet; the global batch splits
-/// evenly into micro-batches over dp.
+/// The grid for this world and config, with every check that needs the world size: dp·tp·pp =
+/// world; the model shape fits TP and PP (heads divisible by tp, at least one layer per stage);
+/// the global batch splits evenly into micro-batches over dp; the schedule is valid. With
+/// `1f1b` and fewer micro-batches than stages, 1F1B's warm-up covers every micro-batch and the
+/// schedule is GPipe's (documented fallback, no error).
 pub fn check_grid(cfg: &Config, world: usize) -> Result<Grid> {
     let p = &cfg.parallel;
     let grid = Grid::new(world, p.dp, p.tp, p.pp)?;
-    if grid.tp > 1 || grid.pp > 1 {
-        bail!(
-            "grid dp={} tp={} pp={}: tensor and pipeline parallelism are not implemented in this version (parallel.tp and parallel.pp must be 1)",
-            grid.dp,
-            grid.tp,
-            grid.pp
-        );
-    }
+    let mcfg = Gpt2Config::from_model_config(&cfg.model).with_tp_padding(grid.tp);
+    check_shape(&mcfg, grid.tp, grid.pp)?;
     let t = &cfg.train;
     if !t
         .global_batch_size
@@ -78,101 +80,44 @@ pub fn check_grid(cfg: &Config, world: usize) -> Result<Grid> {
             );
         }
     }
+    let lists: Vec<_> = (0..grid.pp)
+        .map(|s| schedule_for(cfg, grid.pp, accum, s))
+        .collect();
+    crate::schedule::simulate(&lists, accum).context("parallel.schedule")?;
     Ok(grid)
 }
 
-/// Everything one rank needs to train, on backend `B`.
+/// Stage `s`'s training schedule (1F1B when there is no pipeline: one activation set).
+fn schedule_for(cfg: &Config, pp: usize, m: usize, s: usize) -> Vec<Action> {
+    match cfg.parallel.schedule {
+        Schedule::Gpipe if pp > 1 => crate::schedule::gpipe(pp, m, s),
+        _ => crate::schedule::one_f_one_b(pp, m, s),
+    }
+}
+
+/// Everything one rank needs to train its stage and shard, on backend `B`.
 pub struct Trainer<B: Backend> {
     cfg: Config,
-    pub model: Gpt2<B>,
+    pub model: StageModel<B>,
+    /// The global model (vocabulary padded for TP) and its layout, for init and export.
+    gcfg: Gpt2Config,
+    glayout: ParamLayout,
     pub params: B::Buf,
     grads: B::Buf,
-    /// Full optimizer state (no ZeRO, or dp = 1).
+    /// Full optimizer state of the local parameters (no ZeRO, or dp = 1).
     opt: Option<AdamW<B>>,
     /// ZeRO-1: this rank's shard of the optimizer state (dp > 1 and `optim.zero = 1`).
     zero: Option<ZeroShard>,
     sched: LrSchedule,
     sampler: TrainSampler,
     val: Option<EvalWindows>,
-    acts: Activations<B>,
-    inputs: Vec<u32>,
-    targets: Vec<u32>,
+    slots: Vec<StageActs<B>>,
+    scratch: StageScratch<B>,
+    actions: Vec<Action>,
     accum: usize,
     /// This rank's place in the grid.
     grid: Grid,
     coords: Coords,
-}
-
-/// ZeRO-1 (optimizer-state sharding over dp): the flat parameters, padded to dp·⌈N/dp⌉, are cut
-/// into dp contiguous shards; this rank keeps AdamW's m and v for shard r only. A step
-/// reduce-scatters the gradients (rank r gets the dp-sum of shard r), computes the global norm
-/// from the shards' squared sums (one f64 all-reduce), clips and updates its shard, and
-/// all-gathers the updated parameters. Host-staged, like the plain data-parallel path.
-struct ZeroShard {
-    opt: AdamW<Cpu>,
-    cpu: Cpu,
-    lo: usize,
-    hi: usize,
-    chunk: usize,
-}
-
-impl ZeroShard {
-    fn new(
-        cfg: AdamWConfig,
-        layout: &crate::model::gpt2::ParamLayout,
-        dp: usize,
-        r: usize,
-    ) -> Result<Self> {
-        let chunk = layout.total.div_ceil(dp);
-        let (lo, hi) = (
-            (r * chunk).min(layout.total),
-            ((r + 1) * chunk).min(layout.total),
-        );
-        let cpu = Cpu::new(1);
-        let opt = AdamW::with_ranges(
-            &cpu,
-            cfg,
-            chunk,
-            crate::optim::adamw::shard_ranges(layout, lo, hi),
-        )?;
-        Ok(Self {
-            opt,
-            cpu,
-            lo,
-            hi,
-            chunk,
-        })
-    }
-
-    /// One sharded update; returns the global gradient norm (before clipping).
-    fn update<B: Backend>(
-        &mut self,
-        be: &B,
-        params: &mut B::Buf,
-        grads: &B::Buf,
-        comm: &dyn Communicator,
-        clip_to: f32,
-        lr: f32,
-    ) -> Result<f64> {
-        let dp = comm.size();
-        let mut g = be.download(grads)?;
-        g.resize(self.chunk * dp, 0.0);
-        let mut shard_g = vec![0.0f32; self.chunk];
-        comm.reduce_scatter_sum_f32(&g, &mut shard_g)?;
-        let mut ss = [clip::sum_squares(&shard_g)];
-        comm.all_reduce_sum_f64(&mut ss)?;
-        let norm = ss[0].sqrt();
-        clip::scale(&mut shard_g, clip::clip_coef(norm, clip_to));
-        let host = be.download(params)?;
-        let mut shard_p = host[self.lo..self.hi].to_vec();
-        shard_p.resize(self.chunk, 0.0);
-        self.opt.step(&self.cpu, &mut shard_p, &shard_g, lr)?;
-        let mut full = vec![0.0f32; self.chunk * dp];
-        comm.all_gather_f32(&shard_p, &mut full)?;
-        full.truncate(host.len());
-        *params = be.upload(&full)?;
-        Ok(norm)
-    }
 }
 
 /// Result of one optimizer step.
@@ -180,31 +125,25 @@ pub struct StepOut {
     pub loss: f32,
     pub grad_norm: f32,
     pub lr: f32,
+    /// Seconds this rank waited for pipeline neighbours.
+    pub idle_s: f64,
 }
 
 impl<B: Backend> Trainer<B> {
-    /// Validate inputs, load data, build and initialise the model. No collective calls.
+    /// Validate inputs, load data, build and initialise this rank's stage. No collective calls.
     pub fn new(cfg: &Config, world: usize, rank: usize, be: B) -> Result<Self> {
         let grid = check_grid(cfg, world)?;
-        let dp = grid.dp;
-        let mcfg = Gpt2Config::from_model_config(&cfg.model);
-        let model = Gpt2::with_backend(mcfg, be);
-        let params = model.be.upload(&initial_params(cfg, &model.cfg)?)?;
+        let coords = grid.coords(rank);
+        let gcfg = Gpt2Config::from_model_config(&cfg.model).with_tp_padding(grid.tp);
+        let glayout = ParamLayout::new(&gcfg);
+        let layout = StageLayout::new(&gcfg, &glayout, grid.tp, coords.tp, grid.pp, coords.pp)?;
+        let host = initial_params(cfg, &gcfg, &glayout, &layout)?;
+        let model = StageModel::new(gcfg, layout, be);
         let t = &cfg.train;
         let train_files = TokenData::from_pattern(&cfg.data.train).context("data.train")?;
-        let data = Arc::new(TokenData::open(&train_files, mcfg.vocab_size).context("data.train")?);
+        let data = Arc::new(TokenData::open(&train_files, gcfg.vocab_size).context("data.train")?);
         let sampler = TrainSampler::new(data, t.seq_len, t.seed).context("data.train")?;
-        let val = if t.val_every > 0 || t.val_batches > 0 {
-            let files = TokenData::from_pattern(&cfg.data.val).context("data.val")?;
-            let d = Arc::new(TokenData::open(&files, mcfg.vocab_size).context("data.val")?);
-            let w = EvalWindows::new(d, t.seq_len).context("data.val")?;
-            if w.num_full_batches(t.micro_batch_size) == 0 {
-                bail!("data.val: {} sequences of {} tokens, fewer than one batch of train.micro_batch_size = {}", w.num_sequences(), t.seq_len, t.micro_batch_size);
-            }
-            Some(w)
-        } else {
-            None
-        };
+        let val = open_val(cfg, gcfg.vocab_size)?;
         let o = &cfg.optim;
         let acfg = AdamWConfig {
             beta1: o.beta1,
@@ -218,125 +157,184 @@ impl<B: Backend> Trainer<B> {
             warmup_steps: o.warmup_steps,
             total_steps: t.steps,
         };
-        let n = t.micro_batch_size * t.seq_len;
+        let accum = t.global_batch_size / (t.micro_batch_size * grid.dp);
+        let actions = schedule_for(cfg, grid.pp, accum, coords.pp);
+        let lists: Vec<_> = (0..grid.pp)
+            .map(|s| schedule_for(cfg, grid.pp, accum, s))
+            .collect();
+        let in_flight = crate::schedule::simulate(&lists, accum)?.max_in_flight[coords.pp];
+        let ly = &model.layout;
         let zero = (cfg.optim.zero == 1 && grid.dp > 1)
-            .then(|| ZeroShard::new(acfg, &model.layout, grid.dp, grid.coords(rank).dp))
+            .then(|| ZeroShard::new(acfg, ly, grid.dp, coords.dp))
             .transpose()?;
+        let opt = match zero {
+            Some(_) => None,
+            None => Some(AdamW::for_entries(&model.be, acfg, &ly.entries, ly.total)?),
+        };
+        let (b, seq) = (t.micro_batch_size, t.seq_len);
         Ok(Self {
             cfg: cfg.clone(),
-            grads: model.be.zeros(model.layout.total)?,
-            opt: if zero.is_some() {
-                None
-            } else {
-                Some(AdamW::new(&model.be, acfg, &model.layout)?)
-            },
+            params: model.be.upload(&host)?,
+            grads: model.be.zeros(ly.total)?,
+            opt,
             zero,
-            acts: model.activations(t.micro_batch_size, t.seq_len)?,
+            slots: (0..in_flight.max(1))
+                .map(|_| model.acts(b, seq))
+                .collect::<Result<_>>()?,
+            scratch: model.scratch(b * seq)?,
             model,
-            params,
+            gcfg,
+            glayout,
             sched,
             sampler,
             val,
-            inputs: vec![0; n],
-            targets: vec![0; n],
-            accum: t.global_batch_size / (t.micro_batch_size * dp),
+            actions,
+            accum,
             grid,
-            coords: grid.coords(rank),
+            coords,
         })
     }
 
     /// One optimizer step (0-based `step`). The global batch is samples `step·G .. step·G + G`;
     /// micro-batch j of data-parallel rank r takes samples `step·G + (j·dp + r)·B ..` (+B), so
-    /// every grid trains on the same global batch. Gradients and the loss are summed over `dp`.
-    pub fn step(&mut self, step: usize, dp_comm: Option<&dyn Communicator>) -> Result<StepOut> {
+    /// every grid trains on the same global batch. Then, in order (DESIGN invariant 5): tied
+    /// `wte` gradient all-reduced over the embedding group, data-parallel reduction, global
+    /// norm over all ranks counting each parameter once, clipping, AdamW.
+    pub fn step(&mut self, step: usize, gr: &Groups) -> Result<StepOut> {
         let t = &self.cfg.train;
-        let (b, seq) = (t.micro_batch_size, t.seq_len);
-        let be = &self.model.be;
+        let (b, seq, gbs) = (t.micro_batch_size, t.seq_len, t.global_batch_size);
         if t.debug_nan_at_step == Some(step) {
+            let be = &self.model.be;
             let mut host = be.download(&self.params)?;
             host[0] = f32::NAN;
             self.params = be.upload(&host)?;
         }
-        let scale = 1.0 / (t.global_batch_size * seq) as f32;
-        be.zero(&mut self.grads)?;
-        let mut loss_sum = 0.0f64;
-        let base = (step * t.global_batch_size) as u64;
-        for j in 0..self.accum {
-            let first = base + ((j * self.grid.dp + self.coords.dp) * b) as u64;
-            self.sampler
-                .fill_batch(first, b, &mut self.inputs, &mut self.targets);
-            let (x, y) = (be.tokens(&self.inputs)?, be.tokens(&self.targets)?);
-            let l = self
-                .model
-                .forward(&self.params, &x, Some(&y), Some(scale), &mut self.acts)?;
-            self.model
-                .backward(&self.params, &mut self.grads, &x, &mut self.acts)?;
-            loss_sum += l as f64;
-        }
-        let lr = self.sched.at(step);
-        let comm = dp_comm.filter(|c| c.size() > 1);
-        if let Some(c) = comm {
-            let mut l = [loss_sum];
-            c.all_reduce_sum_f64(&mut l)?;
-            loss_sum = l[0];
-        }
-        let loss = (loss_sum / (self.accum * self.grid.dp) as f64) as f32;
-        if !loss.is_finite() {
-            bail!("loss is {loss} at step {} — training diverged (try a lower optim.lr or check the data)", step + 1);
-        }
-        let norm = match (comm, self.zero.as_mut()) {
-            (Some(c), Some(z)) => z.update(
-                be,
-                &mut self.params,
-                &self.grads,
-                c,
-                self.cfg.optim.grad_clip,
-                lr,
-            )?,
-            (c, _) => {
-                if let Some(c) = c {
-                    // Data-parallel reduction (host-staged): Σ over dp of each rank's gradients.
-                    let mut host = be.download(&self.grads)?;
-                    c.all_reduce_sum_f32(&mut host)?;
-                    self.grads = be.upload(&host)?;
-                }
-                let norm = be.sum_squares(&self.grads)?.sqrt();
-                be.scale(
-                    &mut self.grads,
-                    clip::clip_coef(norm, self.cfg.optim.grad_clip),
-                )?;
-                let opt = self.opt.as_mut().context("optimizer state missing")?;
-                opt.step(be, &mut self.params, &self.grads, lr)?;
-                norm
-            }
+        let scale = 1.0 / (gbs * seq) as f32;
+        self.model.be.zero(&mut self.grads)?;
+        let (dp, r) = (self.grid.dp, self.coords.dp);
+        let base = (step * gbs) as u64;
+        let sampler = &mut self.sampler;
+        let mut fill = |j: usize, x: &mut [u32], y: &mut [u32]| {
+            sampler.fill_batch(base + ((j * dp + r) * b) as u64, b, x, y)
         };
+        let links = Links {
+            tp: Tp::of(&gr.tp),
+            pp: (self.grid.pp > 1).then_some(&gr.pp),
+        };
+        let run = pipeline::run(
+            &self.model,
+            &self.params,
+            Some(&mut self.grads),
+            &mut self.slots,
+            &mut self.scratch,
+            &self.actions,
+            &mut fill,
+            Some(scale),
+            &links,
+        )?;
+        let lr = self.sched.at(step);
+        let (loss, norm) = self.reduce_and_update(run.loss_sum, gr, lr, step)?;
         Ok(StepOut {
             loss,
             grad_norm: norm as f32,
             lr,
+            idle_s: run.idle_s,
         })
     }
 
+    /// Gradient reductions, norm, clipping and the AdamW update; returns (loss, norm).
+    fn reduce_and_update(
+        &mut self,
+        loss_sum: f64,
+        gr: &Groups,
+        lr: f32,
+        step: usize,
+    ) -> Result<(f32, f64)> {
+        let be = &self.model.be;
+        let ly = &self.model.layout;
+        if gr.emb.size() > 1 {
+            let wte = ly.entries[ly.wte.context("embedding group without wte")?].clone();
+            let r = Region {
+                off: wte.offset,
+                len: wte.len,
+            };
+            all_reduce_region(be, &gr.emb, &mut self.grads, r)?;
+        }
+        let dp = self.grid.dp;
+        let shard = match (&self.zero, dp > 1) {
+            (Some(z), true) => Some(z.reduce_scatter(be, &self.grads, &gr.dp)?),
+            (None, true) => {
+                all_reduce_buf(be, &gr.dp, &mut self.grads)?;
+                None
+            }
+            _ => None,
+        };
+        let ss = match (&shard, &self.zero) {
+            (Some(g), Some(z)) => z.sum_squares(g),
+            _ if self.coords.dp == 0 => be.sum_squares_ranges(&self.grads, &ly.counted_regions())?,
+            _ => 0.0,
+        };
+        let owns_loss = self.model.is_last() && self.coords.tp == 0;
+        let mut sums = [if owns_loss { loss_sum } else { 0.0 }, ss];
+        if self.grid.world() > 1 {
+            gr.world.all_reduce_sum_f64(&mut sums)?;
+        }
+        let loss = (sums[0] / (self.accum * dp) as f64) as f32;
+        if !loss.is_finite() {
+            bail!("loss is {loss} at step {} — training diverged (try a lower optim.lr or check the data)", step + 1);
+        }
+        let norm = sums[1].sqrt();
+        let coef = clip::clip_coef(norm, self.cfg.optim.grad_clip);
+        match (shard, self.zero.as_mut()) {
+            (Some(g), Some(z)) => z.apply(be, &mut self.params, g, coef, &gr.dp, lr)?,
+            _ => {
+                be.scale(&mut self.grads, coef)?;
+                let opt = self.opt.as_mut().context("optimizer state missing")?;
+                opt.step(be, &mut self.params, &self.grads, lr)?;
+            }
+        }
+        Ok((loss, norm))
+    }
+
     /// Mean loss over the first `train.val_batches` validation batches (None without val data).
-    pub fn validate(&mut self) -> Result<Option<f32>> {
+    /// Batch k is evaluated by data-parallel replica `k mod dp`, through the pipeline.
+    pub fn validate(&mut self, gr: &Groups) -> Result<Option<f32>> {
         let Some(w) = self.val.as_ref() else {
             return Ok(None);
         };
         let b = self.cfg.train.micro_batch_size;
         let k = self.cfg.train.val_batches.min(w.num_full_batches(b)).max(1);
-        let mut sum = 0.0f64;
-        for i in 0..k {
-            w.batch(i, b, &mut self.inputs, &mut self.targets);
-            let (x, y) = (
-                self.model.be.tokens(&self.inputs)?,
-                self.model.be.tokens(&self.targets)?,
-            );
-            sum += self
-                .model
-                .forward(&self.params, &x, Some(&y), None, &mut self.acts)?
-                as f64;
+        let (s, p) = (self.coords.pp, self.grid.pp);
+        let mut actions = Vec::new();
+        for i in (self.coords.dp..k).step_by(self.grid.dp) {
+            if s > 0 {
+                actions.push(Action::RecvAct(i));
+            }
+            actions.push(Action::Forward(i));
         }
-        Ok(Some((sum / k as f64) as f32))
+        let _ = p;
+        let mut fill = |i: usize, x: &mut [u32], y: &mut [u32]| w.batch(i, b, x, y);
+        let links = Links {
+            tp: Tp::of(&gr.tp),
+            pp: (self.grid.pp > 1).then_some(&gr.pp),
+        };
+        let run = pipeline::run(
+            &self.model,
+            &self.params,
+            None,
+            &mut self.slots[..1],
+            &mut self.scratch,
+            &actions,
+            &mut fill,
+            None,
+            &links,
+        )?;
+        let owns = self.model.is_last() && self.coords.tp == 0;
+        let mut sum = [if owns { run.loss_sum } else { 0.0 }];
+        if self.grid.world() > 1 {
+            gr.world.all_reduce_sum_f64(&mut sum)?;
+        }
+        Ok(Some((sum[0] / k as f64) as f32))
     }
 
     fn tokens_per_step(&self) -> usize {
@@ -344,29 +342,49 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
-/// Random init from `train.seed`, or the weights of `train.init_hf` (shape must match [model]).
-fn initial_params(cfg: &Config, mcfg: &Gpt2Config) -> Result<Vec<f32>> {
+fn open_val(cfg: &Config, vocab: usize) -> Result<Option<EvalWindows>> {
+    let t = &cfg.train;
+    if t.val_every == 0 && t.val_batches == 0 {
+        return Ok(None);
+    }
+    let files = TokenData::from_pattern(&cfg.data.val).context("data.val")?;
+    let d = Arc::new(TokenData::open(&files, vocab).context("data.val")?);
+    let w = EvalWindows::new(d, t.seq_len).context("data.val")?;
+    if w.num_full_batches(t.micro_batch_size) == 0 {
+        bail!("data.val: {} sequences of {} tokens, fewer than one batch of train.micro_batch_size = {}", w.num_sequences(), t.seq_len, t.micro_batch_size);
+    }
+    Ok(Some(w))
+}
+
+/// This rank's initial weights: random from `train.seed` (a function of the global index, so
+/// every grid starts from the same model), or its shard of `train.init_hf` (shape must match
+/// [model]).
+fn initial_params(
+    cfg: &Config,
+    gcfg: &Gpt2Config,
+    glayout: &ParamLayout,
+    layout: &StageLayout,
+) -> Result<Vec<f32>> {
+    let mut local = vec![0.0f32; layout.total];
     match &cfg.train.init_hf {
         Some(dir) => {
             let (hcfg, params) =
                 hf::load(dir).with_context(|| format!("train.init_hf = {}", dir.display()))?;
-            if hcfg != *mcfg {
+            let want = Gpt2Config::from_model_config(&cfg.model);
+            if hcfg != want {
                 bail!(
                     "train.init_hf = {}: the model there ({}) differs from [model] ({}); set the [model] keys to match",
                     dir.display(),
                     describe(&hcfg),
-                    describe(mcfg)
+                    describe(&want)
                 );
             }
-            Ok(params)
+            let global = repad(&ParamLayout::new(&hcfg), &params, glayout);
+            layout.extract(glayout, &global, &mut local);
         }
-        None => {
-            let layout = crate::model::gpt2::ParamLayout::new(mcfg);
-            let mut p = vec![0.0f32; layout.total];
-            layout.init(mcfg, cfg.train.seed, &mut p);
-            Ok(p)
-        }
+        None => layout.init(gcfg, cfg.train.seed, &mut local),
     }
+    Ok(local)
 }
 
 fn describe(c: &Gpt2Config) -> String {
@@ -411,25 +429,28 @@ fn run_on<B: Backend>(
         Ok((t, w))
     });
     let (mut tr, mut writer) = rt.agree(setup)?;
-    // The data-parallel group: ranks with the same (tp, pp). Collective over the world.
-    let c = tr.coords;
-    let dp_comm = MpiComm::split(&rt.world, c.tp + tr.grid.tp * c.pp)?;
-    let mcfg = tr.model.cfg;
+    let gr = Groups::new(&rt.world, tr.grid, rt.rank)?;
     if rt.rank == 0 {
         log_setup(cfg, &tr);
     }
-    let first_val = tr.validate()?;
+    let first_val = tr.validate(&gr)?;
+    take_stats(&gr);
     if let (Some(v), Some(w)) = (first_val, writer.as_mut()) {
         log::info!("step 0: val loss {v:.4}");
         w.write_val(0, v)?;
     }
-    let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val, &dp_comm)?;
-    if rt.rank == 0 && cfg.log.save_final {
-        let dir = out_dir.join("final");
-        let host = tr.model.be.download(&tr.params)?;
-        hf::save(&dir, &mcfg, &host)
-            .with_context(|| format!("saving final weights to {}", dir.display()))?;
-        log::info!("final weights (Hugging Face format): {}", dir.display());
+    let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val, &gr)?;
+    if cfg.log.save_final {
+        let local = tr.model.be.download(&tr.params)?;
+        let g = gather_weights(&gr.world, tr.grid, rt.rank, &tr.gcfg, &tr.glayout, local)?;
+        if let Some(global) = g {
+            let dir = out_dir.join("final");
+            let mcfg = Gpt2Config::from_model_config(&cfg.model);
+            let host = repad(&tr.glayout, &global, &ParamLayout::new(&mcfg));
+            hf::save(&dir, &mcfg, &host)
+                .with_context(|| format!("saving final weights to {}", dir.display()))?;
+            log::info!("final weights (Hugging Face format): {}", dir.display());
+        }
     }
     Ok(TrainSummary {
         metrics_path,
@@ -438,17 +459,56 @@ fn run_on<B: Backend>(
     })
 }
 
+/// The groups' (bytes, seconds) since the last call, in the metrics' key order.
+fn take_stats(gr: &Groups) -> [(&'static str, u64, f64); 5] {
+    let t = |k, c: &crate::comm::mpi::MpiComm| {
+        let (b, s) = c.stats().take();
+        (k, b, s)
+    };
+    [
+        t("tp", &gr.tp),
+        t("dp", &gr.dp),
+        t("pp", &gr.pp),
+        t("emb", &gr.emb),
+        t("world", &gr.world),
+    ]
+}
+
+/// Per-step communication figures of all ranks: bytes summed per group, milliseconds
+/// averaged over ranks (per group, idle = bubble, and compute = the rest of the step).
+fn step_comm(
+    gr: &Groups,
+    dt: f64,
+    idle: f64,
+) -> (BTreeMap<&'static str, u64>, BTreeMap<&'static str, f64>, f64, f64) {
+    let st = take_stats(gr);
+    let comm_s: f64 = st.iter().map(|x| x.2).sum();
+    let mut v: Vec<f64> = st.iter().map(|x| x.1 as f64).collect();
+    v.extend(st.iter().map(|x| x.2));
+    v.extend([idle, (dt - comm_s - idle).max(0.0)]);
+    gr.metrics.all_reduce_sum_f64_uncounted(&mut v);
+    let w = gr.metrics.size() as f64;
+    let bytes = st.iter().zip(&v).map(|(x, &b)| (x.0, b as u64)).collect();
+    let ms = st
+        .iter()
+        .zip(&v[5..])
+        .map(|(x, &s)| (x.0, s / w * 1e3))
+        .collect();
+    (bytes, ms, v[10] / w * 1e3, v[11] / w * 1e3)
+}
+
 fn log_setup<B: Backend>(cfg: &Config, tr: &Trainer<B>) {
-    let mcfg = tr.model.cfg;
+    let mcfg = Gpt2Config::from_model_config(&cfg.model);
     let g = tr.grid;
     log::info!(
-        "model: {} parameters ({}), vocab padded to {}; grid dp={} tp={} pp={}; global batch {}×{} tokens, {} micro-batch(es) of {} per rank; backend {}",
-        tr.model.layout.num_real_params(&mcfg),
+        "model: {} parameters ({}), vocab padded to {}; grid dp={} tp={} pp={} ({:?} schedule); global batch {}×{} tokens, {} micro-batch(es) of {} per dp rank; backend {}",
+        ParamLayout::new(&mcfg).num_real_params(&mcfg),
         describe(&mcfg),
-        mcfg.padded_vocab,
+        tr.gcfg.padded_vocab,
         g.dp,
         g.tp,
         g.pp,
+        cfg.parallel.schedule,
         cfg.train.global_batch_size,
         cfg.train.seq_len,
         tr.accum,
@@ -462,23 +522,25 @@ fn train_loop<B: Backend>(
     tr: &mut Trainer<B>,
     mut writer: Option<&mut MetricsWriter>,
     first_val: Option<f32>,
-    dp_comm: &dyn Communicator,
+    gr: &Groups,
 ) -> Result<TrainSummary> {
     let steps = cfg.train.steps;
-    let flops_per_token = tr.model.cfg.flops_per_token(
-        tr.model.layout.num_real_params(&tr.model.cfg),
+    let mcfg = Gpt2Config::from_model_config(&cfg.model);
+    let flops_per_token = mcfg.flops_per_token(
+        ParamLayout::new(&mcfg).num_real_params(&mcfg),
         cfg.train.seq_len,
     );
     let bar = progress_bar(writer.is_some(), steps);
     let (mut last_val, mut final_loss) = (first_val, f32::NAN);
     for s in 0..steps {
         let t0 = Instant::now();
-        let out = tr.step(s, Some(dp_comm))?;
-        let (dp_bytes, dp_secs) = dp_comm.stats().take();
+        let out = tr.step(s, gr)?;
         let dt = t0.elapsed().as_secs_f64();
+        let (comm_bytes, comm_ms, bubble_ms, compute_ms) = step_comm(gr, dt, out.idle_s);
         let is_val =
             (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;
-        let val_loss = if is_val { tr.validate()? } else { None };
+        let val_loss = if is_val { tr.validate(gr)? } else { None };
+        take_stats(gr);
         last_val = val_loss.or(last_val);
         final_loss = out.loss;
         let tps = tr.tokens_per_step() as f64 / dt;
@@ -492,10 +554,10 @@ fn train_loop<B: Backend>(
             tokens: ((s + 1) * tr.tokens_per_step()) as u64,
             model_tflops: tps * flops_per_token / 1e12,
             val_loss,
-            comm_bytes: [("dp", dp_bytes)].into(),
-            comm_ms: [("dp", dp_secs * 1e3)].into(),
-            compute_ms: (dt - dp_secs) * 1e3,
-            bubble_ms: 0.0,
+            comm_bytes,
+            comm_ms,
+            compute_ms,
+            bubble_ms,
         };
         if let Some(w) = writer.as_deref_mut() {
             w.write(&m)?;

@@ -5,13 +5,13 @@
 //! on fp32 master weights and fp32 state, over the flat parameter buffer, per parameter tensor.
 
 use crate::backend::{AdamStep, Backend, Region};
+use crate::model::gpt2::params::ParamEntry;
 use crate::model::gpt2::ParamLayout;
 
-/// The parameter tensors of `layout` that intersect `[lo, hi)`, clipped and shifted to start at
-/// `lo` (the decay flag of each kept).
-pub fn shard_ranges(layout: &ParamLayout, lo: usize, hi: usize) -> Vec<(Region, bool)> {
-    layout
-        .entries
+/// The parameter tensors among `entries` that intersect `[lo, hi)`, clipped and shifted to
+/// start at `lo` (the decay flag of each kept).
+pub fn shard_ranges(entries: &[ParamEntry], lo: usize, hi: usize) -> Vec<(Region, bool)> {
+    entries
         .iter()
         .filter_map(|e| {
             let (a, b) = (e.offset.max(lo), (e.offset + e.len).min(hi));
@@ -49,7 +49,12 @@ pub struct AdamW<B: Backend> {
 
 impl<B: Backend> AdamW<B> {
     pub fn new(be: &B, cfg: AdamWConfig, layout: &ParamLayout) -> Result<Self> {
-        Self::with_ranges(be, cfg, layout.total, shard_ranges(layout, 0, layout.total))
+        Self::for_entries(be, cfg, &layout.entries, layout.total)
+    }
+
+    /// State for a flat buffer of `total` values holding the tensors `entries`.
+    pub fn for_entries(be: &B, cfg: AdamWConfig, entries: &[ParamEntry], total: usize) -> Result<Self> {
+        Self::with_ranges(be, cfg, total, shard_ranges(entries, 0, total))
     }
 
     /// State for a buffer of `len` values whose updated parts are `ranges` (with their decay

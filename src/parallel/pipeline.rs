@@ -1,0 +1,163 @@
+//! The pipeline engine: executes one stage's action list (from `schedule`) for one optimizer
+//! step — forwards and backwards of micro-batches on this stage, activations and gradients
+//! exchanged with the neighbouring stages over the `pp` group by point-to-point messages.
+//!
+//! Sends are non-blocking (each owns its buffer; all are completed at the end of the step), so
+//! a schedule whose simulation completes cannot deadlock; receives block. The time spent
+//! waiting for a message to arrive (and for sends to drain at the end) is the stage's idle time,
+//! reported as the pipeline bubble. Tags: 0 for activations, 1 for gradients; MPI keeps
+//! messages between two ranks with one tag in order, and the schedules send and receive
+//! micro-batches in the same order (unit-tested in `schedule`).
+
+use super::stage::{StageActs, StageModel, StageScratch};
+use super::Tp;
+use crate::backend::Backend;
+use crate::comm::mpi::{MpiComm, PendingSend};
+use crate::schedule::Action;
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+
+const TAG_ACT: i32 = 0;
+const TAG_GRAD: i32 = 1;
+
+/// What one stage needs besides its model: the TP group and, for pp > 1, the pp group (whose
+/// rank index is the stage index).
+pub struct Links<'a> {
+    pub tp: Tp<'a>,
+    pub pp: Option<&'a MpiComm>,
+}
+
+/// Micro-batch `mb`'s input tokens and targets, written into the two slices.
+pub type FillBatch<'a> = dyn FnMut(usize, &mut [u32], &mut [u32]) + 'a;
+
+/// Result of running a stage's actions.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunOut {
+    /// Σ over micro-batches of the mean token loss (last stage; 0 elsewhere).
+    pub loss_sum: f64,
+    /// Seconds blocked waiting for neighbours.
+    pub idle_s: f64,
+}
+
+/// Runs `actions` on this stage. With `grads` (training), backwards accumulate into it and
+/// `slots` must hold as many activation sets as the schedule keeps in flight; without
+/// (forward-only evaluation), the lists contain no backward actions and one slot suffices.
+pub fn run<B: Backend>(
+    model: &StageModel<B>,
+    params: &B::Buf,
+    mut grads: Option<&mut B::Buf>,
+    slots: &mut [StageActs<B>],
+    scratch: &mut StageScratch<B>,
+    actions: &[Action],
+    fill: &mut FillBatch,
+    grad_scale: Option<f32>,
+    links: &Links,
+) -> Result<RunOut> {
+    let be = &model.be;
+    let stage = model.layout.stage;
+    let mut out = RunOut::default();
+    let mut slot_of = SlotMap::new(slots.len());
+    let mut sends: Vec<PendingSend> = Vec::new();
+    let mut host = Vec::new();
+    // Every message is one [B·T, C] activation or gradient.
+    let act_len = slots.first().map_or(0, |a| a.b * a.t) * model.cfg.n_embd;
+    let pp = || links.pp.context("pipeline action without a pp group");
+    for &a in actions {
+        match a {
+            Action::RecvAct(mb) => {
+                let s = slot_of.assign(mb)?;
+                host.resize(act_len, 0.0);
+                out.idle_s += pp()?.recv_f32(stage - 1, TAG_ACT, &mut host)?;
+                slots[s].input = be.upload(&host)?;
+            }
+            Action::Forward(mb) => {
+                let s = slot_of.assign(mb)?;
+                let sl = &mut slots[s];
+                if model.is_first() || model.is_last() {
+                    fill(mb, &mut sl.tokens, &mut sl.targets);
+                }
+                out.loss_sum += model.forward(params, sl, grad_scale, &links.tp)?;
+                if grads.is_none() {
+                    // Forward only: the slot is free once its output is sent (or consumed).
+                    slot_of.release(mb)?;
+                    if model.is_last() {
+                        continue;
+                    }
+                    let act = be.download(model.output(&slots[s]))?;
+                    sends.push(pp()?.isend_f32(stage + 1, TAG_ACT, act)?);
+                }
+            }
+            Action::SendAct(mb) => {
+                if grads.is_some() {
+                    let s = slot_of.get(mb)?;
+                    let act = be.download(model.output(&slots[s]))?;
+                    sends.push(pp()?.isend_f32(stage + 1, TAG_ACT, act)?);
+                }
+            }
+            Action::RecvGrad(_) => {
+                host.resize(act_len, 0.0);
+                out.idle_s += pp()?.recv_f32(stage + 1, TAG_GRAD, &mut host)?;
+                scratch.dres = be.upload(&host)?;
+            }
+            Action::Backward(mb) => {
+                let g = grads.as_deref_mut().context("backward in a forward-only run")?;
+                let s = slot_of.get(mb)?;
+                model.backward(params, g, &slots[s], scratch, &links.tp)?;
+                slot_of.release(mb)?;
+            }
+            Action::SendGrad(_) => {
+                let d = be.download(&scratch.dres)?;
+                sends.push(pp()?.isend_f32(stage - 1, TAG_GRAD, d)?);
+            }
+        }
+    }
+    let t0 = std::time::Instant::now();
+    for s in sends {
+        s.wait()?;
+    }
+    out.idle_s += t0.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Which activation slot holds which micro-batch.
+struct SlotMap {
+    of: HashMap<usize, usize>,
+    free: Vec<usize>,
+    n: usize,
+}
+
+impl SlotMap {
+    fn new(n: usize) -> Self {
+        Self {
+            of: HashMap::new(),
+            free: (0..n).rev().collect(),
+            n,
+        }
+    }
+    /// The slot of `mb`, taking a free one on first use.
+    fn assign(&mut self, mb: usize) -> Result<usize> {
+        if let Some(&s) = self.of.get(&mb) {
+            return Ok(s);
+        }
+        let Some(s) = self.free.pop() else {
+            bail!(
+                "the pipeline schedule keeps more micro-batches in flight than the {} activation slots",
+                self.n
+            );
+        };
+        self.of.insert(mb, s);
+        Ok(s)
+    }
+    fn get(&self, mb: usize) -> Result<usize> {
+        self.of
+            .get(&mb)
+            .copied()
+            .with_context(|| format!("micro-batch {mb} used before its forward"))
+    }
+    fn release(&mut self, mb: usize) -> Result<()> {
+        let s = self.get(mb)?;
+        self.of.remove(&mb);
+        self.free.push(s);
+        Ok(())
+    }
+}
