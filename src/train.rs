@@ -271,7 +271,9 @@ impl<B: Backend> Trainer<B> {
         };
         let ss = match (&shard, &self.zero) {
             (Some(g), Some(z)) => z.sum_squares(g),
-            _ if self.coords.dp == 0 => be.sum_squares_ranges(&self.grads, &ly.counted_regions())?,
+            _ if self.coords.dp == 0 => {
+                be.sum_squares_ranges(&self.grads, &ly.counted_regions())?
+            }
             _ => 0.0,
         };
         let owns_loss = self.model.is_last() && self.coords.tp == 0;
@@ -480,7 +482,12 @@ fn step_comm(
     gr: &Groups,
     dt: f64,
     idle: f64,
-) -> (BTreeMap<&'static str, u64>, BTreeMap<&'static str, f64>, f64, f64) {
+) -> (
+    BTreeMap<&'static str, u64>,
+    BTreeMap<&'static str, f64>,
+    f64,
+    f64,
+) {
     let st = take_stats(gr);
     let comm_s: f64 = st.iter().map(|x| x.2).sum();
     let mut v: Vec<f64> = st.iter().map(|x| x.1 as f64).collect();

@@ -53,7 +53,12 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// State for a flat buffer of `total` values holding the tensors `entries`.
-    pub fn for_entries(be: &B, cfg: AdamWConfig, entries: &[ParamEntry], total: usize) -> Result<Self> {
+    pub fn for_entries(
+        be: &B,
+        cfg: AdamWConfig,
+        entries: &[ParamEntry],
+        total: usize,
+    ) -> Result<Self> {
         Self::with_ranges(be, cfg, total, shard_ranges(entries, 0, total))
     }
 

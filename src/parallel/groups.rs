@@ -62,7 +62,11 @@ pub fn gather_weights(
     for s in 0..g.pp {
         for r in 0..g.tp {
             let ly = StageLayout::new(cfg, global, g.tp, r, g.pp, s)?;
-            let src = g.rank(Coords { dp: 0, tp: r, pp: s });
+            let src = g.rank(Coords {
+                dp: 0,
+                tp: r,
+                pp: s,
+            });
             if src == 0 {
                 ly.insert(global, &local, &mut out);
             } else {

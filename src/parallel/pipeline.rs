@@ -100,7 +100,9 @@ pub fn run<B: Backend>(
                 scratch.dres = be.upload(&host)?;
             }
             Action::Backward(mb) => {
-                let g = grads.as_deref_mut().context("backward in a forward-only run")?;
+                let g = grads
+                    .as_deref_mut()
+                    .context("backward in a forward-only run")?;
                 let s = slot_of.get(mb)?;
                 model.backward(params, g, &slots[s], scratch, &links.tp)?;
                 slot_of.release(mb)?;

@@ -59,7 +59,14 @@ pub fn step_bytes(
                 }
                 if g.dp > 1 {
                     let p = ly.total;
-                    add("dp", if zero { 8 * g.dp * p.div_ceil(g.dp) } else { 4 * p });
+                    add(
+                        "dp",
+                        if zero {
+                            8 * g.dp * p.div_ceil(g.dp)
+                        } else {
+                            4 * p
+                        },
+                    );
                 }
                 if g.world() > 1 {
                     add("world", 16);

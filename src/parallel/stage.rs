@@ -95,7 +95,10 @@ impl<B: Backend> StageModel<B> {
     }
 
     fn wte(&self) -> Result<Region> {
-        let i = self.layout.wte.context("this stage holds no token embedding")?;
+        let i = self
+            .layout
+            .wte
+            .context("this stage holds no token embedding")?;
         Ok(self.region(i))
     }
 
@@ -183,7 +186,15 @@ impl<B: Backend> StageModel<B> {
             self.region(ly.lnf_w.context("no ln_f")?),
             self.region(ly.lnf_b.context("no ln_f")?),
         );
-        be.layernorm_forward(&mut h.lnf, &mut h.lnf_mean, &mut h.lnf_rstd, x, params, w, bias)?;
+        be.layernorm_forward(
+            &mut h.lnf,
+            &mut h.lnf_mean,
+            &mut h.lnf_rstd,
+            x,
+            params,
+            w,
+            bias,
+        )?;
         // Copy to TP (identity) → local logits [N, Vl].
         let (n, vl, v) = (b * t, ly.vl, self.cfg.vocab_size);
         be.logits_forward(&mut h.logits, &h.lnf, params, self.wte()?, n, c, vl)?;
@@ -220,7 +231,18 @@ impl<B: Backend> StageModel<B> {
         if let Some(h) = a.head.as_ref() {
             let wte = self.wte()?;
             let (n, vl) = (b * t, ly.vl);
-            be.logits_backward(&mut s.dlnf, grads, wte, &h.logits, &h.lnf, params, wte, n, c, vl)?;
+            be.logits_backward(
+                &mut s.dlnf,
+                grads,
+                wte,
+                &h.logits,
+                &h.lnf,
+                params,
+                wte,
+                n,
+                c,
+                vl,
+            )?;
             tp.all_reduce(be, &mut s.dlnf)?; // dual of copy to TP
             be.zero(&mut s.dres)?;
             let x = a.blocks.last().map_or(&a.input, |x| &x.out);
@@ -242,10 +264,25 @@ impl<B: Backend> StageModel<B> {
             )?;
         }
         for (k, idx) in ly.blocks.iter().enumerate().rev() {
-            let x = if k == 0 { &a.input } else { &a.blocks[k - 1].out };
+            let x = if k == 0 {
+                &a.input
+            } else {
+                &a.blocks[k - 1].out
+            };
             let p = self.block_regions(idx);
             let d = self.dims(b, t);
-            block::backward(be, &mut s.dres, grads, &mut s.block, &a.blocks[k], x, params, &p, d, tp)?;
+            block::backward(
+                be,
+                &mut s.dres,
+                grads,
+                &mut s.block,
+                &a.blocks[k],
+                x,
+                params,
+                &p,
+                d,
+                tp,
+            )?;
         }
         if self.is_first() {
             let (wte, wpe) = (self.wte()?, self.region(ly.wpe.context("no wpe")?));
