@@ -6,25 +6,10 @@
 //! bytes with the analytical volumes.
 
 pub mod mpi;
+pub mod threads;
 
 use anyhow::Result;
 use std::cell::Cell;
-
-/// Payload bytes the data-parallel group moves per optimizer step (what [`CommStats`] counts):
-/// without ZeRO one all-reduce of the f32 gradients (4·N) plus the f64 loss sum (8); with ZeRO-1
-/// a reduce-scatter of the gradients padded to dp·⌈N/dp⌉ (4·P), an all-gather of the updated
-/// parameters (4·P), the loss (8) and the squared-norm partial (8). 0 when dp = 1.
-pub fn dp_bytes_per_step(n_params: usize, dp: usize, zero: bool) -> u64 {
-    if dp <= 1 {
-        return 0;
-    }
-    let padded = n_params.div_ceil(dp) * dp;
-    if zero {
-        (4 * padded * 2 + 16) as u64
-    } else {
-        (4 * n_params + 8) as u64
-    }
-}
 
 /// Counters of one communicator (payload bytes and seconds spent in calls).
 #[derive(Debug, Default)]

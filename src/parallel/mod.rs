@@ -8,6 +8,8 @@ pub mod shard;
 pub mod stage;
 pub mod topology;
 pub mod tp;
+#[cfg(test)]
+mod tp_gradcheck;
 pub mod zero;
 
 pub use topology::{Coords, Grid};

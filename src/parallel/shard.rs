@@ -330,7 +330,7 @@ mod tests {
                         if ly.counted[i] {
                             counted += e.len;
                         }
-                        if ly.counted[i] || !(e.name == "wte.weight") && r == 0 {
+                        if ly.counted[i] || (e.name != "wte.weight" && r == 0) {
                             let ge = &global.entries[ly.global_index[i]];
                             for run in &ly.runs[i] {
                                 for k in 0..run.len {
