@@ -272,7 +272,12 @@ impl<B: Backend> Trainer<B> {
         let ss = match (&shard, &self.zero) {
             (Some(g), Some(z)) => z.sum_squares(g),
             _ if self.coords.dp == 0 => {
-                be.sum_squares_ranges(&self.grads, &ly.counted_regions())?
+                let counted = ly.counted_regions();
+                if counted.iter().map(|r| r.len).sum::<usize>() == ly.total {
+                    be.sum_squares(&self.grads)? // everything counted: no host round trip
+                } else {
+                    be.sum_squares_ranges(&self.grads, &counted)?
+                }
             }
             _ => 0.0,
         };
