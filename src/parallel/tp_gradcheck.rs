@@ -126,3 +126,32 @@ fn tensor_parallel_backward_matches_finite_differences() {
         }
     }
 }
+
+/// With tp = pp = 1 the stage model is the plain GPT-2 (which is checked against Hugging Face):
+/// same loss and gradients.
+#[test]
+fn unsharded_stage_is_the_plain_model() {
+    use crate::model::gpt2::Gpt2;
+    let c = cfg(1);
+    let global = ParamLayout::new(&c);
+    let mut p = vec![0.0f32; global.total];
+    global.init(&c, 4, &mut p);
+    let tok: Vec<u32> = (0..B * T).map(|i| (i * 37 % 150) as u32).collect();
+    let tgt: Vec<u32> = (0..B * T).map(|i| (i * 53 % 150) as u32).collect();
+    let (loss, g) = loss_and_grad(1, &p, &tok, &tgt);
+    let model = Gpt2::new(c, 1);
+    let mut acts = model.activations(B, T).unwrap();
+    let scale = Some(1.0 / (B * T) as f32);
+    let want = model
+        .forward(&p, &tok, Some(&tgt), scale, &mut acts)
+        .unwrap();
+    let mut gw = vec![0.0f32; global.total];
+    model.backward(&p, &mut gw, &tok, &mut acts).unwrap();
+    assert!(
+        (loss - want as f64).abs() <= 1e-6 * want.abs() as f64,
+        "{loss} vs {want}"
+    );
+    for (a, b) in g.iter().zip(&gw) {
+        assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "{a} vs {b}");
+    }
+}
