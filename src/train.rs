@@ -311,7 +311,7 @@ impl<B: Backend> Trainer<B> {
         };
         let b = self.cfg.train.micro_batch_size;
         let k = self.cfg.train.val_batches.min(w.num_full_batches(b)).max(1);
-        let (s, p) = (self.coords.pp, self.grid.pp);
+        let s = self.coords.pp;
         let mut actions = Vec::new();
         for i in (self.coords.dp..k).step_by(self.grid.dp) {
             if s > 0 {
@@ -319,7 +319,6 @@ impl<B: Backend> Trainer<B> {
             }
             actions.push(Action::Forward(i));
         }
-        let _ = p;
         let mut fill = |i: usize, x: &mut [u32], y: &mut [u32]| w.batch(i, b, x, y);
         let links = Links {
             tp: Tp::of(&gr.tp),
