@@ -150,6 +150,13 @@ pub struct ParallelConfig {
     pub micro_batches: Option<usize>,
     #[serde(default = "default_schedule")]
     pub schedule: Schedule,
+    /// Reduce data-parallel gradients in buckets started during backward (true), or in one
+    /// reduction after backward (false).
+    #[serde(default = "yes")]
+    pub overlap_grad_reduce: bool,
+    /// Target bucket size in MiB of f32 gradients (buckets hold whole layers).
+    #[serde(default = "default_bucket_mb")]
+    pub bucket_mb: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +227,9 @@ fn one() -> usize {
 fn yes() -> bool {
     true
 }
+fn default_bucket_mb() -> f64 {
+    25.0
+}
 fn default_schedule() -> Schedule {
     Schedule::OneFOneB
 }
@@ -261,6 +271,8 @@ impl Default for ParallelConfig {
             pp: 1,
             micro_batches: None,
             schedule: default_schedule(),
+            overlap_grad_reduce: true,
+            bucket_mb: default_bucket_mb(),
         }
     }
 }
@@ -406,6 +418,10 @@ impl Config {
         positive("parallel.pp", self.parallel.pp)?;
         if let Some(dp) = self.parallel.dp {
             positive("parallel.dp", dp)?;
+        }
+        let mb = self.parallel.bucket_mb;
+        if !(mb.is_finite() && mb > 0.0) {
+            bail!("parallel.bucket_mb = {mb} must be a number > 0 (MiB per gradient bucket)");
         }
         positive("log.every", self.log.every)?;
         Ok(())

@@ -16,11 +16,12 @@ use crate::data::{EvalWindows, TokenData, TrainSampler};
 use crate::metrics::{MetricsWriter, StepMetrics};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
+use crate::parallel::dp::{self, DpReducer};
 use crate::parallel::groups::{gather_weights, Groups};
 use crate::parallel::pipeline::{self, Links};
 use crate::parallel::shard::{check_shape, repad, StageLayout};
-use crate::parallel::stage::{StageActs, StageModel, StageScratch};
-use crate::parallel::tp::{all_reduce_buf, all_reduce_region};
+use crate::parallel::stage::{OnReady, StageActs, StageModel, StageScratch};
+use crate::parallel::tp::all_reduce_region;
 use crate::parallel::zero::ZeroShard;
 use crate::parallel::{Coords, Grid, Tp};
 use crate::runtime::Runtime;
@@ -114,6 +115,8 @@ pub struct Trainer<B: Backend> {
     slots: Vec<StageActs<B>>,
     scratch: StageScratch<B>,
     actions: Vec<Action>,
+    /// Data-parallel gradient buckets, in the order they are reduced (see `parallel::dp`).
+    buckets: Vec<Region>,
     accum: usize,
     /// This rank's place in the grid.
     grid: Grid,
@@ -172,6 +175,9 @@ impl<B: Backend> Trainer<B> {
             None => Some(AdamW::for_entries(&model.be, acfg, &ly.entries, ly.total)?),
         };
         let (b, seq) = (t.micro_batch_size, t.seq_len);
+        let p = &cfg.parallel;
+        let bucket_elems = (p.bucket_mb * (1u64 << 20) as f64 / 4.0) as usize;
+        let buckets = dp::buckets(ly, bucket_elems, p.overlap_grad_reduce);
         Ok(Self {
             cfg: cfg.clone(),
             params: model.be.upload(&host)?,
@@ -189,6 +195,7 @@ impl<B: Backend> Trainer<B> {
             sampler,
             val,
             actions,
+            buckets,
             accum,
             grid,
             coords,
@@ -221,19 +228,34 @@ impl<B: Backend> Trainer<B> {
             tp: Tp::of(&gr.tp),
             pp: (self.grid.pp > 1).then_some(&gr.pp),
         };
-        let run = pipeline::run(
-            &self.model,
-            &self.params,
-            Some(&mut self.grads),
-            &mut self.slots,
-            &mut self.scratch,
-            &self.actions,
-            &mut fill,
-            Some(scale),
-            &links,
-        )?;
+        let target = match &self.zero {
+            Some(z) => dp::Target::ReduceScatter { chunk: z.chunk() },
+            None => dp::Target::AllReduce,
+        };
+        let total = self.model.layout.total;
+        let mut red = (dp > 1).then(|| DpReducer::new(&gr.dp, self.buckets.clone(), target, total));
+        let run = {
+            let be = &self.model.be;
+            let mut hook = |g: &B::Buf, from: usize| match red.as_mut() {
+                Some(r) => r.ready(be, g, from),
+                None => Ok(()),
+            };
+            let overlap = dp > 1 && self.cfg.parallel.overlap_grad_reduce;
+            pipeline::run(
+                &self.model,
+                &self.params,
+                Some(&mut self.grads),
+                &mut self.slots,
+                &mut self.scratch,
+                &self.actions,
+                &mut fill,
+                Some(scale),
+                &links,
+                overlap.then_some(&mut hook as &mut OnReady<B>),
+            )?
+        };
         let lr = self.sched.at(step);
-        let (loss, norm) = self.reduce_and_update(run.loss_sum, gr, lr, step)?;
+        let (loss, norm) = self.reduce_and_update(run.loss_sum, red, gr, lr, step)?;
         Ok(StepOut {
             loss,
             grad_norm: norm as f32,
@@ -242,10 +264,12 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
-    /// Gradient reductions, norm, clipping and the AdamW update; returns (loss, norm).
+    /// Gradient reductions (finishing the data-parallel one `red` started during backward),
+    /// norm, clipping and the AdamW update; returns (loss, norm).
     fn reduce_and_update(
         &mut self,
         loss_sum: f64,
+        red: Option<DpReducer>,
         gr: &Groups,
         lr: f32,
         step: usize,
@@ -261,13 +285,9 @@ impl<B: Backend> Trainer<B> {
             all_reduce_region(be, &gr.emb, &mut self.grads, r)?;
         }
         let dp = self.grid.dp;
-        let shard = match (&self.zero, dp > 1) {
-            (Some(z), true) => Some(z.reduce_scatter(be, &self.grads, &gr.dp)?),
-            (None, true) => {
-                all_reduce_buf(be, &gr.dp, &mut self.grads)?;
-                None
-            }
-            _ => None,
+        let shard = match red {
+            Some(r) => r.finish(be, &mut self.grads)?,
+            None => None,
         };
         let ss = match (&shard, &self.zero) {
             (Some(g), Some(z)) => z.sum_squares(g),
@@ -334,6 +354,7 @@ impl<B: Backend> Trainer<B> {
             &mut fill,
             None,
             &links,
+            None,
         )?;
         let owns = self.model.is_last() && self.coords.tp == 0;
         let mut sum = [if owns { run.loss_sum } else { 0.0 }];
@@ -526,6 +547,19 @@ fn log_setup<B: Backend>(cfg: &Config, tr: &Trainer<B>) {
         cfg.train.micro_batch_size,
         tr.model.be.name()
     );
+    if g.dp > 1 {
+        let how = if cfg.parallel.overlap_grad_reduce {
+            "started during backward"
+        } else {
+            "one reduction after backward"
+        };
+        let sizes: Vec<String> = tr.buckets.iter().map(|r| r.len.to_string()).collect();
+        log::info!(
+            "data-parallel gradient reduction (rank 0's stage): {} bucket(s) of [{}] floats, {how}",
+            tr.buckets.len(),
+            sizes.join(", ")
+        );
+    }
 }
 
 fn train_loop<B: Backend>(

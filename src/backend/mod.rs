@@ -208,6 +208,19 @@ pub trait Backend: Send + Sync {
         s: AdamStep,
     ) -> Result<()>;
 
+    /// A copy of region `r` of `buf` in host memory. Default: the whole buffer, sliced.
+    fn download_region(&self, buf: &Self::Buf, r: Region) -> Result<Vec<f32>> {
+        Ok(self.download(buf)?[r.range()].to_vec())
+    }
+
+    /// `buf[off .. off + host.len()] ← host`. Default: a round trip of the whole buffer.
+    fn upload_region(&self, buf: &mut Self::Buf, off: usize, host: &[f32]) -> Result<()> {
+        let mut h = self.download(buf)?;
+        h[off..off + host.len()].copy_from_slice(host);
+        *buf = self.upload(&h)?;
+        Ok(())
+    }
+
     /// The buffer as a host slice when it lives in host memory (the CPU backend), so
     /// communication can work in place; None otherwise (callers stage through the host).
     fn host_mut<'a>(&self, _buf: &'a mut Self::Buf) -> Option<&'a mut [f32]> {

@@ -80,34 +80,75 @@ impl Communicator for MpiComm {
     }
 }
 
-/// A non-blocking send (`MPI_Isend`) that owns its buffer until MPI has finished with it.
-/// Dropping it waits for completion, so the buffer can never be freed under MPI.
-pub struct PendingSend {
-    buf: Vec<f32>,
+/// A non-blocking MPI operation (a send or a collective) that owns its buffers, and the
+/// argument arrays the call was given, until MPI has finished with them. Dropping it waits for
+/// completion, so no buffer can be freed or moved under MPI.
+pub struct Pending {
+    /// The input buffer (a send's message) and, for collectives, the output buffer.
+    send: Vec<f32>,
+    recv: Vec<f32>,
+    /// `recvcounts` of a reduce-scatter (must stay untouched until completion).
+    _counts: Vec<i32>,
     req: mpi::ffi::MPI_Request,
     done: bool,
 }
 
-impl PendingSend {
-    /// Blocks until the send completes; returns the buffer for reuse.
+/// `rc` of an MPI call as a Result.
+fn check(rc: i32, what: &str) -> Result<()> {
+    anyhow::ensure!(rc == 0, "{what} failed with error code {rc}");
+    Ok(())
+}
+
+impl Pending {
+    fn new(send: Vec<f32>, recv: Vec<f32>, counts: Vec<i32>) -> Self {
+        Self {
+            send,
+            recv,
+            _counts: counts,
+            // SAFETY: RSMPI_REQUEST_NULL is an initialised constant of the MPI library.
+            req: unsafe { mpi::ffi::RSMPI_REQUEST_NULL },
+            done: false,
+        }
+    }
+
+    /// Drives MPI's progress engine once; true when the operation has completed.
+    pub fn test(&mut self) -> Result<bool> {
+        if !self.done {
+            let mut flag = 0;
+            // SAFETY: `req` is an active request on buffers this value owns (see `complete`).
+            let rc = unsafe {
+                mpi::ffi::MPI_Test(&mut self.req, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE)
+            };
+            check(rc, "MPI_Test")?;
+            self.done = flag != 0;
+        }
+        Ok(self.done)
+    }
+
+    /// Blocks until the operation completes; returns its result (a collective's output, or a
+    /// send's buffer for reuse).
     pub fn wait(mut self) -> Result<Vec<f32>> {
         self.complete()?;
-        Ok(std::mem::take(&mut self.buf))
+        Ok(if self.recv.is_empty() {
+            std::mem::take(&mut self.send)
+        } else {
+            std::mem::take(&mut self.recv)
+        })
     }
 
     fn complete(&mut self) -> Result<()> {
         if !self.done {
-            // SAFETY: `req` came from MPI_Isend on `buf`, which is still alive and unmoved on
-            // the heap; MPI_Wait completes and frees the request.
+            // SAFETY: `req` came from a non-blocking call on `send`/`recv`/`counts`, which are
+            // still alive and unmoved on the heap; MPI_Wait completes and frees the request.
             let rc = unsafe { mpi::ffi::MPI_Wait(&mut self.req, mpi::ffi::RSMPI_STATUS_IGNORE) };
             self.done = true;
-            anyhow::ensure!(rc == 0, "MPI_Wait failed with error code {rc}");
+            check(rc, "MPI_Wait")?;
         }
         Ok(())
     }
 }
 
-impl Drop for PendingSend {
+impl Drop for Pending {
     fn drop(&mut self) {
         let _ = self.complete();
     }
@@ -115,35 +156,103 @@ impl Drop for PendingSend {
 
 impl MpiComm {
     /// Starts sending `buf` to group rank `dest` with `tag`; counts its bytes.
-    pub fn isend_f32(&self, dest: usize, tag: i32, buf: Vec<f32>) -> Result<PendingSend> {
+    pub fn isend_f32(&self, dest: usize, tag: i32, buf: Vec<f32>) -> Result<Pending> {
         use mpi::raw::AsRaw;
         let t0 = Instant::now();
         let count = i32::try_from(buf.len())?;
         let dest = i32::try_from(dest)?;
-        // SAFETY: RSMPI_REQUEST_NULL is an initialised constant of the MPI library.
-        let mut req = unsafe { mpi::ffi::RSMPI_REQUEST_NULL };
-        // SAFETY: the buffer is valid for `count` floats and is moved into the returned
-        // PendingSend, which keeps it alive (its heap storage does not move) and untouched until
-        // MPI_Wait has completed the request.
+        let mut p = Pending::new(buf, Vec::new(), Vec::new());
+        // SAFETY: the buffer is valid for `count` floats and owned by `p`, which keeps it alive
+        // (its heap storage does not move) and untouched until the request completes.
         let rc = unsafe {
             mpi::ffi::MPI_Isend(
-                buf.as_ptr() as *const std::ffi::c_void,
+                p.send.as_ptr() as *const std::ffi::c_void,
                 count,
                 mpi::ffi::RSMPI_FLOAT,
                 dest,
                 tag,
                 self.comm.as_raw(),
-                &mut req,
+                &mut p.req,
             )
         };
-        anyhow::ensure!(rc == 0, "MPI_Isend failed with error code {rc}");
-        self.stats
-            .add(std::mem::size_of_val(&buf[..]), t0.elapsed().as_secs_f64());
-        Ok(PendingSend {
-            buf,
-            req,
-            done: false,
-        })
+        p.done = rc != 0;
+        check(rc, "MPI_Isend")?;
+        self.stats.add(
+            std::mem::size_of_val(&p.send[..]),
+            t0.elapsed().as_secs_f64(),
+        );
+        Ok(p)
+    }
+
+    /// Starts `Σ_group buf` (`MPI_Iallreduce`); `wait` returns the sum. Counts the payload.
+    pub fn iall_reduce_f32(&self, buf: Vec<f32>) -> Result<Pending> {
+        use mpi::raw::AsRaw;
+        let t0 = Instant::now();
+        let count = i32::try_from(buf.len())?;
+        let recv = vec![0.0f32; buf.len()];
+        let mut p = Pending::new(buf, recv, Vec::new());
+        // SAFETY: both buffers hold `count` floats and are owned by `p` until completion.
+        let rc = unsafe {
+            mpi::ffi::MPI_Iallreduce(
+                p.send.as_ptr() as *const std::ffi::c_void,
+                p.recv.as_mut_ptr() as *mut std::ffi::c_void,
+                count,
+                mpi::ffi::RSMPI_FLOAT,
+                mpi::ffi::RSMPI_SUM,
+                self.comm.as_raw(),
+                &mut p.req,
+            )
+        };
+        p.done = rc != 0;
+        check(rc, "MPI_Iallreduce")?;
+        self.stats.add(
+            std::mem::size_of_val(&p.send[..]),
+            t0.elapsed().as_secs_f64(),
+        );
+        Ok(p)
+    }
+
+    /// Starts a reduce-scatter (`MPI_Ireduce_scatter`): `buf` is the concatenation of blocks of
+    /// `counts[r]` floats, and rank r receives the group sum of block r (`wait` returns it).
+    /// Counts the input payload.
+    pub fn ireduce_scatter_f32(&self, buf: Vec<f32>, counts: &[usize]) -> Result<Pending> {
+        use mpi::raw::AsRaw;
+        anyhow::ensure!(
+            counts.len() == self.size() && counts.iter().sum::<usize>() == buf.len(),
+            "reduce-scatter: {} counts summing to {} for a group of {} and {} floats",
+            counts.len(),
+            counts.iter().sum::<usize>(),
+            self.size(),
+            buf.len()
+        );
+        let t0 = Instant::now();
+        let counts = counts
+            .iter()
+            .map(|&c| i32::try_from(c))
+            .collect::<Result<Vec<i32>, _>>()?;
+        // MPI needs a valid receive buffer even for a zero count.
+        let recv = vec![0.0f32; counts[self.rank()].max(1) as usize];
+        let mut p = Pending::new(buf, recv, counts);
+        // SAFETY: `send` holds Σ counts floats, `recv` at least counts[rank]; both buffers and
+        // the counts array are owned by `p` until completion.
+        let rc = unsafe {
+            mpi::ffi::MPI_Ireduce_scatter(
+                p.send.as_ptr() as *const std::ffi::c_void,
+                p.recv.as_mut_ptr() as *mut std::ffi::c_void,
+                p._counts.as_ptr(),
+                mpi::ffi::RSMPI_FLOAT,
+                mpi::ffi::RSMPI_SUM,
+                self.comm.as_raw(),
+                &mut p.req,
+            )
+        };
+        p.done = rc != 0;
+        check(rc, "MPI_Ireduce_scatter")?;
+        self.stats.add(
+            std::mem::size_of_val(&p.send[..]),
+            t0.elapsed().as_secs_f64(),
+        );
+        Ok(p)
     }
 
     /// Receives exactly `buf.len()` floats from group rank `src` with `tag`. Returns the seconds

@@ -1,6 +1,7 @@
 //! Parallel layout: `topology` is pure rank arithmetic; communicators per group are built from
 //! it in `comm`.
 
+pub mod dp;
 pub mod groups;
 pub mod pipeline;
 pub mod plan;

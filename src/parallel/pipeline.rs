@@ -9,10 +9,10 @@
 //! messages between two ranks with one tag in order, and the schedules send and receive
 //! micro-batches in the same order (unit-tested in `schedule`).
 
-use super::stage::{StageActs, StageModel, StageScratch};
+use super::stage::{OnReady, StageActs, StageModel, StageScratch};
 use super::Tp;
 use crate::backend::Backend;
-use crate::comm::mpi::{MpiComm, PendingSend};
+use crate::comm::mpi::{MpiComm, Pending};
 use crate::schedule::Action;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -42,6 +42,7 @@ pub struct RunOut {
 /// Runs `actions` on this stage. With `grads` (training), backwards accumulate into it and
 /// `slots` must hold as many activation sets as the schedule keeps in flight; without
 /// (forward-only evaluation), the lists contain no backward actions and one slot suffices.
+/// `ready` is passed to the step's last backward (see [`OnReady`]).
 pub fn run<B: Backend>(
     model: &StageModel<B>,
     params: &B::Buf,
@@ -52,17 +53,22 @@ pub fn run<B: Backend>(
     fill: &mut FillBatch,
     grad_scale: Option<f32>,
     links: &Links,
+    mut ready: Option<&mut OnReady<B>>,
 ) -> Result<RunOut> {
     let be = &model.be;
     let stage = model.layout.stage;
     let mut out = RunOut::default();
     let mut slot_of = SlotMap::new(slots.len());
-    let mut sends: Vec<PendingSend> = Vec::new();
+    let mut sends: Vec<Pending> = Vec::new();
     let mut host = Vec::new();
     // Every message is one [B·T, C] activation or gradient.
     let act_len = slots.first().map_or(0, |a| a.b * a.t) * model.cfg.n_embd;
     let pp = || links.pp.context("pipeline action without a pp group");
-    for &a in actions {
+    // Gradients become final during the step's last backward.
+    let last_bwd = actions
+        .iter()
+        .rposition(|a| matches!(a, Action::Backward(_)));
+    for (i, &a) in actions.iter().enumerate() {
         match a {
             Action::RecvAct(mb) => {
                 let s = slot_of.assign(mb)?;
@@ -104,7 +110,12 @@ pub fn run<B: Backend>(
                     .as_deref_mut()
                     .context("backward in a forward-only run")?;
                 let s = slot_of.get(mb)?;
-                model.backward(params, g, &slots[s], scratch, &links.tp)?;
+                let hook = if Some(i) == last_bwd {
+                    ready.as_deref_mut()
+                } else {
+                    None
+                };
+                model.backward(params, g, &slots[s], scratch, &links.tp, hook)?;
                 slot_of.release(mb)?;
             }
             Action::SendGrad(_) => {

@@ -10,8 +10,9 @@
 //! - pp (pp > 1), per micro-batch: 2a per neighbouring stage (an activation and a gradient, each
 //!   counted by sender and receiver).
 //! - emb (pp > 1): first and last stages all-reduce their `wte` shard gradient, 4·Vl·C each.
-//! - dp (dp > 1): 4·P (all-reduce of the local gradients), or with ZeRO-1 8·dp·⌈P/dp⌉
-//!   (reduce-scatter + all-gather of the padded buffer), P = the rank's local parameters.
+//! - dp (dp > 1): 4·P (all-reduce of the local gradients, in buckets that partition them), or
+//!   with ZeRO-1 4·P + 4·dp·⌈P/dp⌉ (bucketed reduce-scatter, then all-gather of the padded
+//!   parameter buffer), P = the rank's local parameters.
 //! - world: 16 per rank (one all-reduce of the loss and the squared gradient norm, f64).
 
 use super::shard::StageLayout;
@@ -62,7 +63,7 @@ pub fn step_bytes(
                     add(
                         "dp",
                         if zero {
-                            8 * g.dp * p.div_ceil(g.dp)
+                            4 * p + 4 * g.dp * p.div_ceil(g.dp)
                         } else {
                             4 * p
                         },

@@ -160,6 +160,26 @@ impl StageLayout {
         Ok(ly)
     }
 
+    /// Offset of the first tensor after the embeddings (`wte`, `wpe`): gradients from here on
+    /// become final layer by layer during backward; those before it only at the end (the
+    /// embedding backward, and the tied-`wte` reduction over the embedding group).
+    pub fn tail_start(&self) -> usize {
+        let first = self.blocks.first().map(|b| b.ln1_w).or(self.lnf_w);
+        first.map_or(self.total, |i| self.entries[i].offset)
+    }
+
+    /// The offsets a backward reports as final ([`super::stage::OnReady`]), in the order it
+    /// reports them: `ln_f` (last stage), then each block from the last to the first.
+    pub fn ready_points(&self) -> Vec<usize> {
+        let lnf = self.lnf_w.map(|i| self.entries[i].offset);
+        let blocks = self
+            .blocks
+            .iter()
+            .rev()
+            .map(|b| self.entries[b.ln1_w].offset);
+        lnf.into_iter().chain(blocks).collect()
+    }
+
     /// Adds global tensor `gi` with its split; `primary` is false for a tied copy.
     fn add(&mut self, global: &ParamLayout, gi: usize, split: Split, primary: bool) -> usize {
         let e = &global.entries[gi];

@@ -46,6 +46,12 @@ pub struct StageActs<B: Backend> {
     pub targets: Vec<u32>,
 }
 
+/// Called during a backward as gradients become final: `ready(grads, o)` means that no later
+/// step of this backward changes gradient elements `o ..` — except the tied `wte`, which is
+/// final only at the end (see [`StageLayout::tail_start`]). Used to start bucketed data-parallel
+/// reductions while the rest of backward runs.
+pub type OnReady<'a, B> = dyn FnMut(&<B as Backend>::Buf, usize) -> Result<()> + 'a;
+
 /// Gradient scratch shared by all micro-batches of a stage.
 pub struct StageScratch<B: Backend> {
     block: BlockScratch<B>,
@@ -217,7 +223,8 @@ impl<B: Backend> StageModel<B> {
 
     /// Backward of one forwarded micro-batch: parameter gradients accumulate into `grads`. On
     /// a stage other than the last, `s.dres` must hold the gradient of the stage output; on
-    /// exit it holds the gradient of the stage input.
+    /// exit it holds the gradient of the stage input. `ready` is told after the head and after
+    /// each block which gradients this backward no longer touches.
     pub fn backward(
         &self,
         params: &B::Buf,
@@ -225,6 +232,7 @@ impl<B: Backend> StageModel<B> {
         a: &StageActs<B>,
         s: &mut StageScratch<B>,
         tp: &Tp,
+        mut ready: Option<&mut OnReady<B>>,
     ) -> Result<()> {
         let (be, ly) = (&self.be, &self.layout);
         let (b, t, c) = (a.b, a.t, self.cfg.n_embd);
@@ -262,6 +270,9 @@ impl<B: Backend> StageModel<B> {
                 &h.lnf_mean,
                 &h.lnf_rstd,
             )?;
+            if let Some(f) = ready.as_deref_mut() {
+                f(grads, self.region(ly.lnf_w.context("no ln_f")?).off)?;
+            }
         }
         for (k, idx) in ly.blocks.iter().enumerate().rev() {
             let x = if k == 0 {
@@ -283,6 +294,9 @@ impl<B: Backend> StageModel<B> {
                 d,
                 tp,
             )?;
+            if let Some(f) = ready.as_deref_mut() {
+                f(grads, self.region(idx.ln1_w).off)?;
+            }
         }
         if self.is_first() {
             let (wte, wpe) = (self.wte()?, self.region(ly.wpe.context("no wpe")?));
@@ -295,5 +309,68 @@ impl<B: Backend> StageModel<B> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::model::gpt2::ParamLayout;
+
+    /// What a backward reports through `ready` is true: after `ready(g, o)`, gradient elements
+    /// `o ..` no longer change (the data-parallel buckets rely on it), and the reports come at
+    /// the layout's ready points in order. First, middle, last and the only stage.
+    #[test]
+    fn ready_reports_only_final_gradients() {
+        let c = Gpt2Config::new(150, 8, 16, 4, 2);
+        let global = ParamLayout::new(&c);
+        let (b, t) = (2, 5);
+        let wave = |n: usize, k: usize| -> Vec<f32> {
+            (0..n).map(|i| ((i * k % 97) as f32 / 97.0) - 0.5).collect()
+        };
+        for (pp, s) in [(1, 0), (3, 0), (3, 1), (3, 2)] {
+            let ly = StageLayout::new(&c, &global, 1, 0, pp, s).unwrap();
+            let mut params = vec![0.0f32; ly.total];
+            ly.init(&c, 7, &mut params);
+            let model = StageModel::new(c, ly.clone(), Cpu::new(1));
+            let mut a = model.acts(b, t).unwrap();
+            a.tokens = (0..b * t).map(|i| (i * 37 % 150) as u32).collect();
+            a.targets = (0..b * t).map(|i| (i * 53 % 150) as u32).collect();
+            if !model.is_first() {
+                a.input = wave(b * t * c.n_embd, 13);
+            }
+            let tp = Tp::single();
+            model.forward(&params, &mut a, Some(0.1), &tp).unwrap();
+            let mut sc = model.scratch(b * t).unwrap();
+            if !model.is_last() {
+                sc.dres = wave(b * t * c.n_embd, 29);
+            }
+            // Start from earlier micro-batches' (nonzero) gradients.
+            let mut grads = wave(ly.total, 31);
+            let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
+            let mut hook = |g: &Vec<f32>, o: usize| {
+                seen.push((o, g.clone()));
+                Ok(())
+            };
+            model
+                .backward(&params, &mut grads, &a, &mut sc, &tp, Some(&mut hook))
+                .unwrap();
+            let points: Vec<usize> = seen.iter().map(|x| x.0).collect();
+            assert_eq!(points, ly.ready_points(), "pp={pp} stage {s}");
+            for (i, (o, snap)) in seen.iter().enumerate() {
+                assert!(*o >= ly.tail_start());
+                let same = snap[*o..] == grads[*o..];
+                assert!(
+                    same,
+                    "pp={pp} stage {s}: gradients after {o} changed after the report"
+                );
+                // Not reported late: a layer (or the embedding) before `o` was still to come.
+                if i + 1 < seen.len() || model.is_first() {
+                    let late = snap[..*o] == grads[..*o];
+                    assert!(!late, "pp={pp} stage {s}: report at {o} came late");
+                }
+            }
+        }
     }
 }

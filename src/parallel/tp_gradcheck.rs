@@ -47,7 +47,7 @@ fn loss_and_grad(tp: usize, params: &[f32], tok: &[u32], tgt: &[u32]) -> (f64, V
                     let mut grads = model.be.zeros(ly.total).unwrap();
                     let mut sc = model.scratch(B * T).unwrap();
                     model
-                        .backward(&local, &mut grads, &acts, &mut sc, &tpc)
+                        .backward(&local, &mut grads, &acts, &mut sc, &tpc, None)
                         .unwrap();
                     (loss, ly, grads)
                 })

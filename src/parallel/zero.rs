@@ -53,18 +53,9 @@ impl ZeroShard {
         })
     }
 
-    /// The dp-sum of this rank's shard of `grads`.
-    pub fn reduce_scatter<B: Backend>(
-        &self,
-        be: &B,
-        grads: &B::Buf,
-        comm: &dyn Communicator,
-    ) -> Result<Vec<f32>> {
-        let mut g = be.download(grads)?;
-        g.resize(self.chunk * comm.size(), 0.0);
-        let mut shard = vec![0.0f32; self.chunk];
-        comm.reduce_scatter_sum_f32(&g, &mut shard)?;
-        Ok(shard)
+    /// Floats per shard (`⌈P/dp⌉`; the last shard is zero-padded).
+    pub fn chunk(&self) -> usize {
+        self.chunk
     }
 
     /// Σ g² over the counted tensors of the shard.

@@ -279,6 +279,13 @@ impl Backend for Cpu {
     fn sum(&self, x: &Vec<f32>) -> Result<f64> {
         Ok(x.iter().map(|&v| v as f64).sum())
     }
+    fn download_region(&self, buf: &Vec<f32>, r: Region) -> Result<Vec<f32>> {
+        Ok(buf[r.range()].to_vec())
+    }
+    fn upload_region(&self, buf: &mut Vec<f32>, off: usize, host: &[f32]) -> Result<()> {
+        buf[off..off + host.len()].copy_from_slice(host);
+        Ok(())
+    }
     fn host_mut<'a>(&self, buf: &'a mut Vec<f32>) -> Option<&'a mut [f32]> {
         Some(buf)
     }

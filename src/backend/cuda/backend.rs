@@ -231,6 +231,14 @@ impl Backend for CudaBackend {
     fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
         Ok(self.stream.clone_dtoh(buf)?)
     }
+    fn download_region(&self, buf: &CudaSlice<f32>, r: Region) -> Result<Vec<f32>> {
+        Ok(self.stream.clone_dtoh(&buf.slice(r.range()))?)
+    }
+    fn upload_region(&self, buf: &mut CudaSlice<f32>, off: usize, host: &[f32]) -> Result<()> {
+        let mut dst = buf.slice_mut(off..off + host.len());
+        self.stream.memcpy_htod(host, &mut dst)?;
+        Ok(())
+    }
     fn tokens(&self, ids: &[u32]) -> Result<DevTokens> {
         let as_i32: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
         let (order, start, token) = segments(ids);

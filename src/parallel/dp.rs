@@ -1,0 +1,238 @@
+//! Data-parallel gradient reduction in buckets, overlapped with backward (DDP style).
+//!
+//! The rank's flat gradient buffer `[P]` is cut into buckets, contiguous ranges that partition
+//! it, so the bytes on the wire are those of one reduction of P floats:
+//! - *tail* buckets cover `tail_start .. P` (the layers and `ln_f`). Their boundaries are layer
+//!   boundaries; built from the end of the buffer (the last layers, whose gradients are final
+//!   first), each holds whole layers until it reaches `parallel.bucket_mb`.
+//! - one *head* bucket `0 .. tail_start` holds the embeddings, whose gradients are final only
+//!   after the embedding backward and the tied-`wte` reduction over the embedding group.
+//!
+//! During the step's last backward the stage reports, after each layer, from which offset its
+//! gradients are final ([`OnReady`](super::stage::OnReady)); every bucket inside that range is
+//! copied to an owned host buffer and its non-blocking reduction (`MPI_Iallreduce`, or with
+//! ZeRO-1 `MPI_Ireduce_scatter` onto the dp shards) started, and MPI is driven (`MPI_Test`) so
+//! reductions progress while the remaining layers compute. After backward the trainer starts
+//! the head bucket and waits for all, and the sums replace the local gradients.
+//!
+//! Without overlap (`parallel.overlap_grad_reduce = false`) there is one bucket `0 .. P`, started
+//! after backward: a single blocking reduction. Every rank of the dp group has the same layout,
+//! so all start the same buckets in the same order, as MPI requires of collectives.
+
+use super::shard::StageLayout;
+use crate::backend::{Backend, Region};
+use crate::comm::mpi::{MpiComm, Pending};
+use crate::comm::Communicator;
+use anyhow::Result;
+use std::time::Instant;
+
+/// The buckets of one stage, in the order they are started (tail from the end of the buffer
+/// backwards, then the head). `bucket_elems` is the target size in floats.
+pub fn buckets(layout: &StageLayout, bucket_elems: usize, overlap: bool) -> Vec<Region> {
+    let total = layout.total;
+    if !overlap {
+        return vec![Region { off: 0, len: total }];
+    }
+    let tail = layout.tail_start();
+    let mut out = Vec::new();
+    let mut end = total;
+    for o in layout.ready_points() {
+        if end - o >= bucket_elems.max(1) {
+            out.push(Region {
+                off: o,
+                len: end - o,
+            });
+            end = o;
+        }
+    }
+    if end > tail {
+        out.push(Region {
+            off: tail,
+            len: end - tail,
+        });
+    }
+    if tail > 0 {
+        out.push(Region { off: 0, len: tail });
+    }
+    out
+}
+
+/// What the reduction produces.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// Every rank gets the dp-sum of the whole buffer.
+    AllReduce,
+    /// ZeRO-1: dp rank r gets the dp-sum of elements `r·chunk .. (r+1)·chunk` (clipped to P),
+    /// in a buffer of `chunk` floats (zero past P).
+    ReduceScatter { chunk: usize },
+}
+
+/// The reductions of one step: started bucket by bucket, finished together.
+pub struct DpReducer<'a> {
+    comm: &'a MpiComm,
+    buckets: Vec<Region>,
+    target: Target,
+    total: usize,
+    /// Buckets `..next` have been started.
+    next: usize,
+    pending: Vec<(Region, Pending)>,
+}
+
+impl<'a> DpReducer<'a> {
+    pub fn new(comm: &'a MpiComm, buckets: Vec<Region>, target: Target, total: usize) -> Self {
+        Self {
+            comm,
+            buckets,
+            target,
+            total,
+            next: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Backward hook: gradients `from ..` are final. Starts every bucket inside that range (in
+    /// order), then drives MPI's progress on all started ones.
+    pub fn ready<B: Backend>(&mut self, be: &B, grads: &B::Buf, from: usize) -> Result<()> {
+        while let Some(&r) = self.buckets.get(self.next) {
+            if r.off < from || r.len == 0 {
+                break;
+            }
+            self.start(be, grads, r)?;
+        }
+        let t0 = Instant::now();
+        for (_, p) in &mut self.pending {
+            p.test()?;
+        }
+        self.comm.stats().add(0, t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn start<B: Backend>(&mut self, be: &B, grads: &B::Buf, r: Region) -> Result<()> {
+        let host = be.download_region(grads, r)?;
+        let p = match self.target {
+            Target::AllReduce => self.comm.iall_reduce_f32(host)?,
+            Target::ReduceScatter { chunk } => {
+                let counts = shard_counts(r, chunk, self.total, self.comm.size());
+                self.comm.ireduce_scatter_f32(host, &counts)?
+            }
+        };
+        self.pending.push((r, p));
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Starts the buckets not yet started, waits for all and returns the result: with
+    /// [`Target::AllReduce`] the sums are written into `grads` (None is returned); with
+    /// [`Target::ReduceScatter`] this rank's summed shard.
+    pub fn finish<B: Backend>(mut self, be: &B, grads: &mut B::Buf) -> Result<Option<Vec<f32>>> {
+        while let Some(&r) = self.buckets.get(self.next) {
+            self.start(be, grads, r)?;
+        }
+        let t0 = Instant::now();
+        let rank = self.comm.rank();
+        let mut shard = match self.target {
+            Target::AllReduce => None,
+            Target::ReduceScatter { chunk } => Some(vec![0.0f32; chunk]),
+        };
+        for (r, p) in std::mem::take(&mut self.pending) {
+            let mut sum = p.wait()?;
+            match (&mut shard, self.target) {
+                (None, _) => be.upload_region(grads, r.off, &sum)?,
+                (Some(s), Target::ReduceScatter { chunk }) => {
+                    let mine = shard_range(rank, chunk, self.total);
+                    let lo = r.off.max(mine.start);
+                    let hi = (r.off + r.len).min(mine.end);
+                    if lo < hi {
+                        sum.truncate(hi - lo);
+                        s[lo - mine.start..hi - mine.start].copy_from_slice(&sum);
+                    }
+                }
+                (Some(_), Target::AllReduce) => unreachable!("shard only with reduce-scatter"),
+            }
+        }
+        self.comm.stats().add(0, t0.elapsed().as_secs_f64());
+        Ok(shard)
+    }
+}
+
+/// Elements of the flat buffer owned by dp rank `r` under ZeRO-1.
+fn shard_range(r: usize, chunk: usize, total: usize) -> std::ops::Range<usize> {
+    (r * chunk).min(total)..((r + 1) * chunk).min(total)
+}
+
+/// How many elements of bucket `b` fall into each rank's shard (the blocks of a reduce-scatter;
+/// shards are contiguous and in rank order, so the bucket is their concatenation).
+fn shard_counts(b: Region, chunk: usize, total: usize, dp: usize) -> Vec<usize> {
+    (0..dp)
+        .map(|r| {
+            let s = shard_range(r, chunk, total);
+            let (lo, hi) = (b.off.max(s.start), (b.off + b.len).min(s.end));
+            hi.saturating_sub(lo)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gpt2::{Gpt2Config, ParamLayout};
+
+    fn cfg() -> Gpt2Config {
+        Gpt2Config {
+            vocab_size: 100,
+            padded_vocab: 128,
+            n_positions: 16,
+            n_embd: 8,
+            n_layer: 6,
+            n_head: 2,
+        }
+    }
+
+    /// Buckets partition the buffer, start with the tail from its end, break only at layer
+    /// boundaries, and end with the embeddings; for every stage shape and bucket size.
+    #[test]
+    fn buckets_partition_the_buffer_at_layer_boundaries() {
+        let c = cfg().with_tp_padding(2);
+        let g = ParamLayout::new(&c);
+        for (tp, pp) in [(1, 1), (2, 1), (1, 2), (2, 3)] {
+            for s in 0..pp {
+                let ly = StageLayout::new(&c, &g, tp, 0, pp, s).unwrap();
+                let points = ly.ready_points();
+                for elems in [1, 100, 1000, 10_000, usize::MAX / 2] {
+                    let b = buckets(&ly, elems, true);
+                    let mut end = ly.total;
+                    for r in &b {
+                        assert_eq!(r.off + r.len, end, "contiguous from the end");
+                        assert!(r.len > 0);
+                        assert!(r.off == 0 || points.contains(&r.off) || r.off == ly.tail_start());
+                        end = r.off;
+                    }
+                    assert_eq!(end, 0, "covers the whole buffer");
+                    let head = b.iter().filter(|r| r.off < ly.tail_start()).count();
+                    assert_eq!(head, usize::from(ly.tail_start() > 0));
+                    if elems == 1 {
+                        let tail = b.len() - head;
+                        assert_eq!(tail, points.len(), "one bucket per layer");
+                    }
+                }
+                let one = buckets(&ly, 1, false);
+                assert_eq!(
+                    one,
+                    vec![Region {
+                        off: 0,
+                        len: ly.total
+                    }]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn shard_counts_split_a_bucket_over_ranks() {
+        // P = 10, dp = 3, chunk = 4: shards [0,4) [4,8) [8,10).
+        let b = Region { off: 3, len: 6 }; // [3, 9)
+        assert_eq!(shard_counts(b, 4, 10, 3), vec![1, 4, 1]);
+        let b = Region { off: 0, len: 10 };
+        assert_eq!(shard_counts(b, 4, 10, 3), vec![4, 4, 2]);
+    }
+}
