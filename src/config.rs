@@ -150,11 +150,12 @@ pub struct ParallelConfig {
     pub micro_batches: Option<usize>,
     #[serde(default = "default_schedule")]
     pub schedule: Schedule,
-    /// Reduce data-parallel gradients in buckets started during backward (true), or in one
-    /// reduction after backward (false).
+    /// Start each data-parallel gradient bucket's reduction during backward, as soon as its
+    /// gradients are final (true), or all of them after backward (false).
     #[serde(default = "yes")]
     pub overlap_grad_reduce: bool,
-    /// Target bucket size in MiB of f32 gradients (buckets hold whole layers).
+    /// Target bucket size in MiB of f32 gradients (buckets hold whole layers); a size above the
+    /// stage's gradients with `overlap_grad_reduce = false` gives one reduction after backward.
     #[serde(default = "default_bucket_mb")]
     pub bucket_mb: f64,
 }
@@ -511,6 +512,10 @@ seq_len = 16
         assert!(e.contains("model.n_head"), "{e}");
         let e = err(BASE, &["train.global_batch_size=5"]);
         assert!(e.contains("train.global_batch_size"), "{e}");
+        for v in ["0", "-1", "nan"] {
+            let e = err(BASE, &[&format!("parallel.bucket_mb={v}")]);
+            assert!(e.contains("parallel.bucket_mb"), "{e}");
+        }
     }
 }
 

@@ -158,14 +158,16 @@ fn every_grid_matches_one_rank() {
     cases.push((2, 1, 2, "1f1b", 0, false));
     for (dp, tp, pp, sched, zero, overlap) in cases {
         let name = format!("dp{dp}-tp{tp}-pp{pp}-{sched}-zero{zero}-overlap{overlap}");
-        // 10 KiB buckets: about one per layer, so reductions start during backward.
+        // Overlapped: 10 KiB buckets, about one per layer, so reductions start during backward.
+        // Not overlapped: one reduction of the whole gradient after backward.
+        let mb = if overlap { 0.01 } else { 1000.0 };
         let sets = [
             format!("parallel.tp={tp}"),
             format!("parallel.pp={pp}"),
             format!("parallel.schedule=\"{sched}\""),
             format!("optim.zero={zero}"),
             format!("parallel.overlap_grad_reduce={overlap}"),
-            "parallel.bucket_mb=0.01".to_string(),
+            format!("parallel.bucket_mb={mb}"),
         ];
         let mut args = COMMON.to_vec();
         for s in &sets {

@@ -15,8 +15,9 @@
 //! reductions progress while the remaining layers compute. After backward the trainer starts
 //! the head bucket and waits for all, and the sums replace the local gradients.
 //!
-//! Without overlap (`parallel.overlap_grad_reduce = false`) there is one bucket `0 .. P`, started
-//! after backward: a single blocking reduction. Every rank of the dp group has the same layout,
+//! Without overlap (`parallel.overlap_grad_reduce = false`) every bucket is started after
+//! backward; with a bucket size of at least the buffer there is one bucket `0 .. P`: a single
+//! blocking reduction. Every rank of the dp group has the same layout,
 //! so all start the same buckets in the same order, as MPI requires of collectives.
 
 use super::shard::StageLayout;
@@ -26,17 +27,19 @@ use crate::comm::Communicator;
 use anyhow::Result;
 use std::time::Instant;
 
-/// The buckets of one stage, in the order they are started (tail from the end of the buffer
-/// backwards, then the head). `bucket_elems` is the target size in floats.
+/// The buckets of one stage, in the order they are started (from the end of the buffer
+/// backwards). `bucket_elems` is the target size in floats. With `overlap` the embeddings are a
+/// bucket of their own (started last); without, the embeddings are cut like the layers, so a
+/// bucket size of at least P gives one reduction of the whole buffer.
 pub fn buckets(layout: &StageLayout, bucket_elems: usize, overlap: bool) -> Vec<Region> {
-    let total = layout.total;
-    if !overlap {
-        return vec![Region { off: 0, len: total }];
-    }
     let tail = layout.tail_start();
+    let mut cuts = layout.ready_points();
+    if !overlap && tail > 0 {
+        cuts.push(tail);
+    }
     let mut out = Vec::new();
-    let mut end = total;
-    for o in layout.ready_points() {
+    let mut end = layout.total;
+    for o in cuts {
         if end - o >= bucket_elems.max(1) {
             out.push(Region {
                 off: o,
@@ -45,14 +48,16 @@ pub fn buckets(layout: &StageLayout, bucket_elems: usize, overlap: bool) -> Vec<
             end = o;
         }
     }
-    if end > tail {
+    let stop = if overlap { tail } else { 0 };
+    if end > stop {
         out.push(Region {
-            off: tail,
-            len: end - tail,
+            off: stop,
+            len: end - stop,
         });
+        end = stop;
     }
-    if tail > 0 {
-        out.push(Region { off: 0, len: tail });
+    if end > 0 {
+        out.push(Region { off: 0, len: end });
     }
     out
 }
@@ -215,7 +220,17 @@ mod tests {
                         assert_eq!(tail, points.len(), "one bucket per layer");
                     }
                 }
-                let one = buckets(&ly, 1, false);
+                let one = buckets(&ly, ly.total, false);
+                assert_eq!(
+                    one,
+                    vec![Region {
+                        off: 0,
+                        len: ly.total
+                    }]
+                );
+                let b = buckets(&ly, 1, false);
+                assert_eq!(b.len(), points.len() + usize::from(ly.tail_start() > 0));
+                assert_eq!(b.iter().map(|r| r.len).sum::<usize>(), ly.total);
                 assert_eq!(
                     one,
                     vec![Region {
