@@ -123,6 +123,7 @@ pub fn run<B: Backend>(
                 sends.push(pp()?.isend_f32(stage - 1, TAG_GRAD, d)?);
             }
         }
+        progress(&mut sends)?;
     }
     let t0 = std::time::Instant::now();
     for s in sends {
@@ -130,6 +131,21 @@ pub fn run<B: Backend>(
     }
     out.idle_s += t0.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// Drives the pending sends once (`MPI_Test`) and drops the finished ones. A large message
+/// whose receiver cannot copy it directly moves only while its sender is inside MPI, so without
+/// this a stage that only computes (GPipe's forwards) would hold back its neighbour.
+fn progress(sends: &mut Vec<Pending>) -> Result<()> {
+    let mut k = 0;
+    while k < sends.len() {
+        if sends[k].test()? {
+            sends.swap_remove(k);
+        } else {
+            k += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Which activation slot holds which micro-batch.
