@@ -26,6 +26,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Plot a metrics JSONL file as a loss-curve PNG.
     Plot(PlotArgs),
+    /// Inspect, verify or export a sharded HDF5 checkpoint.
+    Ckpt(CkptArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +44,36 @@ pub struct TrainArgs {
     /// Start from a Hugging Face GPT-2 directory (same as --set train.init_hf=DIR).
     #[arg(long, value_name = "DIR")]
     pub init_hf: Option<PathBuf>,
+    /// Resume from a checkpoint: `auto` (the newest complete one under checkpoint.dir, or a
+    /// fresh start when there is none) or a path (a step_N directory, or a checkpoint dir).
+    /// Any grid can resume any checkpoint.
+    #[arg(long, value_name = "auto|PATH")]
+    pub resume: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CkptArgs {
+    #[command(subcommand)]
+    pub command: CkptCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CkptCommand {
+    /// Grid, step and every tensor (shape, dtype, size) of a checkpoint.
+    Inspect {
+        /// A step_N directory, or a checkpoint dir (its `latest`).
+        path: PathBuf,
+    },
+    /// Check completeness, every file, every checksum and every tensor's shape and place;
+    /// exits non-zero naming the first bad file or tensor.
+    Verify { path: PathBuf },
+    /// Write the model as a Hugging Face GPT-2 directory (from any grid).
+    Export {
+        path: PathBuf,
+        /// Output directory (config.json + model.safetensors).
+        #[arg(long)]
+        hf: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]

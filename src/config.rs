@@ -170,6 +170,10 @@ pub struct CheckpointConfig {
     pub every: usize,
     #[serde(default = "default_keep")]
     pub keep_last: usize,
+    /// Write checkpoint files in a background thread while training goes on (false: the step
+    /// waits until the checkpoint is complete).
+    #[serde(default = "yes")]
+    pub background: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -283,6 +287,7 @@ impl Default for CheckpointConfig {
             dir: None,
             every: 0,
             keep_last: default_keep(),
+            background: true,
         }
     }
 }
@@ -420,6 +425,7 @@ impl Config {
         if let Some(dp) = self.parallel.dp {
             positive("parallel.dp", dp)?;
         }
+        positive("checkpoint.keep_last", self.checkpoint.keep_last)?;
         let mb = self.parallel.bucket_mb;
         if !(mb.is_finite() && mb > 0.0) {
             bail!("parallel.bucket_mb = {mb} must be a number > 0 (MiB per gradient bucket)");

@@ -22,15 +22,21 @@ fn main() {
         .build_global()
         .map_err(|e| anyhow::anyhow!("cannot start {threads} worker threads: {e}"))
         .and_then(|_| run(&rt, cli.command, threads));
-    if let Err(e) = res {
-        rt.fail(&e);
+    match res {
+        Ok(0) => {}
+        Ok(code) => {
+            drop(rt); // MPI_Finalize on every rank, then the documented exit code
+            std::process::exit(code);
+        }
+        Err(e) => rt.fail(&e),
     }
 }
 
-fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<()> {
+/// Runs the command; returns the process exit code (0, or `EXIT_REQUEUE` after a stop signal).
+fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
     test_failure_hook(rt)?;
     match cmd {
-        Command::Train(a) => train(rt, a, threads),
+        Command::Train(a) => return train(rt, a, threads),
         Command::PrepareData(a) => rt.agree(if rt.rank == 0 { prepare(a) } else { Ok(()) }),
         Command::Eval(a) => rt.agree(eval(a, threads)),
         Command::Generate(a) => rt.agree(generate(a, threads)),
@@ -39,10 +45,16 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<()> {
             &a.out,
             "ferrotron",
         )),
-    }
+        Command::Ckpt(a) => rt.agree(if rt.rank == 0 {
+            ferrotron::checkpoint::inspect::run(a.command)
+        } else {
+            Ok(())
+        }),
+    }?;
+    Ok(0)
 }
 
-fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<()> {
+fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<i32> {
     let mut overrides = a.set.clone();
     if let Some(dir) = &a.init_hf {
         overrides.push(format!("train.init_hf={:?}", dir.display().to_string()));
@@ -51,8 +63,22 @@ fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<()> {
     let opts = ferrotron::train::TrainOptions {
         metrics: a.metrics,
         threads,
+        resume: a.resume,
     };
     let s = ferrotron::train::run(rt, &cfg, &opts)?;
+    if let Some(n) = s.stopped_at {
+        if rt.rank == 0 {
+            let saved = match &cfg.checkpoint.dir {
+                Some(d) => format!("checkpoint saved under {}", d.display()),
+                None => "nothing saved (no checkpoint.dir)".to_string(),
+            };
+            println!(
+                "stopped by a signal after step {n}: {saved}; exit code {} asks the job script to requeue",
+                ferrotron::runtime::EXIT_REQUEUE
+            );
+        }
+        return Ok(ferrotron::runtime::EXIT_REQUEUE);
+    }
     if rt.rank == 0 {
         let png = s.out_dir.join("loss.png");
         if cfg.log.plot {
@@ -81,7 +107,7 @@ fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn prepare(a: PrepareArgs) -> Result<()> {

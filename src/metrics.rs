@@ -57,6 +57,23 @@ impl MetricsWriter {
         })
     }
 
+    /// Continues the metrics of a resumed run: keeps the lines of steps `..= step` already in
+    /// `path` (if it exists) and appends after them.
+    pub fn resume(path: &Path, step: usize) -> Result<Self> {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let mut w = Self::create(path)?;
+        for line in old.lines() {
+            let s = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step")?.as_u64());
+            if s.is_some_and(|s| s as usize <= step) {
+                writeln!(w.out, "{line}")?;
+            }
+        }
+        w.out.flush()?;
+        Ok(w)
+    }
+
     pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
         let line = serde_json::to_string(m)?;
         writeln!(self.out, "{line}")

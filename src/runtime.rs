@@ -17,6 +17,9 @@ use std::io::Write;
 
 /// Exit code for every failure (bad input, runtime error).
 pub const EXIT_FAILURE: i32 = 1;
+/// Exit code of a run stopped by SIGUSR1 or SIGTERM after saving a checkpoint: the job script
+/// requeues the job (`slurm/*.sbatch`). 75 is EX_TEMPFAIL ("try again later").
+pub const EXIT_REQUEUE: i32 = 75;
 /// Exit code of a rank that aborts the job after a panic.
 pub const EXIT_PANIC: i32 = 101;
 

@@ -29,8 +29,8 @@ pub struct Run {
 }
 
 /// How a tensor is split over TP.
-#[derive(Debug, Clone, Copy)]
-enum Split {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
     Replicated,
     /// Leading dimension split in P blocks.
     Rows,
@@ -44,6 +44,8 @@ pub struct StageLayout {
     /// Local tensors (names are the global names, shapes the local ones).
     pub entries: Vec<ParamEntry>,
     pub runs: Vec<Vec<Run>>,
+    /// How each local tensor is split over TP.
+    pub splits: Vec<Split>,
     /// Index of each local tensor in the global [`ParamLayout`].
     pub global_index: Vec<usize>,
     /// Counted in the global gradient norm on this rank.
@@ -111,6 +113,7 @@ impl StageLayout {
         let mut ly = StageLayout {
             entries: Vec::new(),
             runs: Vec::new(),
+            splits: Vec::new(),
             global_index: Vec::new(),
             counted: Vec::new(),
             total: 0,
@@ -234,6 +237,7 @@ impl StageLayout {
             init: e.init,
         });
         self.runs.push(runs);
+        self.splits.push(split);
         self.global_index.push(gi);
         self.counted.push(primary && (!replicated || r == 0));
         self.total += len;

@@ -66,6 +66,21 @@ impl ZeroShard {
             .sum()
     }
 
+    /// This rank's optimizer state for checkpoints: (first element of the flat local buffer it
+    /// covers, m, v, AdamW's step counter).
+    pub fn state(&self) -> (usize, &[f32], &[f32], u64) {
+        let n = self.hi - self.lo;
+        (self.lo, &self.opt.m[..n], &self.opt.v[..n], self.opt.t)
+    }
+
+    /// Restores the shard's state from the whole local m and v (flat local buffers) and t.
+    pub fn restore(&mut self, m: &[f32], v: &[f32], t: u64) {
+        let n = self.hi - self.lo;
+        self.opt.m[..n].copy_from_slice(&m[self.lo..self.hi]);
+        self.opt.v[..n].copy_from_slice(&v[self.lo..self.hi]);
+        self.opt.t = t;
+    }
+
     /// Clips the shard's gradient by `coef`, updates the shard with AdamW and all-gathers the
     /// parameters.
     pub fn apply<B: Backend>(

@@ -7,30 +7,30 @@
 //!   (b) global gradient norm, clip; (c) AdamW at the scheduled learning rate.
 //! Validation runs at step 0, every `train.val_every` steps and at the last step.
 
-use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Region};
 use crate::checkpoint::hf;
 use crate::comm::Communicator;
-use crate::config::{BackendKind, Config, Schedule};
+use crate::config::{Config, Schedule};
 use crate::data::{EvalWindows, TokenData, TrainSampler};
-use crate::metrics::{MetricsWriter, StepMetrics};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
 use crate::parallel::dp::{self, DpReducer};
-use crate::parallel::groups::{gather_weights, Groups};
+use crate::parallel::groups::Groups;
 use crate::parallel::pipeline::{self, Links};
 use crate::parallel::shard::{check_shape, repad, StageLayout};
 use crate::parallel::stage::{OnReady, StageActs, StageModel, StageScratch};
 use crate::parallel::tp::all_reduce_region;
 use crate::parallel::zero::ZeroShard;
 use crate::parallel::{Coords, Grid, Tp};
-use crate::runtime::Runtime;
 use crate::schedule::Action;
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+
+mod ckpt;
+mod driver;
+
+pub use driver::run;
 
 /// Command-line options of `ferrotron train` that are not in the config.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +38,8 @@ pub struct TrainOptions {
     /// Metrics JSONL path (default `<log.out_dir>/metrics.jsonl`).
     pub metrics: Option<PathBuf>,
     pub threads: usize,
+    /// `--resume auto` or a checkpoint path.
+    pub resume: Option<String>,
 }
 
 /// What a finished run reports.
@@ -49,6 +51,9 @@ pub struct TrainSummary {
     pub last_val_loss: Option<f32>,
     pub metrics_path: PathBuf,
     pub out_dir: PathBuf,
+    /// The run stopped early on SIGUSR1/SIGTERM after this many steps (saved when
+    /// `checkpoint.dir` is set).
+    pub stopped_at: Option<usize>,
 }
 
 /// The grid for this world and config, with every check that needs the world size: dp·tp·pp =
@@ -419,242 +424,4 @@ fn describe(c: &Gpt2Config) -> String {
         "vocab_size={} n_positions={} n_embd={} n_layer={} n_head={}",
         c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head
     )
-}
-
-/// Run training on this rank, on the backend the config names. Set-up errors are agreed across
-/// ranks before any work.
-pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
-    match cfg.train.backend {
-        BackendKind::Cpu => run_on(rt, cfg, opts, Cpu::new(opts.threads)),
-        BackendKind::Cuda => {
-            let be = rt.agree(crate::backend::cuda::CudaBackend::with_options(
-                rt.local_rank,
-                cfg.train.precision,
-            ))?;
-            run_on(rt, cfg, opts, be)
-        }
-    }
-}
-
-fn run_on<B: Backend>(
-    rt: &Runtime,
-    cfg: &Config,
-    opts: &TrainOptions,
-    be: B,
-) -> Result<TrainSummary> {
-    let out_dir = cfg.log.out_dir.clone();
-    let metrics_path = opts
-        .metrics
-        .clone()
-        .unwrap_or_else(|| out_dir.join("metrics.jsonl"));
-    let setup = Trainer::new(cfg, rt.size, rt.rank, be).and_then(|t| {
-        let w = if rt.rank == 0 {
-            Some(MetricsWriter::create(&metrics_path)?)
-        } else {
-            None
-        };
-        Ok((t, w))
-    });
-    let (mut tr, mut writer) = rt.agree(setup)?;
-    let gr = Groups::new(&rt.world, tr.grid, rt.rank)?;
-    if rt.rank == 0 {
-        log_setup(cfg, &tr);
-    }
-    let first_val = tr.validate(&gr)?;
-    take_stats(&gr);
-    if let (Some(v), Some(w)) = (first_val, writer.as_mut()) {
-        log::info!("step 0: val loss {v:.4}");
-        w.write_val(0, v)?;
-    }
-    let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val, &gr)?;
-    if cfg.log.save_final {
-        let local = tr.model.be.download(&tr.params)?;
-        let g = gather_weights(&gr.world, tr.grid, rt.rank, &tr.gcfg, &tr.glayout, local)?;
-        if let Some(global) = g {
-            let dir = out_dir.join("final");
-            let mcfg = Gpt2Config::from_model_config(&cfg.model);
-            let host = repad(&tr.glayout, &global, &ParamLayout::new(&mcfg));
-            hf::save(&dir, &mcfg, &host)
-                .with_context(|| format!("saving final weights to {}", dir.display()))?;
-            log::info!("final weights (Hugging Face format): {}", dir.display());
-        }
-    }
-    Ok(TrainSummary {
-        metrics_path,
-        out_dir,
-        ..summary
-    })
-}
-
-/// The groups' (bytes, seconds) since the last call, in the metrics' key order.
-fn take_stats(gr: &Groups) -> [(&'static str, u64, f64); 5] {
-    let t = |k, c: &crate::comm::mpi::MpiComm| {
-        let (b, s) = c.stats().take();
-        (k, b, s)
-    };
-    [
-        t("tp", &gr.tp),
-        t("dp", &gr.dp),
-        t("pp", &gr.pp),
-        t("emb", &gr.emb),
-        t("world", &gr.world),
-    ]
-}
-
-/// Per-step communication figures of all ranks: bytes summed per group, milliseconds
-/// averaged over ranks (per group, idle = bubble, and compute = the rest of the step).
-fn step_comm(
-    gr: &Groups,
-    dt: f64,
-    idle: f64,
-) -> (
-    BTreeMap<&'static str, u64>,
-    BTreeMap<&'static str, f64>,
-    f64,
-    f64,
-) {
-    let st = take_stats(gr);
-    let comm_s: f64 = st.iter().map(|x| x.2).sum();
-    let mut v: Vec<f64> = st.iter().map(|x| x.1 as f64).collect();
-    v.extend(st.iter().map(|x| x.2));
-    v.extend([idle, (dt - comm_s - idle).max(0.0)]);
-    gr.metrics.all_reduce_sum_f64_uncounted(&mut v);
-    let w = gr.metrics.size() as f64;
-    let bytes = st.iter().zip(&v).map(|(x, &b)| (x.0, b as u64)).collect();
-    let ms = st
-        .iter()
-        .zip(&v[5..])
-        .map(|(x, &s)| (x.0, s / w * 1e3))
-        .collect();
-    (bytes, ms, v[10] / w * 1e3, v[11] / w * 1e3)
-}
-
-fn log_setup<B: Backend>(cfg: &Config, tr: &Trainer<B>) {
-    let mcfg = Gpt2Config::from_model_config(&cfg.model);
-    let g = tr.grid;
-    log::info!(
-        "model: {} parameters ({}), vocab padded to {}; grid dp={} tp={} pp={} ({:?} schedule); global batch {}×{} tokens, {} micro-batch(es) of {} per dp rank; backend {}",
-        ParamLayout::new(&mcfg).num_real_params(&mcfg),
-        describe(&mcfg),
-        tr.gcfg.padded_vocab,
-        g.dp,
-        g.tp,
-        g.pp,
-        cfg.parallel.schedule,
-        cfg.train.global_batch_size,
-        cfg.train.seq_len,
-        tr.accum,
-        cfg.train.micro_batch_size,
-        tr.model.be.name()
-    );
-    if g.dp > 1 {
-        let how = if cfg.parallel.overlap_grad_reduce {
-            "started during backward"
-        } else {
-            "one reduction after backward"
-        };
-        let sizes: Vec<String> = tr.buckets.iter().map(|r| r.len.to_string()).collect();
-        log::info!(
-            "data-parallel gradient reduction (rank 0's stage): {} bucket(s) of [{}] floats, {how}",
-            tr.buckets.len(),
-            sizes.join(", ")
-        );
-    }
-}
-
-fn train_loop<B: Backend>(
-    cfg: &Config,
-    tr: &mut Trainer<B>,
-    mut writer: Option<&mut MetricsWriter>,
-    first_val: Option<f32>,
-    gr: &Groups,
-) -> Result<TrainSummary> {
-    let steps = cfg.train.steps;
-    let mcfg = Gpt2Config::from_model_config(&cfg.model);
-    let flops_per_token = mcfg.flops_per_token(
-        ParamLayout::new(&mcfg).num_real_params(&mcfg),
-        cfg.train.seq_len,
-    );
-    let bar = progress_bar(writer.is_some(), steps);
-    let (mut last_val, mut final_loss) = (first_val, f32::NAN);
-    for s in 0..steps {
-        let t0 = Instant::now();
-        let out = tr.step(s, gr)?;
-        let dt = t0.elapsed().as_secs_f64();
-        let (comm_bytes, comm_ms, bubble_ms, compute_ms) = step_comm(gr, dt, out.idle_s);
-        let is_val =
-            (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;
-        let val_loss = if is_val { tr.validate(gr)? } else { None };
-        take_stats(gr);
-        last_val = val_loss.or(last_val);
-        final_loss = out.loss;
-        let tps = tr.tokens_per_step() as f64 / dt;
-        let m = StepMetrics {
-            step: s + 1,
-            loss: out.loss,
-            lr: out.lr,
-            grad_norm: out.grad_norm,
-            tokens_per_s: tps,
-            step_ms: dt * 1e3,
-            tokens: ((s + 1) * tr.tokens_per_step()) as u64,
-            model_tflops: tps * flops_per_token / 1e12,
-            val_loss,
-            comm_bytes,
-            comm_ms,
-            compute_ms,
-            bubble_ms,
-        };
-        if let Some(w) = writer.as_deref_mut() {
-            w.write(&m)?;
-            report_step(&bar, &m, steps, cfg.log.every);
-        }
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    Ok(TrainSummary {
-        steps,
-        final_loss,
-        first_val_loss: first_val,
-        last_val_loss: last_val,
-        metrics_path: PathBuf::new(),
-        out_dir: PathBuf::new(),
-    })
-}
-
-fn progress_bar(is_rank0: bool, steps: usize) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !is_rank0 || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    let style =
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    Some(bar)
-}
-
-fn report_step(bar: &Option<indicatif::ProgressBar>, m: &StepMetrics, steps: usize, every: usize) {
-    let val = m
-        .val_loss
-        .map(|v| format!(" | val loss {v:.4}"))
-        .unwrap_or_default();
-    let line = format!(
-        "step {:>5}/{steps} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:.0} tok/s | {:.0} ms{val}",
-        m.step, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.step_ms
-    );
-    match bar {
-        Some(b) => {
-            b.set_message(format!("loss {:.4}{val}", m.loss));
-            b.inc(1);
-            if m.val_loss.is_some() {
-                b.println(line);
-            }
-        }
-        None if m.step.is_multiple_of(every) || m.val_loss.is_some() || m.step == steps => {
-            log::info!("{line}")
-        }
-        None => {}
-    }
 }

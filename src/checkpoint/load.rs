@@ -1,0 +1,313 @@
+//! Reading checkpoints onto any grid. For each tensor a rank needs, the stored boxes of the
+//! writing grid's shards are read whole (so their CRC can be checked), placed into the global
+//! tensor, and the rank's own part extracted — the same run arithmetic (`StageLayout`) that
+//! initialisation and export use, so every (dp, tp, pp) reads every other.
+
+use super::format::{optim_file, placement, read_tensor, shard_file, step_dir_name, StoredTensor};
+use super::meta::Meta;
+use super::save::list_steps;
+use crate::model::gpt2::{Gpt2Config, ParamLayout};
+use crate::parallel::shard::{stage_layers, StageLayout};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Which state to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Model,
+    AdamM,
+    AdamV,
+}
+
+/// The checkpoint a `--resume` spec names. `auto`: the one `<root>/latest` names, or None when
+/// `root` holds no checkpoint yet (a fresh start). A path: a step directory, or a root whose
+/// `latest` is followed. The result is always a complete checkpoint.
+pub fn resolve(spec: &str, root: Option<&Path>) -> Result<Option<PathBuf>> {
+    if spec == "auto" {
+        let root = root.context("--resume auto needs checkpoint.dir in the config")?;
+        return from_root(root, true);
+    }
+    let p = PathBuf::from(spec);
+    if p.join("meta.h5").exists()
+        || p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("step_"))
+    {
+        check_complete(&p)?;
+        return Ok(Some(p));
+    }
+    if !p.is_dir() {
+        bail!("--resume {spec}: no such checkpoint directory");
+    }
+    from_root(&p, false)
+}
+
+fn from_root(root: &Path, fresh_ok: bool) -> Result<Option<PathBuf>> {
+    let latest = root.join("latest");
+    if latest.exists() {
+        let name = std::fs::read_to_string(&latest)
+            .with_context(|| format!("reading {}", latest.display()))?;
+        let dir = root.join(name.trim());
+        if name.trim().is_empty() || !dir.is_dir() {
+            bail!(
+                "{} names '{}', which does not exist (restore that checkpoint or remove `latest` to pick the newest complete one)",
+                latest.display(),
+                name.trim()
+            );
+        }
+        check_complete(&dir)?;
+        return Ok(Some(dir));
+    }
+    let newest = list_steps(root)?.into_iter().rev().find(|s| s.2);
+    match newest {
+        Some((_, dir, _)) => Ok(Some(dir)),
+        None if fresh_ok => Ok(None),
+        None => bail!("{} holds no complete checkpoint", root.display()),
+    }
+}
+
+/// Error unless `dir` has its `COMPLETE` marker.
+pub fn check_complete(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("checkpoint {} does not exist", dir.display());
+    }
+    if !dir.join("COMPLETE").exists() {
+        bail!(
+            "checkpoint {} is incomplete (no COMPLETE marker: its save was interrupted)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The writing grid's view of a checkpoint: its layouts, and open files.
+pub struct Source {
+    pub dir: PathBuf,
+    pub meta: Meta,
+    gcfg: Gpt2Config,
+    global: ParamLayout,
+    files: HashMap<String, hdf5::File>,
+    layouts: HashMap<(usize, usize), StageLayout>,
+}
+
+impl Source {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let meta = Meta::read(dir)?;
+        let gcfg = meta.model.with_tp_padding(meta.tp);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            global: ParamLayout::new(&gcfg),
+            gcfg,
+            meta,
+            files: HashMap::new(),
+            layouts: HashMap::new(),
+        })
+    }
+
+    fn file(&mut self, name: &str) -> Result<&hdf5::File> {
+        if !self.files.contains_key(name) {
+            let path = self.dir.join(name);
+            if !path.exists() {
+                bail!("checkpoint file {} is missing", path.display());
+            }
+            let f = hdf5::File::open(&path).with_context(|| {
+                format!("cannot open {} (truncated or not HDF5?)", path.display())
+            })?;
+            self.files.insert(name.to_string(), f);
+        }
+        Ok(&self.files[name])
+    }
+
+    fn layout(&mut self, s: usize, t: usize) -> Result<&StageLayout> {
+        if !self.layouts.contains_key(&(s, t)) {
+            let m = &self.meta;
+            let ly = StageLayout::new(&self.gcfg, &self.global, m.tp, t, m.pp, s)?;
+            self.layouts.insert((s, t), ly);
+        }
+        Ok(&self.layouts[&(s, t)])
+    }
+
+    /// The stage that stores global tensor `gi` (wte: the first).
+    fn stage_of(&self, gi: usize) -> usize {
+        let g = &self.global;
+        let (l, pp) = (self.meta.model.n_layer, self.meta.pp);
+        let layer = g.blocks.iter().position(|b| {
+            let first = b.ln1_w;
+            gi >= first && gi <= b.fcproj_b
+        });
+        match layer {
+            Some(l0) => (0..pp)
+                .find(|&s| stage_layers(l, pp, s).contains(&l0))
+                .unwrap_or(0),
+            None if gi == g.lnf_w || gi == g.lnf_b => pp - 1,
+            None => 0,
+        }
+    }
+
+    /// Global tensor `name` (this source's padded layout) of `kind`.
+    pub fn global_tensor(&mut self, name: &str, kind: Kind) -> Result<Vec<f32>> {
+        let gi = self
+            .global
+            .entries
+            .iter()
+            .position(|e| e.name == name)
+            .with_context(|| format!("the checkpoint's model has no tensor {name}"))?;
+        let s = self.stage_of(gi);
+        let mut g = vec![0.0f32; self.global.entries[gi].len];
+        for t in 0..self.meta.tp {
+            let ly = self.layout(s, t)?.clone();
+            let i = ly
+                .global_index
+                .iter()
+                .position(|&x| x == gi)
+                .context("layout")?;
+            if !ly.counted[i] {
+                continue;
+            }
+            let local = self.local_tensor(&ly, i, kind)?;
+            for run in &ly.runs[i] {
+                g[run.global..][..run.len].copy_from_slice(&local[run.local..][..run.len]);
+            }
+        }
+        Ok(g)
+    }
+
+    /// Local tensor `i` of shard layout `ly` (padding rows zero), checked against its box.
+    fn local_tensor(&mut self, ly: &StageLayout, i: usize, kind: Kind) -> Result<Vec<f32>> {
+        let e = &ly.entries[i];
+        let p = placement(ly, i, &self.global, self.meta.model.vocab_size);
+        let mut local = vec![0.0f32; e.len];
+        if p.is_empty() {
+            return Ok(local);
+        }
+        let (s, t) = (ly.stage, ly.tp_rank);
+        let path = match kind {
+            Kind::Model => format!("model/{}", e.name),
+            Kind::AdamM => format!("optim/{}/m", e.name),
+            Kind::AdamV => format!("optim/{}/v", e.name),
+        };
+        if kind != Kind::Model && self.meta.sharded_optim() {
+            return self.zero_pieces(s, t, &path, &p.shape, local);
+        }
+        let name = shard_file(s, t);
+        let fpath = self.dir.join(&name);
+        let st = read_tensor(self.file(&name)?, &fpath, &path)?;
+        check_box(&st, &p.shape, &p.global_shape, &p.offset, &fpath, &path)?;
+        local[..st.data.len()].copy_from_slice(&st.data);
+        Ok(local)
+    }
+
+    /// A ZeRO-1 optimizer tensor gathered from the pieces in every dp rank's file.
+    fn zero_pieces(
+        &mut self,
+        s: usize,
+        t: usize,
+        path: &str,
+        shape: &[usize],
+        mut local: Vec<f32>,
+    ) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        let mut covered = 0;
+        for d in 0..self.meta.dp {
+            let name = optim_file(s, t, d);
+            let fpath = self.dir.join(&name);
+            let f = self.file(&name)?;
+            if f.dataset(path).is_err() {
+                continue; // this owner's range does not touch the tensor
+            }
+            let st = read_tensor(f, &fpath, path)?;
+            let Some([a, b]) = st.local_range else {
+                bail!("{} in {}: no local_range attribute", path, fpath.display());
+            };
+            if b > n || b - a != st.data.len() {
+                bail!(
+                    "{} in {}: local_range [{a}, {b}) does not fit the tensor's {n} elements",
+                    path,
+                    fpath.display()
+                );
+            }
+            local[a..b].copy_from_slice(&st.data);
+            covered += b - a;
+        }
+        if covered != n {
+            bail!(
+                "{path} of stage {s}, TP rank {t}: the dp files hold {covered} of its {n} elements"
+            );
+        }
+        Ok(local)
+    }
+
+    /// The state of `kind` for a rank with layout `ly` (any grid's layout of the same model,
+    /// `global` its padded global layout): its flat local buffer.
+    pub fn load_local(
+        &mut self,
+        ly: &StageLayout,
+        global: &ParamLayout,
+        kind: Kind,
+    ) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; ly.total];
+        for (i, e) in ly.entries.iter().enumerate() {
+            let src = self.global_tensor(&e.name, kind)?;
+            let want = global.entries[ly.global_index[i]].len;
+            // Vocabulary padding may differ between grids: rows are the leading dimension and
+            // padding rows are zero, so a prefix copy converts.
+            let mut g = vec![0.0f32; want];
+            let n = want.min(src.len());
+            g[..n].copy_from_slice(&src[..n]);
+            for run in &ly.runs[i] {
+                out[e.offset + run.local..][..run.len].copy_from_slice(&g[run.global..][..run.len]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored tensor of every shard, read and checked (CRC, shape, box); returns the
+    /// number of tensors checked. Used by `ckpt verify`.
+    pub fn verify_all(&mut self) -> Result<usize> {
+        let kinds = [Kind::Model, Kind::AdamM, Kind::AdamV];
+        let mut n = 0;
+        for s in 0..self.meta.pp {
+            for t in 0..self.meta.tp {
+                let ly = self.layout(s, t)?.clone();
+                for i in 0..ly.entries.len() {
+                    if !ly.counted[i] {
+                        continue;
+                    }
+                    for k in kinds {
+                        self.local_tensor(&ly, i, k)?;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn check_box(
+    st: &StoredTensor,
+    shape: &[usize],
+    global_shape: &[usize],
+    offset: &[usize],
+    file: &Path,
+    path: &str,
+) -> Result<()> {
+    if st.shape != shape || st.global_shape != global_shape || st.offset != offset {
+        bail!(
+            "{path} in {}: stored shape {:?} at offset {:?} of {:?}, expected {:?} at {:?} of {:?} for this grid",
+            file.display(),
+            st.shape,
+            st.offset,
+            st.global_shape,
+            shape,
+            offset,
+            global_shape
+        );
+    }
+    Ok(())
+}
+
+/// The step directory name for `step` under `root`.
+pub fn step_path(root: &Path, step: usize) -> PathBuf {
+    root.join(step_dir_name(step))
+}

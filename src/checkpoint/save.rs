@@ -1,0 +1,373 @@
+//! Saving checkpoints: a host snapshot of one rank's state, written by a background thread
+//! while training goes on, made visible only when every rank has finished.
+//!
+//! Protocol for step N (all MPI calls on the training thread; the writer thread only writes):
+//! 1. Finish the previous save if one is pending (never two at once).
+//! 2. Rank 0 removes an incomplete `step_N` left by a crash and creates the directory; a
+//!    barrier (an all-reduce on the metrics communicator, not counted in the step's traffic).
+//! 3. Each writer copies its state to host memory (the only stall) and a thread writes its
+//!    files, each as `<name>.tmp`, fsynced and renamed.
+//! 4. At every later step boundary the ranks agree (one small all-reduce) whether all writers
+//!    are done, and whether a stop signal arrived anywhere.
+//! 5. When all are done: one more all-reduce of failure flags; then rank 0 writes `COMPLETE`
+//!    (fsynced), atomically replaces `latest`, and deletes all but the newest
+//!    `checkpoint.keep_last` complete checkpoints (and incomplete ones older than the new one).
+//!
+//! A crash at any moment leaves the previous checkpoint complete and `latest` pointing at it.
+
+use super::format::{
+    atomic_write, optim_file, placement, shard_file, step_dir_name, sync_dir, write_tensor,
+    write_u64_attr,
+};
+use super::meta::Meta;
+use crate::comm::mpi::MpiComm;
+use crate::model::gpt2::ParamLayout;
+use crate::parallel::shard::StageLayout;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Optimizer state in a snapshot.
+pub enum OptimState {
+    /// The whole local state (no ZeRO): written with the model by dp rank 0.
+    Full {
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
+    /// A ZeRO-1 shard: elements `lo .. lo + m.len()` of the flat local buffer.
+    Zero {
+        lo: usize,
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
+    None,
+}
+
+/// One rank's part of a checkpoint, in host memory.
+pub struct Snapshot {
+    pub step: usize,
+    pub layout: StageLayout,
+    /// The grid's padded global layout, and the real vocabulary size.
+    pub global: ParamLayout,
+    pub vocab: usize,
+    pub dp_rank: usize,
+    /// Local parameters (dp rank 0 only: the replicas are identical).
+    pub params: Option<Vec<f32>>,
+    pub optim: OptimState,
+    /// World rank 0 writes `meta.h5`.
+    pub meta: Option<Meta>,
+}
+
+/// Test hook: `FERROTRON_TEST_SAVE_DELAY=<step>:<ms>` makes the writers of step `<step>`
+/// sleep `<ms>` after their first file (so tests can kill a job mid-save).
+fn test_delay(step: usize) -> Option<std::time::Duration> {
+    let spec = std::env::var("FERROTRON_TEST_SAVE_DELAY").ok()?;
+    let (s, ms) = spec.split_once(':')?;
+    let ms: u64 = ms.parse().ok()?;
+    (s.parse::<usize>().ok()? == step).then(|| std::time::Duration::from_millis(ms))
+}
+
+impl Snapshot {
+    /// Writes this rank's files into `dir` (the step directory, which exists).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let (s, t) = (self.layout.stage, self.layout.tp_rank);
+        let mut first = true;
+        let mut after_file = || {
+            if std::mem::take(&mut first) {
+                if let Some(d) = test_delay(self.step) {
+                    std::thread::sleep(d);
+                }
+            }
+        };
+        if let Some(meta) = &self.meta {
+            atomic_write(&dir.join("meta.h5"), |p| meta.write(p))?;
+            after_file();
+        }
+        if let Some(params) = &self.params {
+            let full = match &self.optim {
+                OptimState::Full { m, v } => Some((m.as_slice(), v.as_slice())),
+                _ => None,
+            };
+            atomic_write(&dir.join(shard_file(s, t)), |p| {
+                self.write_shard(p, params, full)
+            })?;
+            after_file();
+        }
+        if let OptimState::Zero { lo, m, v } = &self.optim {
+            let name = optim_file(s, t, self.dp_rank);
+            atomic_write(&dir.join(name), |p| self.write_zero(p, *lo, m, v))?;
+            after_file();
+        }
+        Ok(())
+    }
+
+    /// `shard_pp<s>_tp<t>.h5`: `/model` and, without ZeRO, `/optim`.
+    fn write_shard(
+        &self,
+        path: &Path,
+        params: &[f32],
+        optim: Option<(&[f32], &[f32])>,
+    ) -> Result<()> {
+        let ly = &self.layout;
+        let f = hdf5::File::create(path)?;
+        write_u64_attr(&f, "pp", ly.stage as u64)?;
+        write_u64_attr(&f, "tp", ly.tp_rank as u64)?;
+        for (i, e) in ly.entries.iter().enumerate() {
+            let p = placement(ly, i, &self.global, self.vocab);
+            if !ly.counted[i] || p.is_empty() {
+                continue;
+            }
+            let r = e.offset..e.offset + p.len();
+            write_tensor(
+                &f,
+                &format!("model/{}", e.name),
+                &params[r.clone()],
+                &p.shape,
+                &p,
+                None,
+            )?;
+            if let Some((m, v)) = optim {
+                write_tensor(
+                    &f,
+                    &format!("optim/{}/m", e.name),
+                    &m[r.clone()],
+                    &p.shape,
+                    &p,
+                    None,
+                )?;
+                write_tensor(
+                    &f,
+                    &format!("optim/{}/v", e.name),
+                    &v[r],
+                    &p.shape,
+                    &p,
+                    None,
+                )?;
+            }
+        }
+        f.flush()?;
+        Ok(())
+    }
+
+    /// `optim_pp<s>_tp<t>_dp<d>.h5`: the pieces of each stored tensor inside this rank's
+    /// ZeRO-1 range `lo .. lo + m.len()`.
+    fn write_zero(&self, path: &Path, lo: usize, m: &[f32], v: &[f32]) -> Result<()> {
+        let ly = &self.layout;
+        let hi = lo + m.len();
+        let f = hdf5::File::create(path)?;
+        write_u64_attr(&f, "dp", self.dp_rank as u64)?;
+        for (i, e) in ly.entries.iter().enumerate() {
+            let p = placement(ly, i, &self.global, self.vocab);
+            let (a, b) = (e.offset.max(lo), (e.offset + p.len()).min(hi));
+            if !ly.counted[i] || a >= b {
+                continue;
+            }
+            let range = Some([a - e.offset, b - e.offset]);
+            let (mm, vv) = (&m[a - lo..b - lo], &v[a - lo..b - lo]);
+            write_tensor(&f, &format!("optim/{}/m", e.name), mm, &[b - a], &p, range)?;
+            write_tensor(&f, &format!("optim/{}/v", e.name), vv, &[b - a], &p, range)?;
+        }
+        f.flush()?;
+        Ok(())
+    }
+}
+
+/// What the `[checkpoint]` section asks for.
+#[derive(Debug, Clone)]
+pub struct SavePolicy {
+    pub dir: PathBuf,
+    pub every: usize,
+    pub keep_last: usize,
+    pub background: bool,
+}
+
+struct InFlight {
+    step: usize,
+    started: Instant,
+    writer: JoinHandle<Result<()>>,
+}
+
+/// Saves checkpoints under one directory, one at a time.
+pub struct Checkpointer {
+    policy: SavePolicy,
+    rank: usize,
+    pending: Option<InFlight>,
+}
+
+impl Checkpointer {
+    pub fn new(policy: SavePolicy, rank: usize) -> Self {
+        Self {
+            policy,
+            rank,
+            pending: None,
+        }
+    }
+
+    /// Whether to save after `steps_done` steps (`last`: the run's final step).
+    pub fn due(&self, steps_done: usize, last: bool) -> bool {
+        last || (self.policy.every > 0 && steps_done.is_multiple_of(self.policy.every))
+    }
+
+    /// Collective: starts saving `snap` (taken after `snap.step` steps).
+    pub fn start(&mut self, snap: Snapshot, comm: &MpiComm) -> Result<()> {
+        self.finish(comm)?;
+        let dir = self.policy.dir.join(step_dir_name(snap.step));
+        let prepared = if self.rank == 0 {
+            prepare_dir(&dir)
+        } else {
+            Ok(())
+        };
+        let mut flag = [f64::from(u8::from(prepared.is_err()))];
+        comm.all_reduce_sum_f64_uncounted(&mut flag); // barrier: the directory exists
+        prepared?;
+        if flag[0] > 0.0 {
+            bail!("rank 0 could not prepare {}", dir.display());
+        }
+        let step = snap.step;
+        let started = Instant::now();
+        let writer = std::thread::Builder::new()
+            .name("checkpoint-writer".into())
+            .spawn(move || snap.write(&dir))
+            .context("cannot start the checkpoint writer thread")?;
+        self.pending = Some(InFlight {
+            step,
+            started,
+            writer,
+        });
+        if !self.policy.background {
+            self.finish(comm)?;
+        }
+        Ok(())
+    }
+
+    /// Collective, once per step: agrees whether a stop was requested on any rank (returned)
+    /// and completes the pending save if every writer is done.
+    pub fn poll(&mut self, comm: &MpiComm, stop: bool) -> Result<bool> {
+        let done = self.pending.as_ref().is_none_or(|p| p.writer.is_finished());
+        let mut v = [f64::from(u8::from(stop)), f64::from(u8::from(done))];
+        comm.all_reduce_sum_f64_uncounted(&mut v);
+        if self.pending.is_some() && v[1] as usize == comm_size(comm) {
+            self.finish(comm)?;
+        }
+        Ok(v[0] > 0.0)
+    }
+
+    /// Collective: waits for the pending save, then marks it complete (rank 0).
+    pub fn finish(&mut self, comm: &MpiComm) -> Result<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let res = p
+            .writer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint writer thread panicked")));
+        let mut failed = [f64::from(u8::from(res.is_err()))];
+        comm.all_reduce_sum_f64_uncounted(&mut failed);
+        let dir = self.policy.dir.join(step_dir_name(p.step));
+        res.with_context(|| format!("saving checkpoint {}", dir.display()))?;
+        if failed[0] > 0.0 {
+            bail!("saving checkpoint {} failed on another rank", dir.display());
+        }
+        if self.rank == 0 {
+            self.complete(&dir, p.step)?;
+            log::info!(
+                "checkpoint {} complete ({:.1} MB, {:.2} s after the snapshot)",
+                dir.display(),
+                dir_bytes(&dir) as f64 / 1e6,
+                p.started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    }
+
+    /// Rank 0: `COMPLETE`, then `latest`, then pruning.
+    fn complete(&self, dir: &Path, step: usize) -> Result<()> {
+        let meta = Meta::read(dir)?;
+        let list = meta.files().join("\n") + "\n";
+        atomic_write(&dir.join("COMPLETE"), |p| Ok(std::fs::write(p, &list)?))?;
+        let name = step_dir_name(step);
+        atomic_write(&self.policy.dir.join("latest"), |p| {
+            Ok(std::fs::write(p, format!("{name}\n"))?)
+        })?;
+        prune(&self.policy.dir, step, self.policy.keep_last)
+    }
+}
+
+fn comm_size(comm: &MpiComm) -> usize {
+    use crate::comm::Communicator;
+    comm.size()
+}
+
+/// Rank 0, before the writers: a fresh, empty step directory.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        if dir.join("COMPLETE").exists() {
+            bail!(
+                "{} already holds a complete checkpoint; refusing to overwrite it",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the incomplete {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    sync_dir(dir.parent().unwrap_or(Path::new(".")))
+}
+
+/// Step directories under `root` as (step, path, complete), oldest first.
+pub fn list_steps(root: &Path) -> Result<Vec<(usize, PathBuf, bool)>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
+    };
+    for ent in rd {
+        let ent = ent?;
+        let name = ent.file_name().to_string_lossy().to_string();
+        let Some(n) = name
+            .strip_prefix("step_")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let p = ent.path();
+        if p.is_dir() {
+            let complete = p.join("COMPLETE").exists();
+            out.push((n, p, complete));
+        }
+    }
+    out.sort_by_key(|x| x.0);
+    Ok(out)
+}
+
+/// Keeps the newest `keep` complete checkpoints; removes older complete ones and incomplete
+/// ones older than `newest`.
+fn prune(root: &Path, newest: usize, keep: usize) -> Result<()> {
+    let steps = list_steps(root)?;
+    let complete: Vec<_> = steps.iter().filter(|s| s.2).collect();
+    let cut = complete.len().saturating_sub(keep.max(1));
+    for (n, p, _) in &complete[..cut] {
+        if *n != newest {
+            std::fs::remove_dir_all(p).with_context(|| format!("removing old {}", p.display()))?;
+        }
+    }
+    for (n, p, c) in &steps {
+        if !c && *n < newest {
+            std::fs::remove_dir_all(p)
+                .with_context(|| format!("removing stale {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,176 @@
+//! The trainer's side of checkpoints: what a rank writes (a host snapshot) and how it takes
+//! its state back from a checkpoint written on any grid. Formats live in `crate::checkpoint`.
+
+use super::{describe, Trainer};
+use crate::backend::Backend;
+use crate::checkpoint::format::FORMAT_VERSION;
+use crate::checkpoint::load::{self, Kind, Source};
+use crate::checkpoint::meta::Meta;
+use crate::checkpoint::save::{list_steps, OptimState, Snapshot};
+use crate::config::Config;
+use crate::model::gpt2::Gpt2Config;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+impl<B: Backend> Trainer<B> {
+    /// Host copy of what this rank writes after `step` steps: the model (and, without ZeRO,
+    /// the optimizer state) on dp rank 0, its ZeRO-1 shard on every dp rank, `meta.h5` on
+    /// world rank 0.
+    pub(crate) fn snapshot(&self, step: usize, world_rank: usize) -> Result<Snapshot> {
+        let be = &self.model.be;
+        let first_replica = self.coords.dp == 0;
+        let params = first_replica
+            .then(|| be.download(&self.params))
+            .transpose()?;
+        let optim = match (&self.zero, &self.opt) {
+            (Some(z), _) => {
+                let (lo, m, v, _) = z.state();
+                OptimState::Zero {
+                    lo,
+                    m: m.to_vec(),
+                    v: v.to_vec(),
+                }
+            }
+            (None, Some(o)) if first_replica => OptimState::Full {
+                m: be.download(&o.m)?,
+                v: be.download(&o.v)?,
+            },
+            _ => OptimState::None,
+        };
+        let meta = (world_rank == 0).then(|| self.meta(step)).transpose()?;
+        Ok(Snapshot {
+            step,
+            layout: self.model.layout.clone(),
+            global: self.glayout.clone(),
+            vocab: self.cfg.model.vocab_size,
+            dp_rank: self.coords.dp,
+            params,
+            optim,
+            meta,
+        })
+    }
+
+    fn adam_t(&self) -> u64 {
+        match (&self.zero, &self.opt) {
+            (Some(z), _) => z.state().3,
+            (None, Some(o)) => o.t,
+            _ => 0,
+        }
+    }
+
+    fn meta(&self, step: usize) -> Result<Meta> {
+        let t = &self.cfg.train;
+        Ok(Meta {
+            format_version: FORMAT_VERSION,
+            ferrotron_version: env!("CARGO_PKG_VERSION").to_string(),
+            config: self.cfg.to_toml()?,
+            dp: self.grid.dp,
+            tp: self.grid.tp,
+            pp: self.grid.pp,
+            zero: self.cfg.optim.zero as usize,
+            step,
+            tokens: (step * t.global_batch_size * t.seq_len) as u64,
+            samples: (step * t.global_batch_size) as u64,
+            seed: t.seed,
+            adam_t: self.adam_t(),
+            global_batch_size: t.global_batch_size,
+            seq_len: t.seq_len,
+            model: Gpt2Config::from_model_config(&self.cfg.model),
+        })
+    }
+
+    /// Takes parameters and optimizer state from `src` (written on any grid); returns the
+    /// number of steps it holds.
+    pub(crate) fn restore(&mut self, src: &mut Source) -> Result<usize> {
+        check_compatible(&self.cfg, &src.meta, &src.dir)?;
+        let ly = self.model.layout.clone();
+        let params = src.load_local(&ly, &self.glayout, Kind::Model)?;
+        let m = src.load_local(&ly, &self.glayout, Kind::AdamM)?;
+        let v = src.load_local(&ly, &self.glayout, Kind::AdamV)?;
+        let be = &self.model.be;
+        self.params = be.upload(&params)?;
+        let t = src.meta.adam_t;
+        match (self.zero.as_mut(), self.opt.as_mut()) {
+            (Some(z), _) => z.restore(&m, &v, t),
+            (None, Some(o)) => {
+                o.m = be.upload(&m)?;
+                o.v = be.upload(&v)?;
+                o.t = t;
+            }
+            _ => bail!("optimizer state missing"),
+        }
+        Ok(src.meta.step)
+    }
+}
+
+/// A checkpoint can continue this run when the model shape and the data stream match (the
+/// grid and ZeRO may differ).
+fn check_compatible(cfg: &Config, meta: &Meta, dir: &std::path::Path) -> Result<()> {
+    let want = Gpt2Config::from_model_config(&cfg.model);
+    if meta.model != want {
+        bail!(
+            "checkpoint {} holds a different model ({}) than [model] ({})",
+            dir.display(),
+            describe(&meta.model),
+            describe(&want)
+        );
+    }
+    let t = &cfg.train;
+    for (k, ck, now) in [
+        (
+            "train.global_batch_size",
+            meta.global_batch_size as u64,
+            t.global_batch_size as u64,
+        ),
+        ("train.seq_len", meta.seq_len as u64, t.seq_len as u64),
+        ("train.seed", meta.seed, t.seed),
+    ] {
+        if ck != now {
+            bail!(
+                "{k} = {now}, but checkpoint {} was trained with {ck}; the data order would not continue (set {k} = {ck})",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint to resume from (`--resume auto|PATH`), checking that saving into
+/// `checkpoint.dir` cannot overwrite newer checkpoints: a fresh run needs a directory without
+/// complete checkpoints, a resumed one none newer than its start.
+pub(crate) fn resume_source(cfg: &Config, spec: Option<&str>) -> Result<Option<PathBuf>> {
+    let root = cfg.checkpoint.dir.as_deref();
+    let found = match spec {
+        Some(s) => load::resolve(s, root)?,
+        None => None,
+    };
+    let Some(root) = root else {
+        return Ok(found);
+    };
+    let start = match &found {
+        Some(dir) => Meta::read(dir)?.step,
+        None => 0,
+    };
+    let newer = list_steps(root)?
+        .into_iter()
+        .rev()
+        .find(|s| s.2 && (found.is_none() || s.0 > start));
+    if let Some((n, p, _)) = newer {
+        let how = if found.is_some() {
+            format!("newer than the resumed step {start}")
+        } else {
+            "and this run starts from scratch".to_string()
+        };
+        bail!(
+            "checkpoint.dir = {} already holds {} (step {n}) {how}; resume with --resume auto, or use another checkpoint.dir",
+            root.display(),
+            p.display()
+        );
+    }
+    Ok(found)
+}
+
+/// Opens a checkpoint for reading with context.
+pub(crate) fn open_source(dir: &std::path::Path) -> Result<Source> {
+    Source::open(dir).with_context(|| format!("reading checkpoint {}", dir.display()))
+}

@@ -1,0 +1,367 @@
+//! Driving a training run: set-up (resume included), the step loop with metrics, checkpoints
+//! and stop signals, and the final export.
+
+use super::{ckpt, describe, TrainOptions, TrainSummary, Trainer};
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
+use crate::checkpoint::hf;
+use crate::checkpoint::save::{Checkpointer, SavePolicy};
+use crate::comm::Communicator;
+use crate::config::{BackendKind, Config};
+use crate::metrics::{MetricsWriter, StepMetrics};
+use crate::model::gpt2::{Gpt2Config, ParamLayout};
+use crate::parallel::groups::{gather_weights, Groups};
+use crate::parallel::shard::repad;
+use crate::runtime::Runtime;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Run training on this rank, on the backend the config names. Set-up errors are agreed across
+/// ranks before any work.
+pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
+    match cfg.train.backend {
+        BackendKind::Cpu => run_on(rt, cfg, opts, Cpu::new(opts.threads)),
+        BackendKind::Cuda => {
+            let be = rt.agree(crate::backend::cuda::CudaBackend::with_options(
+                rt.local_rank,
+                cfg.train.precision,
+            ))?;
+            run_on(rt, cfg, opts, be)
+        }
+    }
+}
+
+fn run_on<B: Backend>(
+    rt: &Runtime,
+    cfg: &Config,
+    opts: &TrainOptions,
+    be: B,
+) -> Result<TrainSummary> {
+    let out_dir = cfg.log.out_dir.clone();
+    let metrics_path = opts
+        .metrics
+        .clone()
+        .unwrap_or_else(|| out_dir.join("metrics.jsonl"));
+    let setup = set_up(cfg, opts, rt, be, &metrics_path);
+    let (mut tr, mut writer, start) = rt.agree(setup)?;
+    let gr = Groups::new(&rt.world, tr.grid, rt.rank)?;
+    if rt.rank == 0 {
+        log_setup(cfg, &tr);
+    }
+    let first_val = if start == 0 { tr.validate(&gr)? } else { None };
+    take_stats(&gr);
+    if let (Some(v), Some(w)) = (first_val, writer.as_mut()) {
+        log::info!("step 0: val loss {v:.4}");
+        w.write_val(0, v)?;
+    }
+    let mut ck = cfg.checkpoint.dir.as_ref().map(|dir| {
+        let c = &cfg.checkpoint;
+        let policy = SavePolicy {
+            dir: dir.clone(),
+            every: c.every,
+            keep_last: c.keep_last,
+            background: c.background,
+        };
+        Checkpointer::new(policy, rt.rank)
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let run = Run {
+        start,
+        ckpt: ck.as_mut(),
+        stop: &stop,
+        rank: rt.rank,
+    };
+    let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val, &gr, run)?;
+    if cfg.log.save_final && summary.stopped_at.is_none() {
+        let local = tr.model.be.download(&tr.params)?;
+        let g = gather_weights(&gr.world, tr.grid, rt.rank, &tr.gcfg, &tr.glayout, local)?;
+        if let Some(global) = g {
+            let dir = out_dir.join("final");
+            let mcfg = Gpt2Config::from_model_config(&cfg.model);
+            let host = repad(&tr.glayout, &global, &ParamLayout::new(&mcfg));
+            hf::save(&dir, &mcfg, &host)
+                .with_context(|| format!("saving final weights to {}", dir.display()))?;
+            log::info!("final weights (Hugging Face format): {}", dir.display());
+        }
+    }
+    Ok(TrainSummary {
+        metrics_path,
+        out_dir,
+        ..summary
+    })
+}
+
+/// Everything before the first step that can fail on bad input: the checkpoint to resume
+/// from, the trainer (restored from it), the metrics file (continued when resuming). Returns
+/// the trainer, rank 0's metrics writer and the first step to run.
+fn set_up<B: Backend>(
+    cfg: &Config,
+    opts: &TrainOptions,
+    rt: &Runtime,
+    be: B,
+    metrics_path: &std::path::Path,
+) -> Result<(Trainer<B>, Option<MetricsWriter>, usize)> {
+    let resume = ckpt::resume_source(cfg, opts.resume.as_deref())?;
+    let mut tr = Trainer::new(cfg, rt.size, rt.rank, be)?;
+    let start = match &resume {
+        Some(dir) => {
+            let mut src = ckpt::open_source(dir)?;
+            let step = tr.restore(&mut src)?;
+            if rt.rank == 0 {
+                let m = &src.meta;
+                log::info!(
+                    "resuming from {} at step {step} (written on dp={} tp={} pp={})",
+                    dir.display(),
+                    m.dp,
+                    m.tp,
+                    m.pp
+                );
+            }
+            step
+        }
+        None => 0,
+    };
+    let w = match (rt.rank, start) {
+        (0, 0) => Some(MetricsWriter::create(metrics_path)?),
+        (0, s) => Some(MetricsWriter::resume(metrics_path, s)?),
+        _ => None,
+    };
+    Ok((tr, w, start))
+}
+
+/// The run's position and its checkpoint/stop machinery.
+struct Run<'a> {
+    start: usize,
+    ckpt: Option<&'a mut Checkpointer>,
+    stop: &'a AtomicBool,
+    rank: usize,
+}
+
+impl Run<'_> {
+    /// Collective, after `done` steps: agree on a stop signal, complete a finished save, start
+    /// a due one. Returns true when the run must stop now (its state saved).
+    fn after_step<B: Backend>(
+        &mut self,
+        tr: &Trainer<B>,
+        gr: &Groups,
+        done: usize,
+        last: bool,
+    ) -> Result<bool> {
+        let local = self.stop.load(Ordering::Relaxed);
+        let Some(ck) = self.ckpt.as_deref_mut() else {
+            let mut v = [f64::from(u8::from(local))];
+            gr.metrics.all_reduce_sum_f64_uncounted(&mut v);
+            if v[0] > 0.0 && self.rank == 0 {
+                log::warn!("stop signal after step {done}: no checkpoint.dir, nothing saved");
+            }
+            return Ok(v[0] > 0.0);
+        };
+        let stop = ck.poll(&gr.metrics, local)?;
+        if stop || ck.due(done, last) {
+            if stop && self.rank == 0 {
+                log::warn!("stop signal: saving step {done} and exiting for requeue");
+            }
+            ck.start(tr.snapshot(done, self.rank)?, &gr.metrics)?;
+        }
+        if stop || last {
+            ck.finish(&gr.metrics)?;
+        }
+        Ok(stop)
+    }
+}
+
+/// The groups' (bytes, seconds) since the last call, in the metrics' key order.
+fn take_stats(gr: &Groups) -> [(&'static str, u64, f64); 5] {
+    let t = |k, c: &crate::comm::mpi::MpiComm| {
+        let (b, s) = c.stats().take();
+        (k, b, s)
+    };
+    [
+        t("tp", &gr.tp),
+        t("dp", &gr.dp),
+        t("pp", &gr.pp),
+        t("emb", &gr.emb),
+        t("world", &gr.world),
+    ]
+}
+
+/// Per-step communication figures of all ranks: bytes summed per group, milliseconds
+/// averaged over ranks (per group, idle = bubble, and compute = the rest of the step).
+fn step_comm(
+    gr: &Groups,
+    dt: f64,
+    idle: f64,
+) -> (
+    BTreeMap<&'static str, u64>,
+    BTreeMap<&'static str, f64>,
+    f64,
+    f64,
+) {
+    let st = take_stats(gr);
+    let comm_s: f64 = st.iter().map(|x| x.2).sum();
+    let mut v: Vec<f64> = st.iter().map(|x| x.1 as f64).collect();
+    v.extend(st.iter().map(|x| x.2));
+    v.extend([idle, (dt - comm_s - idle).max(0.0)]);
+    gr.metrics.all_reduce_sum_f64_uncounted(&mut v);
+    let w = gr.metrics.size() as f64;
+    let bytes = st.iter().zip(&v).map(|(x, &b)| (x.0, b as u64)).collect();
+    let ms = st
+        .iter()
+        .zip(&v[5..])
+        .map(|(x, &s)| (x.0, s / w * 1e3))
+        .collect();
+    (bytes, ms, v[10] / w * 1e3, v[11] / w * 1e3)
+}
+
+fn log_setup<B: Backend>(cfg: &Config, tr: &Trainer<B>) {
+    let mcfg = Gpt2Config::from_model_config(&cfg.model);
+    let g = tr.grid;
+    log::info!(
+        "model: {} parameters ({}), vocab padded to {}; grid dp={} tp={} pp={} ({:?} schedule); global batch {}×{} tokens, {} micro-batch(es) of {} per dp rank; backend {}",
+        ParamLayout::new(&mcfg).num_real_params(&mcfg),
+        describe(&mcfg),
+        tr.gcfg.padded_vocab,
+        g.dp,
+        g.tp,
+        g.pp,
+        cfg.parallel.schedule,
+        cfg.train.global_batch_size,
+        cfg.train.seq_len,
+        tr.accum,
+        cfg.train.micro_batch_size,
+        tr.model.be.name()
+    );
+    if g.dp > 1 {
+        let how = if cfg.parallel.overlap_grad_reduce {
+            "started during backward"
+        } else {
+            "one reduction after backward"
+        };
+        let sizes: Vec<String> = tr.buckets.iter().map(|r| r.len.to_string()).collect();
+        log::info!(
+            "data-parallel gradient reduction (rank 0's stage): {} bucket(s) of [{}] floats, {how}",
+            tr.buckets.len(),
+            sizes.join(", ")
+        );
+    }
+}
+
+fn train_loop<B: Backend>(
+    cfg: &Config,
+    tr: &mut Trainer<B>,
+    mut writer: Option<&mut MetricsWriter>,
+    first_val: Option<f32>,
+    gr: &Groups,
+    mut run: Run,
+) -> Result<TrainSummary> {
+    let steps = cfg.train.steps;
+    let mcfg = Gpt2Config::from_model_config(&cfg.model);
+    let flops_per_token = mcfg.flops_per_token(
+        ParamLayout::new(&mcfg).num_real_params(&mcfg),
+        cfg.train.seq_len,
+    );
+    if run.start >= steps && run.rank == 0 {
+        log::info!(
+            "the checkpoint is at step {} >= train.steps = {steps}: nothing to train",
+            run.start
+        );
+    }
+    let bar = progress_bar(writer.is_some(), steps);
+    if let Some(b) = &bar {
+        b.set_position(run.start.min(steps) as u64);
+    }
+    let (mut last_val, mut final_loss, mut stopped_at) = (first_val, f32::NAN, None);
+    for s in run.start..steps {
+        let t0 = Instant::now();
+        let out = tr.step(s, gr)?;
+        let dt = t0.elapsed().as_secs_f64();
+        let (comm_bytes, comm_ms, bubble_ms, compute_ms) = step_comm(gr, dt, out.idle_s);
+        let is_val =
+            (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;
+        let val_loss = if is_val { tr.validate(gr)? } else { None };
+        take_stats(gr);
+        last_val = val_loss.or(last_val);
+        final_loss = out.loss;
+        let tps = tr.tokens_per_step() as f64 / dt;
+        let m = StepMetrics {
+            step: s + 1,
+            loss: out.loss,
+            lr: out.lr,
+            grad_norm: out.grad_norm,
+            tokens_per_s: tps,
+            step_ms: dt * 1e3,
+            tokens: ((s + 1) * tr.tokens_per_step()) as u64,
+            model_tflops: tps * flops_per_token / 1e12,
+            val_loss,
+            comm_bytes,
+            comm_ms,
+            compute_ms,
+            bubble_ms,
+        };
+        if let Some(w) = writer.as_deref_mut() {
+            w.write(&m)?;
+            report_step(&bar, &m, steps, cfg.log.every);
+        }
+        if run.after_step(tr, gr, s + 1, s + 1 == steps)? {
+            stopped_at = Some(s + 1);
+            break;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(TrainSummary {
+        steps: stopped_at.unwrap_or(steps),
+        final_loss,
+        first_val_loss: first_val,
+        last_val_loss: last_val,
+        metrics_path: PathBuf::new(),
+        out_dir: PathBuf::new(),
+        stopped_at,
+    })
+}
+
+fn progress_bar(is_rank0: bool, steps: usize) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !is_rank0 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    let style =
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
+fn report_step(bar: &Option<indicatif::ProgressBar>, m: &StepMetrics, steps: usize, every: usize) {
+    let val = m
+        .val_loss
+        .map(|v| format!(" | val loss {v:.4}"))
+        .unwrap_or_default();
+    let line = format!(
+        "step {:>5}/{steps} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:.0} tok/s | {:.0} ms{val}",
+        m.step, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.step_ms
+    );
+    match bar {
+        Some(b) => {
+            b.set_message(format!("loss {:.4}{val}", m.loss));
+            b.inc(1);
+            if m.val_loss.is_some() {
+                b.println(line);
+            }
+        }
+        None if m.step.is_multiple_of(every) || m.val_loss.is_some() || m.step == steps => {
+            log::info!("{line}")
+        }
+        None => {}
+    }
+}
