@@ -14,7 +14,7 @@ MIN_RUST_MINOR=91
 PACKAGES=(
   build-essential pkg-config libclang-dev clang ca-certificates curl git
   libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools
-  fortunes fonts-dejavu-core python3 python3-pip
+  fortunes fonts-dejavu-core python3 python3-pip python3-numpy python3-h5py
 )
 
 # A clean environment (e.g. `env -i` under chroot) may lack HOME; rustup needs it.
