@@ -82,6 +82,13 @@ impl MetricsWriter {
     }
 
     /// A validation-only line (step 0, before training): `{"step": s, "val_loss": v}`.
+    /// One extra JSON object line (e.g. a finished checkpoint).
+    pub fn write_json(&mut self, v: &serde_json::Value) -> Result<()> {
+        writeln!(self.out, "{v}")
+            .and_then(|_| self.out.flush())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
     pub fn write_val(&mut self, step: usize, val_loss: f32) -> Result<()> {
         let line = serde_json::json!({ "step": step, "val_loss": val_loss });
         writeln!(self.out, "{line}")

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+type Grid = (usize, usize, usize);
+
 /// 4-layer model, micro-batches of 1, global batch 8 (as tests/parallel.rs); constant LR after
 /// a 2-step warmup (min_lr = lr), so a run's schedule does not depend on `train.steps`.
 const COMMON: [&str; 12] = [
@@ -129,7 +131,8 @@ fn resume_is_exact_and_reshards_onto_any_grid() {
         assert_eq!(losses_of(&dir, name).len(), 20, "{name}");
     }
     let base = losses_of(&dir, "a");
-    let resumes: [(&str, (usize, usize, usize), u8, bool); 9] = [
+    // (source run, grid, ZeRO, same grid as the source: bitwise)
+    let resumes: [(&str, Grid, u8, bool); 9] = [
         ("a", (1, 1, 1), 0, true),
         ("a", (2, 2, 2), 0, false),
         ("b", (2, 2, 2), 0, true),
@@ -309,7 +312,7 @@ fn sigusr1_on_one_rank_saves_and_exits_for_requeue() {
     let all = std::fs::read_to_string(dir.join(format!("job-{}.log", std::process::id()))).unwrap();
     assert_eq!(status.code(), Some(75), "exit code:\n{all}");
     let n = losses_of(&dir, "sig").len();
-    assert!(n >= 3 && n < 400, "stopped after {n} steps");
+    assert!((3..400).contains(&n), "stopped after {n} steps");
     let saved = step_dir(&dir, "sig", n);
     assert!(
         saved.join("COMPLETE").exists(),

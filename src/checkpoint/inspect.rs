@@ -8,6 +8,14 @@ use crate::parallel::shard::{repad, StageLayout};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+/// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($t)*).context("writing to stdout")?
+    }};
+}
+
 pub fn run(cmd: CkptCommand) -> Result<()> {
     match cmd {
         CkptCommand::Inspect { path } => inspect(&locate(&path)?),
@@ -38,13 +46,13 @@ fn inspect(dir: &Path) -> Result<()> {
         "INCOMPLETE"
     };
     let m = &meta.model;
-    println!("checkpoint {} ({state})", dir.display());
-    println!(
+    outln!("checkpoint {} ({state})", dir.display());
+    outln!(
         "  step {}, tokens {}, samples {}, grid dp={} tp={} pp={}, ZeRO-{}, format {}, written by ferrotron {}",
         meta.step, meta.tokens, meta.samples, meta.dp, meta.tp, meta.pp, meta.zero,
         meta.format_version, meta.ferrotron_version
     );
-    println!(
+    outln!(
         "  model: vocab_size={} n_positions={} n_embd={} n_layer={} n_head={}; global batch {} × {} tokens; AdamW t={}",
         m.vocab_size, m.n_positions, m.n_embd, m.n_layer, m.n_head, meta.global_batch_size,
         meta.seq_len, meta.adam_t
@@ -55,7 +63,7 @@ fn inspect(dir: &Path) -> Result<()> {
         let size = std::fs::metadata(&path).map(|m| m.len()).ok();
         total += size.unwrap_or(0);
         let size = size.map_or("MISSING".to_string(), human);
-        println!("  {name}  {size}");
+        outln!("  {name}  {size}");
         if name == "meta.h5" || !path.exists() {
             continue;
         }
@@ -63,7 +71,7 @@ fn inspect(dir: &Path) -> Result<()> {
             hdf5::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         list_datasets(&f, "")?;
     }
-    println!("  total {}", human(total));
+    outln!("  total {}", human(total));
     Ok(())
 }
 
@@ -77,7 +85,7 @@ fn list_datasets(g: &hdf5::Group, prefix: &str) -> Result<()> {
                     .map_or("?".into(), |v| format!("{v:?}"))
             };
             let bytes = ds.size() * ds.dtype().map_or(0, |t| t.size());
-            println!(
+            outln!(
                 "    {full}  f32 {:?}  of {} at {}  {}",
                 ds.shape(),
                 attr("global_shape"),
@@ -110,7 +118,7 @@ fn verify(dir: &Path) -> Result<()> {
         }
     }
     let n = src.verify_all()?;
-    println!(
+    outln!(
         "ok: {} — step {}, {} files, {n} tensors (model and AdamW m, v): checksums, shapes and offsets match",
         dir.display(),
         src.meta.step,
@@ -132,7 +140,7 @@ fn export(dir: &Path, out: &Path) -> Result<()> {
     ly.insert(&global, &local, &mut g);
     let host = repad(&global, &g, &ParamLayout::new(&cfg));
     super::hf::save(out, &cfg, &host).with_context(|| format!("writing {}", out.display()))?;
-    println!(
+    outln!(
         "exported step {} of {} to {} (Hugging Face GPT-2)",
         src.meta.step,
         dir.display(),

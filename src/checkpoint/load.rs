@@ -88,6 +88,8 @@ pub struct Source {
     global: ParamLayout,
     files: HashMap<String, hdf5::File>,
     layouts: HashMap<(usize, usize), StageLayout>,
+    /// Bytes of tensor data read so far.
+    pub bytes_read: u64,
 }
 
 impl Source {
@@ -101,6 +103,7 @@ impl Source {
             meta,
             files: HashMap::new(),
             layouts: HashMap::new(),
+            bytes_read: 0,
         })
     }
 
@@ -192,6 +195,7 @@ impl Source {
         let name = shard_file(s, t);
         let fpath = self.dir.join(&name);
         let st = read_tensor(self.file(&name)?, &fpath, &path)?;
+        self.bytes_read += 4 * st.data.len() as u64;
         check_box(&st, &p.shape, &p.global_shape, &p.offset, &fpath, &path)?;
         local[..st.data.len()].copy_from_slice(&st.data);
         Ok(local)
@@ -216,6 +220,7 @@ impl Source {
                 continue; // this owner's range does not touch the tensor
             }
             let st = read_tensor(f, &fpath, path)?;
+            self.bytes_read += 4 * st.data.len() as u64;
             let Some([a, b]) = st.local_range else {
                 bail!("{} in {}: no local_range attribute", path, fpath.display());
             };

@@ -69,37 +69,42 @@ fn test_delay(step: usize) -> Option<std::time::Duration> {
 }
 
 impl Snapshot {
-    /// Writes this rank's files into `dir` (the step directory, which exists).
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    /// Writes this rank's files into `dir` (the step directory, which exists); returns the
+    /// bytes written.
+    pub fn write(&self, dir: &Path) -> Result<u64> {
         let (s, t) = (self.layout.stage, self.layout.tp_rank);
-        let mut first = true;
-        let mut after_file = || {
-            if std::mem::take(&mut first) {
+        let mut names: Vec<String> = Vec::new();
+        let mut done = |name: String| {
+            if names.is_empty() {
                 if let Some(d) = test_delay(self.step) {
                     std::thread::sleep(d);
                 }
             }
+            names.push(name);
         };
         if let Some(meta) = &self.meta {
             atomic_write(&dir.join("meta.h5"), |p| meta.write(p))?;
-            after_file();
+            done("meta.h5".into());
         }
         if let Some(params) = &self.params {
             let full = match &self.optim {
                 OptimState::Full { m, v } => Some((m.as_slice(), v.as_slice())),
                 _ => None,
             };
-            atomic_write(&dir.join(shard_file(s, t)), |p| {
-                self.write_shard(p, params, full)
-            })?;
-            after_file();
+            let name = shard_file(s, t);
+            atomic_write(&dir.join(&name), |p| self.write_shard(p, params, full))?;
+            done(name);
         }
         if let OptimState::Zero { lo, m, v } = &self.optim {
             let name = optim_file(s, t, self.dp_rank);
-            atomic_write(&dir.join(name), |p| self.write_zero(p, *lo, m, v))?;
-            after_file();
+            atomic_write(&dir.join(&name), |p| self.write_zero(p, *lo, m, v))?;
+            done(name);
         }
-        Ok(())
+        Ok(names
+            .iter()
+            .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
+            .map(|m| m.len())
+            .sum())
     }
 
     /// `shard_pp<s>_tp<t>.h5`: `/model` and, without ZeRO, `/optim`.
@@ -184,8 +189,24 @@ pub struct SavePolicy {
 
 struct InFlight {
     step: usize,
-    started: Instant,
-    writer: JoinHandle<Result<()>>,
+    /// Seconds the training thread spent on this save before going on.
+    stall_s: f64,
+    /// (bytes, seconds) of this rank's writer.
+    writer: JoinHandle<Result<(u64, f64)>>,
+}
+
+/// A finished save, as reported in the metrics (rank 0).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SaveReport {
+    pub step: usize,
+    pub dir: PathBuf,
+    /// Bytes of all files, summed over ranks.
+    pub bytes: u64,
+    /// Time of the slowest rank's writer (all files of that rank, fsync included).
+    pub write_s: f64,
+    /// Time the training thread was held (host copies, the barrier; the whole save when not in
+    /// the background).
+    pub stall_s: f64,
 }
 
 /// Saves checkpoints under one directory, one at a time.
@@ -193,6 +214,8 @@ pub struct Checkpointer {
     policy: SavePolicy,
     rank: usize,
     pending: Option<InFlight>,
+    /// Finished saves not yet written to the metrics (rank 0).
+    pub reports: Vec<SaveReport>,
 }
 
 impl Checkpointer {
@@ -201,6 +224,7 @@ impl Checkpointer {
             policy,
             rank,
             pending: None,
+            reports: Vec::new(),
         }
     }
 
@@ -209,8 +233,9 @@ impl Checkpointer {
         last || (self.policy.every > 0 && steps_done.is_multiple_of(self.policy.every))
     }
 
-    /// Collective: starts saving `snap` (taken after `snap.step` steps).
-    pub fn start(&mut self, snap: Snapshot, comm: &MpiComm) -> Result<()> {
+    /// Collective: starts saving `snap` (taken after `snap.step` steps) — `since` is when the
+    /// training thread began taking the snapshot (for the stall figure).
+    pub fn start(&mut self, snap: Snapshot, comm: &MpiComm, since: Instant) -> Result<()> {
         self.finish(comm)?;
         let dir = self.policy.dir.join(step_dir_name(snap.step));
         let prepared = if self.rank == 0 {
@@ -225,18 +250,22 @@ impl Checkpointer {
             bail!("rank 0 could not prepare {}", dir.display());
         }
         let step = snap.step;
-        let started = Instant::now();
         let writer = std::thread::Builder::new()
             .name("checkpoint-writer".into())
-            .spawn(move || snap.write(&dir))
+            .spawn(move || {
+                let t0 = Instant::now();
+                snap.write(&dir).map(|b| (b, t0.elapsed().as_secs_f64()))
+            })
             .context("cannot start the checkpoint writer thread")?;
         self.pending = Some(InFlight {
             step,
-            started,
+            stall_s: 0.0,
             writer,
         });
         if !self.policy.background {
-            self.finish(comm)?;
+            self.finish_with_stall(comm, Some(since))?;
+        } else if let Some(p) = self.pending.as_mut() {
+            p.stall_s = since.elapsed().as_secs_f64();
         }
         Ok(())
     }
@@ -255,6 +284,11 @@ impl Checkpointer {
 
     /// Collective: waits for the pending save, then marks it complete (rank 0).
     pub fn finish(&mut self, comm: &MpiComm) -> Result<()> {
+        self.finish_with_stall(comm, None)
+    }
+
+    /// [`Self::finish`]; with `since`, the training thread waited for the whole save.
+    fn finish_with_stall(&mut self, comm: &MpiComm, since: Option<Instant>) -> Result<()> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
@@ -262,21 +296,35 @@ impl Checkpointer {
             .writer
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint writer thread panicked")));
-        let mut failed = [f64::from(u8::from(res.is_err()))];
-        comm.all_reduce_sum_f64_uncounted(&mut failed);
+        // Per-rank slots [failed, bytes, seconds]; the sum over ranks gathers them.
+        let mut v = vec![0.0f64; 3 * comm_size(comm)];
+        let (b, secs) = res.as_ref().map_or((0, 0.0), |x| *x);
+        let mine = [f64::from(u8::from(res.is_err())), b as f64, secs];
+        v[3 * self.rank..3 * self.rank + 3].copy_from_slice(&mine);
+        comm.all_reduce_sum_f64_uncounted(&mut v);
         let dir = self.policy.dir.join(step_dir_name(p.step));
         res.with_context(|| format!("saving checkpoint {}", dir.display()))?;
-        if failed[0] > 0.0 {
+        if v.chunks(3).any(|c| c[0] > 0.0) {
             bail!("saving checkpoint {} failed on another rank", dir.display());
         }
         if self.rank == 0 {
             self.complete(&dir, p.step)?;
+            let r = SaveReport {
+                step: p.step,
+                bytes: v.chunks(3).map(|c| c[1] as u64).sum(),
+                write_s: v.chunks(3).map(|c| c[2]).fold(0.0, f64::max),
+                stall_s: since.map_or(p.stall_s, |t| t.elapsed().as_secs_f64()),
+                dir,
+            };
             log::info!(
-                "checkpoint {} complete ({:.1} MB, {:.2} s after the snapshot)",
-                dir.display(),
-                dir_bytes(&dir) as f64 / 1e6,
-                p.started.elapsed().as_secs_f64()
+                "checkpoint {} complete: {:.1} MB written in {:.2} s ({:.0} MB/s); training held {:.3} s",
+                r.dir.display(),
+                r.bytes as f64 / 1e6,
+                r.write_s,
+                r.bytes as f64 / 1e6 / r.write_s.max(1e-9),
+                r.stall_s
             );
+            self.reports.push(r);
         }
         Ok(())
     }
@@ -360,14 +408,4 @@ fn prune(root: &Path, newest: usize, keep: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }

@@ -113,8 +113,14 @@ fn set_up<B: Backend>(
     let mut tr = Trainer::new(cfg, rt.size, rt.rank, be)?;
     let start = match &resume {
         Some(dir) => {
+            let t0 = Instant::now();
             let mut src = ckpt::open_source(dir)?;
             let step = tr.restore(&mut src)?;
+            log::info!(
+                "restored {:.1} MB of checkpoint data in {:.3} s",
+                src.bytes_read as f64 / 1e6,
+                t0.elapsed().as_secs_f64()
+            );
             if rt.rank == 0 {
                 let m = &src.meta;
                 log::info!(
@@ -169,7 +175,8 @@ impl Run<'_> {
             if stop && self.rank == 0 {
                 log::warn!("stop signal: saving step {done} and exiting for requeue");
             }
-            ck.start(tr.snapshot(done, self.rank)?, &gr.metrics)?;
+            let since = Instant::now();
+            ck.start(tr.snapshot(done, self.rank)?, &gr.metrics, since)?;
         }
         if stop || last {
             ck.finish(&gr.metrics)?;
@@ -310,7 +317,13 @@ fn train_loop<B: Backend>(
             w.write(&m)?;
             report_step(&bar, &m, steps, cfg.log.every);
         }
-        if run.after_step(tr, gr, s + 1, s + 1 == steps)? {
+        let stop = run.after_step(tr, gr, s + 1, s + 1 == steps)?;
+        if let (Some(w), Some(ck)) = (writer.as_deref_mut(), run.ckpt.as_deref_mut()) {
+            for r in ck.reports.drain(..) {
+                w.write_json(&serde_json::json!({ "checkpoint": r }))?;
+            }
+        }
+        if stop {
             stopped_at = Some(s + 1);
             break;
         }
