@@ -208,6 +208,17 @@ pub trait Backend: Send + Sync {
         s: AdamStep,
     ) -> Result<()>;
 
+    /// A buffer holding `host`, taking ownership (no copy where the backend keeps host memory).
+    fn upload_vec(&self, host: Vec<f32>) -> Result<Self::Buf> {
+        self.upload(&host)
+    }
+
+    /// `out ← buf` in host memory, reusing `out`'s allocation where the backend can.
+    fn download_into(&self, buf: &Self::Buf, out: &mut Vec<f32>) -> Result<()> {
+        *out = self.download(buf)?;
+        Ok(())
+    }
+
     /// A copy of region `r` of `buf` in host memory. Default: the whole buffer, sliced.
     fn download_region(&self, buf: &Self::Buf, r: Region) -> Result<Vec<f32>> {
         Ok(self.download(buf)?[r.range()].to_vec())

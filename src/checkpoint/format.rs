@@ -113,11 +113,12 @@ pub fn placement(ly: &StageLayout, i: usize, global: &ParamLayout, vocab: usize)
 /// CRC-32 of the little-endian bytes of `data`.
 pub fn crc32(data: &[f32]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    let mut bytes = Vec::with_capacity(4 * 4096);
-    for chunk in data.chunks(4096) {
-        bytes.clear();
-        bytes.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
-        h.update(&bytes);
+    if cfg!(target_endian = "little") {
+        h.update(bytemuck::cast_slice(data));
+    } else {
+        for x in data {
+            h.update(&x.to_le_bytes());
+        }
     }
     h.finalize()
 }

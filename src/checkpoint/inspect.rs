@@ -135,7 +135,7 @@ fn export(dir: &Path, out: &Path) -> Result<()> {
     let gcfg = cfg.with_tp_padding(1);
     let global = ParamLayout::new(&gcfg);
     let ly = StageLayout::new(&gcfg, &global, 1, 0, 1, 0)?;
-    let local = src.load_local(&ly, &global, Kind::Model)?;
+    let local = src.load_local(&ly, Kind::Model)?;
     let mut g = vec![0.0f32; global.total];
     ly.insert(&global, &local, &mut g);
     let host = repad(&global, &g, &ParamLayout::new(&cfg));

@@ -11,6 +11,7 @@ use crate::parallel::shard::{stage_layers, StageLayout};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Which state to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +88,7 @@ pub struct Source {
     gcfg: Gpt2Config,
     global: ParamLayout,
     files: HashMap<String, hdf5::File>,
-    layouts: HashMap<(usize, usize), StageLayout>,
+    layouts: HashMap<(usize, usize), Arc<StageLayout>>,
     /// Bytes of tensor data read so far.
     pub bytes_read: u64,
 }
@@ -121,13 +122,13 @@ impl Source {
         Ok(&self.files[name])
     }
 
-    fn layout(&mut self, s: usize, t: usize) -> Result<&StageLayout> {
+    fn layout(&mut self, s: usize, t: usize) -> Result<Arc<StageLayout>> {
         if !self.layouts.contains_key(&(s, t)) {
             let m = &self.meta;
             let ly = StageLayout::new(&self.gcfg, &self.global, m.tp, t, m.pp, s)?;
-            self.layouts.insert((s, t), ly);
+            self.layouts.insert((s, t), Arc::new(ly));
         }
-        Ok(&self.layouts[&(s, t)])
+        Ok(Arc::clone(&self.layouts[&(s, t)]))
     }
 
     /// The stage that stores global tensor `gi` (wte: the first).
@@ -156,9 +157,19 @@ impl Source {
             .position(|e| e.name == name)
             .with_context(|| format!("the checkpoint's model has no tensor {name}"))?;
         let s = self.stage_of(gi);
+        if self.meta.tp == 1 {
+            // One shard holds the whole tensor, in global order (no copy needed).
+            let ly = self.layout(s, 0)?;
+            let i = ly
+                .global_index
+                .iter()
+                .position(|&x| x == gi)
+                .context("layout")?;
+            return self.local_tensor(&ly, i, kind);
+        }
         let mut g = vec![0.0f32; self.global.entries[gi].len];
         for t in 0..self.meta.tp {
-            let ly = self.layout(s, t)?.clone();
+            let ly = self.layout(s, t)?;
             let i = ly
                 .global_index
                 .iter()
@@ -179,9 +190,8 @@ impl Source {
     fn local_tensor(&mut self, ly: &StageLayout, i: usize, kind: Kind) -> Result<Vec<f32>> {
         let e = &ly.entries[i];
         let p = placement(ly, i, &self.global, self.meta.model.vocab_size);
-        let mut local = vec![0.0f32; e.len];
         if p.is_empty() {
-            return Ok(local);
+            return Ok(vec![0.0f32; e.len]);
         }
         let (s, t) = (ly.stage, ly.tp_rank);
         let path = match kind {
@@ -190,14 +200,15 @@ impl Source {
             Kind::AdamV => format!("optim/{}/v", e.name),
         };
         if kind != Kind::Model && self.meta.sharded_optim() {
-            return self.zero_pieces(s, t, &path, &p.shape, local);
+            return self.zero_pieces(s, t, &path, &p.shape, vec![0.0f32; e.len]);
         }
         let name = shard_file(s, t);
         let fpath = self.dir.join(&name);
         let st = read_tensor(self.file(&name)?, &fpath, &path)?;
         self.bytes_read += 4 * st.data.len() as u64;
         check_box(&st, &p.shape, &p.global_shape, &p.offset, &fpath, &path)?;
-        local[..st.data.len()].copy_from_slice(&st.data);
+        let mut local = st.data;
+        local.resize(e.len, 0.0); // padding rows of wte
         Ok(local)
     }
 
@@ -242,25 +253,17 @@ impl Source {
         Ok(local)
     }
 
-    /// The state of `kind` for a rank with layout `ly` (any grid's layout of the same model,
-    /// `global` its padded global layout): its flat local buffer.
-    pub fn load_local(
-        &mut self,
-        ly: &StageLayout,
-        global: &ParamLayout,
-        kind: Kind,
-    ) -> Result<Vec<f32>> {
+    /// The state of `kind` for a rank with layout `ly` (any grid's layout of the same model):
+    /// its flat local buffer.
+    pub fn load_local(&mut self, ly: &StageLayout, kind: Kind) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; ly.total];
         for (i, e) in ly.entries.iter().enumerate() {
             let src = self.global_tensor(&e.name, kind)?;
-            let want = global.entries[ly.global_index[i]].len;
             // Vocabulary padding may differ between grids: rows are the leading dimension and
-            // padding rows are zero, so a prefix copy converts.
-            let mut g = vec![0.0f32; want];
-            let n = want.min(src.len());
-            g[..n].copy_from_slice(&src[..n]);
+            // padding rows are zero, so elements past the source's end are zero.
             for run in &ly.runs[i] {
-                out[e.offset + run.local..][..run.len].copy_from_slice(&g[run.global..][..run.len]);
+                let n = src.len().saturating_sub(run.global).min(run.len);
+                out[e.offset + run.local..][..n].copy_from_slice(&src[run.global..][..n]);
             }
         }
         Ok(out)
@@ -273,7 +276,7 @@ impl Source {
         let mut n = 0;
         for s in 0..self.meta.pp {
             for t in 0..self.meta.tp {
-                let ly = self.layout(s, t)?.clone();
+                let ly = self.layout(s, t)?;
                 for i in 0..ly.entries.len() {
                     if !ly.counted[i] {
                         continue;

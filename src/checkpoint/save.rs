@@ -191,8 +191,8 @@ struct InFlight {
     step: usize,
     /// Seconds the training thread spent on this save before going on.
     stall_s: f64,
-    /// (bytes, seconds) of this rank's writer.
-    writer: JoinHandle<Result<(u64, f64)>>,
+    /// (bytes, seconds, the snapshot back for reuse) of this rank's writer.
+    writer: JoinHandle<Result<(u64, f64, Snapshot)>>,
 }
 
 /// A finished save, as reported in the metrics (rank 0).
@@ -216,6 +216,8 @@ pub struct Checkpointer {
     pending: Option<InFlight>,
     /// Finished saves not yet written to the metrics (rank 0).
     pub reports: Vec<SaveReport>,
+    /// The last snapshot, whose host buffers the next one reuses (no new page faults).
+    spare: Option<Snapshot>,
 }
 
 impl Checkpointer {
@@ -225,7 +227,18 @@ impl Checkpointer {
             rank,
             pending: None,
             reports: Vec::new(),
+            spare: None,
         }
+    }
+
+    /// The previous snapshot (once its save finished), to refill instead of allocating.
+    pub fn take_spare(&mut self) -> Option<Snapshot> {
+        self.spare.take()
+    }
+
+    /// Whether a save is still being written.
+    pub fn busy(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Whether to save after `steps_done` steps (`last`: the run's final step).
@@ -254,7 +267,8 @@ impl Checkpointer {
             .name("checkpoint-writer".into())
             .spawn(move || {
                 let t0 = Instant::now();
-                snap.write(&dir).map(|b| (b, t0.elapsed().as_secs_f64()))
+                snap.write(&dir)
+                    .map(|b| (b, t0.elapsed().as_secs_f64(), snap))
             })
             .context("cannot start the checkpoint writer thread")?;
         self.pending = Some(InFlight {
@@ -298,12 +312,13 @@ impl Checkpointer {
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint writer thread panicked")));
         // Per-rank slots [failed, bytes, seconds]; the sum over ranks gathers them.
         let mut v = vec![0.0f64; 3 * comm_size(comm)];
-        let (b, secs) = res.as_ref().map_or((0, 0.0), |x| *x);
+        let (b, secs) = res.as_ref().map_or((0, 0.0), |x| (x.0, x.1));
         let mine = [f64::from(u8::from(res.is_err())), b as f64, secs];
         v[3 * self.rank..3 * self.rank + 3].copy_from_slice(&mine);
         comm.all_reduce_sum_f64_uncounted(&mut v);
         let dir = self.policy.dir.join(step_dir_name(p.step));
-        res.with_context(|| format!("saving checkpoint {}", dir.display()))?;
+        let (_, _, snap) = res.with_context(|| format!("saving checkpoint {}", dir.display()))?;
+        self.spare = Some(snap);
         if v.chunks(3).any(|c| c[0] > 0.0) {
             bail!("saving checkpoint {} failed on another rank", dir.display());
         }

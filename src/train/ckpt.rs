@@ -15,26 +15,47 @@ use std::path::PathBuf;
 impl<B: Backend> Trainer<B> {
     /// Host copy of what this rank writes after `step` steps: the model (and, without ZeRO,
     /// the optimizer state) on dp rank 0, its ZeRO-1 shard on every dp rank, `meta.h5` on
-    /// world rank 0.
-    pub(crate) fn snapshot(&self, step: usize, world_rank: usize) -> Result<Snapshot> {
+    /// world rank 0. The buffers of `spare` (the previous snapshot) are refilled when given.
+    pub(crate) fn snapshot(
+        &self,
+        step: usize,
+        world_rank: usize,
+        spare: Option<Snapshot>,
+    ) -> Result<Snapshot> {
         let be = &self.model.be;
         let first_replica = self.coords.dp == 0;
-        let params = first_replica
-            .then(|| be.download(&self.params))
-            .transpose()?;
+        let (old_p, old_m, old_v) = match spare {
+            Some(s) => {
+                let (m, v) = match s.optim {
+                    OptimState::Full { m, v } | OptimState::Zero { m, v, .. } => (m, v),
+                    OptimState::None => (Vec::new(), Vec::new()),
+                };
+                (s.params.unwrap_or_default(), m, v)
+            }
+            None => Default::default(),
+        };
+        let params = if first_replica {
+            let mut p = old_p;
+            be.download_into(&self.params, &mut p)?;
+            Some(p)
+        } else {
+            None
+        };
+        let (mut m, mut v) = (old_m, old_v);
         let optim = match (&self.zero, &self.opt) {
             (Some(z), _) => {
-                let (lo, m, v, _) = z.state();
-                OptimState::Zero {
-                    lo,
-                    m: m.to_vec(),
-                    v: v.to_vec(),
-                }
+                let (lo, zm, zv, _) = z.state();
+                m.clear();
+                m.extend_from_slice(zm);
+                v.clear();
+                v.extend_from_slice(zv);
+                OptimState::Zero { lo, m, v }
             }
-            (None, Some(o)) if first_replica => OptimState::Full {
-                m: be.download(&o.m)?,
-                v: be.download(&o.v)?,
-            },
+            (None, Some(o)) if first_replica => {
+                be.download_into(&o.m, &mut m)?;
+                be.download_into(&o.v, &mut v)?;
+                OptimState::Full { m, v }
+            }
             _ => OptimState::None,
         };
         let meta = (world_rank == 0).then(|| self.meta(step)).transpose()?;
@@ -84,17 +105,17 @@ impl<B: Backend> Trainer<B> {
     pub(crate) fn restore(&mut self, src: &mut Source) -> Result<usize> {
         check_compatible(&self.cfg, &src.meta, &src.dir)?;
         let ly = self.model.layout.clone();
-        let params = src.load_local(&ly, &self.glayout, Kind::Model)?;
-        let m = src.load_local(&ly, &self.glayout, Kind::AdamM)?;
-        let v = src.load_local(&ly, &self.glayout, Kind::AdamV)?;
+        let params = src.load_local(&ly, Kind::Model)?;
+        let m = src.load_local(&ly, Kind::AdamM)?;
+        let v = src.load_local(&ly, Kind::AdamV)?;
         let be = &self.model.be;
-        self.params = be.upload(&params)?;
+        self.params = be.upload_vec(params)?;
         let t = src.meta.adam_t;
         match (self.zero.as_mut(), self.opt.as_mut()) {
             (Some(z), _) => z.restore(&m, &v, t),
             (None, Some(o)) => {
-                o.m = be.upload(&m)?;
-                o.v = be.upload(&v)?;
+                o.m = be.upload_vec(m)?;
+                o.v = be.upload_vec(v)?;
                 o.t = t;
             }
             _ => bail!("optimizer state missing"),

@@ -175,8 +175,20 @@ impl Run<'_> {
             if stop && self.rank == 0 {
                 log::warn!("stop signal: saving step {done} and exiting for requeue");
             }
+            if ck.busy() {
+                // Never two saves at once: wait for the previous writer first.
+                let t0 = Instant::now();
+                ck.finish(&gr.metrics)?;
+                if self.rank == 0 {
+                    log::info!(
+                        "waited {:.2} s for the previous checkpoint to finish writing",
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+            }
             let since = Instant::now();
-            ck.start(tr.snapshot(done, self.rank)?, &gr.metrics, since)?;
+            let snap = tr.snapshot(done, self.rank, ck.take_spare())?;
+            ck.start(snap, &gr.metrics, since)?;
         }
         if stop || last {
             ck.finish(&gr.metrics)?;

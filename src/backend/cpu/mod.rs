@@ -279,6 +279,14 @@ impl Backend for Cpu {
     fn sum(&self, x: &Vec<f32>) -> Result<f64> {
         Ok(x.iter().map(|&v| v as f64).sum())
     }
+    fn upload_vec(&self, host: Vec<f32>) -> Result<Vec<f32>> {
+        Ok(host)
+    }
+    fn download_into(&self, buf: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        out.extend_from_slice(buf);
+        Ok(())
+    }
     fn download_region(&self, buf: &Vec<f32>, r: Region) -> Result<Vec<f32>> {
         Ok(buf[r.range()].to_vec())
     }

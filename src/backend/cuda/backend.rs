@@ -231,6 +231,11 @@ impl Backend for CudaBackend {
     fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
         Ok(self.stream.clone_dtoh(buf)?)
     }
+    fn download_into(&self, buf: &CudaSlice<f32>, out: &mut Vec<f32>) -> Result<()> {
+        out.resize(buf.len(), 0.0);
+        self.stream.memcpy_dtoh(buf, out.as_mut_slice())?;
+        Ok(())
+    }
     fn download_region(&self, buf: &CudaSlice<f32>, r: Region) -> Result<Vec<f32>> {
         Ok(self.stream.clone_dtoh(&buf.slice(r.range()))?)
     }
