@@ -15,7 +15,8 @@ not what is measured) with `checkpoint.background = false`. The metrics JSONL's 
 gives the bytes of all files and the slowest rank's write time (every file written as .tmp,
 fsynced and renamed); save bandwidth = bytes / write time. 4 ranks = tp 2 × pp 2, so four
 writers each write a quarter. Raw write: one Python stream writes the same bytes (64 MiB
-chunks of random data) to a file in the same directory and fsyncs.
+chunks of random data) to a file in the same directory and fsyncs; the median of 3, taken
+right after the case's save and load (this VM's disk varies by 2-3x between runs).
 
 Load: `ferrotron train --resume` of that checkpoint with train.steps = 1 (nothing left to
 train): each rank logs the bytes it read and the seconds `restore` took (open, read every
@@ -99,7 +100,20 @@ def ckpt_lines(out):
     return [json.loads(l)["checkpoint"] for l in open(os.path.join(out, "metrics.jsonl")) if '"checkpoint"' in l]
 
 
-def io_case(bin_, work, model, ranks, shard):
+def raw_io(work, n, repeats):
+    """Median (and all) of `repeats` raw sequential writes and reads of n bytes."""
+    raw = os.path.join(work, "raw.bin")
+    ws, rs, dropped = [], [], True
+    for _ in range(repeats):
+        ws.append(raw_write(raw, n))
+        r, d = raw_read(raw)
+        rs.append(r)
+        dropped = dropped and d
+        os.remove(raw)
+    return statistics.median(ws), statistics.median(rs), ws, rs, dropped
+
+
+def io_case(bin_, work, model, ranks, shard, repeats):
     tp, pp = GRIDS[ranks]
     out = os.path.join(work, f"{model}_{ranks}")
     ferrotron(bin_, ranks, base_sets(model, shard, out, tp, pp, 1, ["checkpoint.background=false"]), work)
@@ -109,18 +123,16 @@ def io_case(bin_, work, model, ranks, shard):
     restores = [(float(mb), float(s)) for mb, s in re.findall(r"restored ([\d.]+) MB of checkpoint data in ([\d.]+) s", log)]
     assert len(restores) == ranks, log[-2000:]
     load_s = max(s for _, s in restores)
-    raw = os.path.join(work, "raw.bin")
-    w = raw_write(raw, ck["bytes"])
-    r, dropped_raw = raw_read(raw)
-    os.remove(raw)
     shutil.rmtree(out, ignore_errors=True)
+    w, r, ws, rs, dropped_raw = raw_io(work, ck["bytes"], repeats)
     shutil.rmtree(out + "_load", ignore_errors=True)
     mb = ck["bytes"] / 1e6
     row = {"model": model, "ranks": ranks, "tp": tp, "pp": pp, "bytes": ck["bytes"],
            "save_s": ck["write_s"], "save_MBps": mb / ck["write_s"], "raw_write_s": w, "raw_write_MBps": mb / w,
            "save_vs_raw": w / ck["write_s"], "load_s": load_s, "load_MBps": mb / load_s,
            "read_MB_per_rank": [x for x, _ in restores], "raw_read_s": r, "raw_read_MBps": mb / r,
-           "load_vs_raw": r / load_s, "page_cache_dropped": dropped and dropped_raw}
+           "load_vs_raw": r / load_s, "page_cache_dropped": dropped and dropped_raw,
+           "raw_write_s_all": ws, "raw_read_s_all": rs}
     print(f"{model} {ranks} rank(s): {mb:.0f} MB  save {row['save_MBps']:.0f} MB/s (raw {row['raw_write_MBps']:.0f}, "
           f"{100 * row['save_vs_raw']:.0f}%)  load {row['load_MBps']:.0f} MB/s (raw read {row['raw_read_MBps']:.0f}, "
           f"{100 * row['load_vs_raw']:.0f}%)  cache dropped: {row['page_cache_dropped']}", flush=True)
@@ -195,6 +207,7 @@ def main():
     ap.add_argument("--models", default="124m,350m")
     ap.add_argument("--ranks", default="1,4")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where checkpoints are written (the disk measured)")
+    ap.add_argument("--raw-repeats", type=int, default=3, help="raw write/read measurements per case (median)")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args()
     if not os.path.exists(a.ferrotron):
@@ -211,7 +224,7 @@ def main():
         pb.write_shard(shard, 100_000, 50257)
         for model in a.models.split(","):
             for ranks in (int(x) for x in a.ranks.split(",")):
-                results["io"].append(io_case(bin_, work, model, ranks, shard))
+                results["io"].append(io_case(bin_, work, model, ranks, shard, a.raw_repeats))
         for bg in (True, False):
             results["stall"].append(stall_case(bin_, work, shard, bg))
     results["total_wall_s"] = round(time.time() - t0, 1)

@@ -319,3 +319,48 @@ fn check_box(
 pub fn step_path(root: &Path, step: usize) -> PathBuf {
     root.join(step_dir_name(step))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--resume auto|PATH` resolution: fresh start, `latest`, dangling `latest`, incomplete.
+    #[test]
+    fn resolve_follows_latest_and_refuses_incomplete() {
+        let root = std::env::temp_dir().join(format!("ferrotron-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        assert_eq!(
+            resolve("auto", Some(&root)).unwrap(),
+            None,
+            "empty dir: fresh start"
+        );
+        assert!(resolve("auto", None)
+            .unwrap_err()
+            .to_string()
+            .contains("checkpoint.dir"));
+        let s4 = root.join("step_00000004");
+        std::fs::create_dir_all(&s4).unwrap();
+        std::fs::write(s4.join("COMPLETE"), "").unwrap();
+        let s8 = root.join("step_00000008");
+        std::fs::create_dir_all(&s8).unwrap(); // incomplete
+        assert_eq!(
+            resolve("auto", Some(&root)).unwrap(),
+            Some(s4.clone()),
+            "newest complete"
+        );
+        std::fs::write(root.join("latest"), "step_00000004\n").unwrap();
+        assert_eq!(resolve("auto", Some(&root)).unwrap(), Some(s4.clone()));
+        let p = root.to_str().unwrap();
+        assert_eq!(resolve(p, None).unwrap(), Some(s4));
+        let e = resolve(s8.to_str().unwrap(), None).unwrap_err().to_string();
+        assert!(e.contains("incomplete"), "{e}");
+        std::fs::write(root.join("latest"), "step_00000099\n").unwrap();
+        let e = resolve("auto", Some(&root)).unwrap_err().to_string();
+        assert!(
+            e.contains("step_00000099") && e.contains("does not exist"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

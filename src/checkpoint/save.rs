@@ -424,3 +424,69 @@ fn prune(root: &Path, newest: usize, keep: usize) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk(root: &Path, step: usize, complete: bool) {
+        let d = root.join(step_dir_name(step));
+        std::fs::create_dir_all(&d).unwrap();
+        if complete {
+            std::fs::write(d.join("COMPLETE"), "meta.h5\n").unwrap();
+        }
+    }
+
+    fn names(root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Pruning keeps the newest K complete checkpoints, never the one just written, and drops
+    /// incomplete ones older than it (a crash's leftovers) but not newer ones.
+    #[test]
+    fn prune_keeps_the_newest_complete() {
+        let root = std::env::temp_dir().join(format!("ferrotron-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (s, c) in [
+            (2, true),
+            (4, false),
+            (6, true),
+            (8, true),
+            (10, true),
+            (12, false),
+        ] {
+            mk(&root, s, c);
+        }
+        prune(&root, 10, 2).unwrap();
+        assert_eq!(
+            names(&root),
+            ["step_00000008", "step_00000010", "step_00000012"]
+        );
+        let steps = list_steps(&root).unwrap();
+        assert_eq!(
+            steps.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>(),
+            [(8, true), (10, true), (12, false)]
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A fresh step directory replaces an incomplete one but never a complete one.
+    #[test]
+    fn prepare_dir_never_overwrites_a_complete_checkpoint() {
+        let root = std::env::temp_dir().join(format!("ferrotron-prep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        mk(&root, 3, false);
+        std::fs::write(root.join(step_dir_name(3)).join("junk"), "x").unwrap();
+        prepare_dir(&root.join(step_dir_name(3))).unwrap();
+        assert!(names(&root.join(step_dir_name(3))).is_empty());
+        mk(&root, 5, true);
+        let e = prepare_dir(&root.join(step_dir_name(5))).unwrap_err();
+        assert!(e.to_string().contains("refusing to overwrite"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
