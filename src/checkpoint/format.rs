@@ -216,6 +216,53 @@ pub fn read_tensor(file: &hdf5::File, file_path: &Path, path: &str) -> Result<St
     })
 }
 
+/// Reads dataset `path` straight into `out` (which must have its exact size), checking its
+/// CRC and that it is stored with `shape` at `offset` of `global_shape`.
+pub fn read_tensor_into(
+    file: &hdf5::File,
+    file_path: &Path,
+    path: &str,
+    p: &Placement,
+    out: &mut [f32],
+) -> Result<()> {
+    let at = || format!("tensor {path} in {}", file_path.display());
+    let ds = file
+        .dataset(path)
+        .with_context(|| format!("{} is missing", at()))?;
+    let attr = |k: &str| -> Result<Vec<usize>> {
+        let v: Vec<u64> = ds.attr(k)?.read_raw()?;
+        Ok(v.into_iter().map(|x| x as usize).collect())
+    };
+    let (shape, gshape, off) = (
+        ds.shape(),
+        attr("global_shape").with_context(at)?,
+        attr("offset").with_context(at)?,
+    );
+    if shape != p.shape || gshape != p.global_shape || off != p.offset {
+        bail!(
+            "{}: stored shape {shape:?} at offset {off:?} of {gshape:?}, expected {:?} at {:?} of {:?} for this grid",
+            at(),
+            p.shape,
+            p.offset,
+            p.global_shape
+        );
+    }
+    ds.read_into_raw::<f32>(out)
+        .with_context(|| format!("reading {}", at()))?;
+    let want: u32 = ds
+        .attr("crc32")
+        .and_then(|a| a.read_scalar())
+        .with_context(|| format!("{}: no crc32", at()))?;
+    let got = crc32(out);
+    if got != want {
+        bail!(
+            "{}: checksum mismatch (crc32 {got:08x}, stored {want:08x}) — the file is corrupt",
+            at()
+        );
+    }
+    Ok(())
+}
+
 pub fn write_str_attr(loc: &hdf5::Location, k: &str, v: &str) -> Result<()> {
     let s: VarLenUnicode = v
         .parse()

@@ -3,11 +3,13 @@
 //! tensor, and the rank's own part extracted — the same run arithmetic (`StageLayout`) that
 //! initialisation and export use, so every (dp, tp, pp) reads every other.
 
-use super::format::{optim_file, placement, read_tensor, shard_file, step_dir_name, StoredTensor};
+use super::format::{
+    optim_file, placement, read_tensor, read_tensor_into, shard_file, step_dir_name, StoredTensor,
+};
 use super::meta::Meta;
 use super::save::list_steps;
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
-use crate::parallel::shard::{stage_layers, StageLayout};
+use crate::parallel::shard::{stage_layers, Split, StageLayout};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -258,6 +260,9 @@ impl Source {
     pub fn load_local(&mut self, ly: &StageLayout, kind: Kind) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; ly.total];
         for (i, e) in ly.entries.iter().enumerate() {
+            if self.read_direct(ly, i, kind, &mut out[e.offset..e.offset + e.len])? {
+                continue;
+            }
             let src = self.global_tensor(&e.name, kind)?;
             // Vocabulary padding may differ between grids: rows are the leading dimension and
             // padding rows are zero, so elements past the source's end are zero.
@@ -267,6 +272,53 @@ impl Source {
             }
         }
         Ok(out)
+    }
+
+    /// Fast path when the writing grid stored exactly this local tensor (same TP size, not a
+    /// ZeRO piece): read it straight into `out`. Returns false when it does not apply.
+    fn read_direct(
+        &mut self,
+        ly: &StageLayout,
+        i: usize,
+        kind: Kind,
+        out: &mut [f32],
+    ) -> Result<bool> {
+        if ly.tp != self.meta.tp || (kind != Kind::Model && self.meta.sharded_optim()) {
+            return Ok(false);
+        }
+        let name = &ly.entries[i].name;
+        let Some(gi) = self.global.entries.iter().position(|e| &e.name == name) else {
+            return Ok(false);
+        };
+        let s = self.stage_of(gi);
+        // Replicated tensors are stored by TP rank 0 (the same values on every TP rank).
+        let t = if ly.splits[i] == Split::Replicated {
+            0
+        } else {
+            ly.tp_rank
+        };
+        let old = self.layout(s, t)?;
+        let Some(j) = old.global_index.iter().position(|&x| x == gi) else {
+            return Ok(false);
+        };
+        let p = placement(&old, j, &self.global, self.meta.model.vocab_size);
+        if !old.counted[j] || p != placement(ly, i, &self.global, self.meta.model.vocab_size) {
+            return Ok(false);
+        }
+        if p.is_empty() {
+            return Ok(true);
+        }
+        let path = match kind {
+            Kind::Model => format!("model/{name}"),
+            Kind::AdamM => format!("optim/{name}/m"),
+            Kind::AdamV => format!("optim/{name}/v"),
+        };
+        let file = shard_file(s, t);
+        let fpath = self.dir.join(&file);
+        let n = p.len();
+        read_tensor_into(self.file(&file)?, &fpath, &path, &p, &mut out[..n])?;
+        self.bytes_read += 4 * n as u64;
+        Ok(true)
     }
 
     /// Every stored tensor of every shard, read and checked (CRC, shape, box); returns the

@@ -118,37 +118,21 @@ impl Snapshot {
         let f = hdf5::File::create(path)?;
         write_u64_attr(&f, "pp", ly.stage as u64)?;
         write_u64_attr(&f, "tp", ly.tp_rank as u64)?;
-        for (i, e) in ly.entries.iter().enumerate() {
-            let p = placement(ly, i, &self.global, self.vocab);
-            if !ly.counted[i] || p.is_empty() {
-                continue;
-            }
-            let r = e.offset..e.offset + p.len();
-            write_tensor(
-                &f,
-                &format!("model/{}", e.name),
-                &params[r.clone()],
-                &p.shape,
-                &p,
-                None,
-            )?;
-            if let Some((m, v)) = optim {
-                write_tensor(
-                    &f,
-                    &format!("optim/{}/m", e.name),
-                    &m[r.clone()],
-                    &p.shape,
-                    &p,
-                    None,
-                )?;
-                write_tensor(
-                    &f,
-                    &format!("optim/{}/v", e.name),
-                    &v[r],
-                    &p.shape,
-                    &p,
-                    None,
-                )?;
+        // All of /model, then all m, then all v: a reader takes one kind at a time, so each
+        // pass over the file is sequential.
+        let mut parts = vec![("model", params, "")];
+        if let Some((m, v)) = optim {
+            parts.extend([("optim", m, "/m"), ("optim", v, "/v")]);
+        }
+        for (group, buf, leaf) in parts {
+            for (i, e) in ly.entries.iter().enumerate() {
+                let p = placement(ly, i, &self.global, self.vocab);
+                if !ly.counted[i] || p.is_empty() {
+                    continue;
+                }
+                let data = &buf[e.offset..e.offset + p.len()];
+                let path = format!("{group}/{}{leaf}", e.name);
+                write_tensor(&f, &path, data, &p.shape, &p, None)?;
             }
         }
         f.flush()?;
