@@ -191,9 +191,9 @@ def plot(results, path):
         x += 32 + 12 * len(label) + 30
     st = results["stall"]
     txt = ", ".join(f"background {'on' if s['background'] else 'off'} {s['median_stall_s']:.2f} s" for s in st)
-    cv.text(20, y + 45, f"training stall per save (124M, 1 rank): {txt}")
+    cv.text(20, y + 45, f"stall per save (124M, 1 rank): {txt}")
     mi = results["machine"]
-    cv.text(20, y + 75, f"{mi['cpu']}, nproc={mi['nproc']}; raw = median of 3; page cache dropped "
+    cv.text(20, y + 75, f"{mi['cpu']}, nproc={mi['nproc']}, raw = median of 3, page cache dropped "
             f"before reads: {all(r['page_cache_dropped'] for r in rows)}")
     cv.png(path)
 
