@@ -110,7 +110,7 @@ fn set_up<B: Backend>(
     metrics_path: &std::path::Path,
 ) -> Result<(Trainer<B>, Option<MetricsWriter>, usize)> {
     let resume = ckpt::resume_source(cfg, opts.resume.as_deref())?;
-    let mut tr = Trainer::new(cfg, rt.size, rt.rank, be)?;
+    let mut tr = Trainer::new(cfg, rt.size, rt.rank, be, resume.is_none())?;
     let start = match &resume {
         Some(dir) => {
             let t0 = Instant::now();

@@ -138,14 +138,19 @@ pub struct StepOut {
 }
 
 impl<B: Backend> Trainer<B> {
-    /// Validate inputs, load data, build and initialise this rank's stage. No collective calls.
-    pub fn new(cfg: &Config, world: usize, rank: usize, be: B) -> Result<Self> {
+    /// Validate inputs, load data, build and initialise this rank's stage (`init`: false leaves
+    /// the weights zero, for a run that restores them from a checkpoint). No collective calls.
+    pub fn new(cfg: &Config, world: usize, rank: usize, be: B, init: bool) -> Result<Self> {
         let grid = check_grid(cfg, world)?;
         let coords = grid.coords(rank);
         let gcfg = Gpt2Config::from_model_config(&cfg.model).with_tp_padding(grid.tp);
         let glayout = ParamLayout::new(&gcfg);
         let layout = StageLayout::new(&gcfg, &glayout, grid.tp, coords.tp, grid.pp, coords.pp)?;
-        let host = initial_params(cfg, &gcfg, &glayout, &layout)?;
+        let host = if init {
+            initial_params(cfg, &gcfg, &glayout, &layout)?
+        } else {
+            vec![0.0f32; layout.total]
+        };
         let model = StageModel::new(gcfg, layout, be);
         let t = &cfg.train;
         let train_files = TokenData::from_pattern(&cfg.data.train).context("data.train")?;
