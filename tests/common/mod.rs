@@ -91,10 +91,12 @@ pub fn mpirun(np: usize, args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Ou
 pub fn corpus() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let src = Path::new(FORTUNES);
+        // $FERROTRON_TEST_FORTUNES: the same files elsewhere (e.g. carried to the GPU machine).
+        let dir = std::env::var("FERROTRON_TEST_FORTUNES").unwrap_or_else(|_| FORTUNES.into());
+        let src = Path::new(&dir);
         assert!(
             src.is_dir(),
-            "{FORTUNES} is missing: run scripts/install-deps.sh (Debian package `fortunes`)"
+            "{dir} is missing: run scripts/install-deps.sh (Debian package `fortunes`)"
         );
         let root = scratch("corpus");
         let text = root.join("text");
