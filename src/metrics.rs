@@ -57,15 +57,19 @@ impl MetricsWriter {
         })
     }
 
-    /// Continues the metrics of a resumed run: keeps the lines of steps `..= step` already in
-    /// `path` (if it exists) and appends after them.
+    /// Continues the metrics of a resumed run: keeps the lines (steps, validation, checkpoint
+    /// reports) of steps `..= step` already in `path` (if it exists) and appends after them.
     pub fn resume(path: &Path, step: usize) -> Result<Self> {
         let old = std::fs::read_to_string(path).unwrap_or_default();
         let mut w = Self::create(path)?;
         for line in old.lines() {
+            // Step lines, validation lines and checkpoint reports of steps up to `step`.
             let s = serde_json::from_str::<serde_json::Value>(line)
                 .ok()
-                .and_then(|v| v.get("step")?.as_u64());
+                .and_then(|v| {
+                    let step = v.get("step");
+                    step.or_else(|| v.get("checkpoint")?.get("step"))?.as_u64()
+                });
             if s.is_some_and(|s| s as usize <= step) {
                 writeln!(w.out, "{line}")?;
             }
@@ -98,5 +102,33 @@ impl MetricsWriter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resuming at step 2 keeps step, validation and checkpoint lines up to step 2 only.
+    #[test]
+    fn resume_keeps_lines_up_to_the_step() {
+        let p =
+            std::env::temp_dir().join(format!("ferrotron-metrics-{}.jsonl", std::process::id()));
+        let lines = [
+            r#"{"step":0,"val_loss":10.0}"#,
+            r#"{"step":1,"loss":9.0}"#,
+            r#"{"step":2,"loss":8.0}"#,
+            r#"{"checkpoint":{"step":2,"bytes":1}}"#,
+            r#"{"step":3,"loss":7.0}"#,
+            r#"{"checkpoint":{"step":3,"bytes":1}}"#,
+        ];
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        let mut w = MetricsWriter::resume(&p, 2).unwrap();
+        w.write_val(3, 6.5).unwrap();
+        drop(w);
+        let got = std::fs::read_to_string(&p).unwrap();
+        let want = lines[..4].join("\n") + "\n" + r#"{"step":3,"val_loss":6.5}"# + "\n";
+        assert_eq!(got, want);
+        std::fs::remove_file(&p).unwrap();
     }
 }
