@@ -41,22 +41,7 @@ fn run(
         .iter()
         .map(|(_, l)| l.parse().unwrap())
         .collect();
-    let bytes = std::fs::read(out.join("final/model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut w: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let x = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (k, x)
-        })
-        .collect();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    (losses, w)
+    (losses, final_weights(&out))
 }
 
 #[test]

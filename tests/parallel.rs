@@ -33,23 +33,7 @@ fn run(
         .iter()
         .map(|(_, l)| l.parse().unwrap())
         .collect();
-    let bytes = std::fs::read(out.join("final/model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k,
-                v.data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )
-        })
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    (losses, tensors)
+    (losses, final_weights(&out))
 }
 
 /// The `comm_bytes` object of every step line of a run's metrics.

@@ -168,3 +168,23 @@ pub fn losses(metrics: &Path) -> Vec<(u64, String)> {
         })
         .collect()
 }
+
+/// The tensors of a run's `final/model.safetensors` (f32), sorted by name.
+pub fn final_weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(run_dir.join("final/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut w: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let x = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (k, x)
+        })
+        .collect();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
