@@ -179,6 +179,28 @@ pub struct StoredTensor {
     pub local_range: Option<[usize; 2]>,
 }
 
+/// A u64-array attribute of a dataset, as usizes.
+fn usize_attr(ds: &hdf5::Dataset, k: &str) -> Result<Vec<usize>> {
+    let v: Vec<u64> = ds.attr(k)?.read_raw()?;
+    Ok(v.into_iter().map(|x| x as usize).collect())
+}
+
+/// Error unless `data` matches the dataset's `crc32` attribute (`at` names it in messages).
+fn check_crc(ds: &hdf5::Dataset, data: &[f32], at: &dyn Fn() -> String) -> Result<()> {
+    let want: u32 = ds
+        .attr("crc32")
+        .and_then(|a| a.read_scalar())
+        .with_context(|| format!("{}: no crc32", at()))?;
+    let got = crc32(data);
+    if got != want {
+        bail!(
+            "{}: checksum mismatch (crc32 {got:08x}, stored {want:08x}) — the file is corrupt",
+            at()
+        );
+    }
+    Ok(())
+}
+
 /// Reads dataset `path` of `file` (at `file_path`, for messages) and checks its CRC.
 pub fn read_tensor(file: &hdf5::File, file_path: &Path, path: &str) -> Result<StoredTensor> {
     let at = || format!("tensor {path} in {}", file_path.display());
@@ -188,29 +210,15 @@ pub fn read_tensor(file: &hdf5::File, file_path: &Path, path: &str) -> Result<St
     let data = ds
         .read_raw::<f32>()
         .with_context(|| format!("reading {}", at()))?;
-    let want: u32 = ds
-        .attr("crc32")
-        .and_then(|a| a.read_scalar())
-        .with_context(|| format!("{}: no crc32", at()))?;
-    let got = crc32(&data);
-    if got != want {
-        bail!(
-            "{}: checksum mismatch (crc32 {got:08x}, stored {want:08x}) — the file is corrupt",
-            at()
-        );
-    }
-    let attr = |k: &str| -> Result<Vec<usize>> {
-        let v: Vec<u64> = ds.attr(k)?.read_raw()?;
-        Ok(v.into_iter().map(|x| x as usize).collect())
-    };
-    let local_range = match attr("local_range") {
+    check_crc(&ds, &data, &at)?;
+    let local_range = match usize_attr(&ds, "local_range") {
         Ok(v) if v.len() == 2 => Some([v[0], v[1]]),
         _ => None,
     };
     Ok(StoredTensor {
         shape: ds.shape(),
-        global_shape: attr("global_shape").with_context(at)?,
-        offset: attr("offset").with_context(at)?,
+        global_shape: usize_attr(&ds, "global_shape").with_context(at)?,
+        offset: usize_attr(&ds, "offset").with_context(at)?,
         local_range,
         data,
     })
@@ -229,15 +237,9 @@ pub fn read_tensor_into(
     let ds = file
         .dataset(path)
         .with_context(|| format!("{} is missing", at()))?;
-    let attr = |k: &str| -> Result<Vec<usize>> {
-        let v: Vec<u64> = ds.attr(k)?.read_raw()?;
-        Ok(v.into_iter().map(|x| x as usize).collect())
-    };
-    let (shape, gshape, off) = (
-        ds.shape(),
-        attr("global_shape").with_context(at)?,
-        attr("offset").with_context(at)?,
-    );
+    let shape = ds.shape();
+    let gshape = usize_attr(&ds, "global_shape").with_context(at)?;
+    let off = usize_attr(&ds, "offset").with_context(at)?;
     if shape != p.shape || gshape != p.global_shape || off != p.offset {
         bail!(
             "{}: stored shape {shape:?} at offset {off:?} of {gshape:?}, expected {:?} at {:?} of {:?} for this grid",
@@ -249,18 +251,7 @@ pub fn read_tensor_into(
     }
     ds.read_into_raw::<f32>(out)
         .with_context(|| format!("reading {}", at()))?;
-    let want: u32 = ds
-        .attr("crc32")
-        .and_then(|a| a.read_scalar())
-        .with_context(|| format!("{}: no crc32", at()))?;
-    let got = crc32(out);
-    if got != want {
-        bail!(
-            "{}: checksum mismatch (crc32 {got:08x}, stored {want:08x}) — the file is corrupt",
-            at()
-        );
-    }
-    Ok(())
+    check_crc(&ds, out, &at)
 }
 
 pub fn write_str_attr(loc: &hdf5::Location, k: &str, v: &str) -> Result<()> {

@@ -23,6 +23,17 @@ pub enum Kind {
     AdamV,
 }
 
+impl Kind {
+    /// The HDF5 path of tensor `name`'s state of this kind.
+    fn dataset(self, name: &str) -> String {
+        match self {
+            Kind::Model => format!("model/{name}"),
+            Kind::AdamM => format!("optim/{name}/m"),
+            Kind::AdamV => format!("optim/{name}/v"),
+        }
+    }
+}
+
 /// The checkpoint a `--resume` spec names. `auto`: the one `<root>/latest` names, or None when
 /// `root` holds no checkpoint yet (a fresh start). A path: a step directory, or a root whose
 /// `latest` is followed. The result is always a complete checkpoint.
@@ -196,11 +207,7 @@ impl Source {
             return Ok(vec![0.0f32; e.len]);
         }
         let (s, t) = (ly.stage, ly.tp_rank);
-        let path = match kind {
-            Kind::Model => format!("model/{}", e.name),
-            Kind::AdamM => format!("optim/{}/m", e.name),
-            Kind::AdamV => format!("optim/{}/v", e.name),
-        };
+        let path = kind.dataset(&e.name);
         if kind != Kind::Model && self.meta.sharded_optim() {
             return self.zero_pieces(s, t, &path, &p.shape, vec![0.0f32; e.len]);
         }
@@ -308,11 +315,7 @@ impl Source {
         if p.is_empty() {
             return Ok(true);
         }
-        let path = match kind {
-            Kind::Model => format!("model/{name}"),
-            Kind::AdamM => format!("optim/{name}/m"),
-            Kind::AdamV => format!("optim/{name}/v"),
-        };
+        let path = kind.dataset(name);
         let file = shard_file(s, t);
         let fpath = self.dir.join(&file);
         let n = p.len();

@@ -175,8 +175,14 @@ impl MpiComm {
                 &mut p.req,
             )
         };
+        self.started(p, rc, "MPI_Isend", t0)
+    }
+
+    /// Finishes starting `p` with the call's return code: a failed call leaves no request to
+    /// wait for; a started one counts its payload and the time the call took.
+    fn started(&self, mut p: Pending, rc: i32, what: &str, t0: Instant) -> Result<Pending> {
         p.done = rc != 0;
-        check(rc, "MPI_Isend")?;
+        check(rc, what)?;
         self.stats.add(
             std::mem::size_of_val(&p.send[..]),
             t0.elapsed().as_secs_f64(),
@@ -203,13 +209,7 @@ impl MpiComm {
                 &mut p.req,
             )
         };
-        p.done = rc != 0;
-        check(rc, "MPI_Iallreduce")?;
-        self.stats.add(
-            std::mem::size_of_val(&p.send[..]),
-            t0.elapsed().as_secs_f64(),
-        );
-        Ok(p)
+        self.started(p, rc, "MPI_Iallreduce", t0)
     }
 
     /// Starts a reduce-scatter (`MPI_Ireduce_scatter`): `buf` is the concatenation of blocks of
@@ -246,13 +246,7 @@ impl MpiComm {
                 &mut p.req,
             )
         };
-        p.done = rc != 0;
-        check(rc, "MPI_Ireduce_scatter")?;
-        self.stats.add(
-            std::mem::size_of_val(&p.send[..]),
-            t0.elapsed().as_secs_f64(),
-        );
-        Ok(p)
+        self.started(p, rc, "MPI_Ireduce_scatter", t0)
     }
 
     /// Receives exactly `buf.len()` floats from group rank `src` with `tag`. Returns the seconds
