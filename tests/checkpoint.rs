@@ -199,14 +199,7 @@ fn spawn_job(dir: &Path, n: usize, args: &[String], envs: &[(&str, &str)]) -> st
         .arg(FERROTRON)
         .args(args)
         .current_dir(dir);
-    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("OMP_NUM_THREADS", "1");
-    for (k, v) in envs {
-        c.env(k, v);
-    }
+    mpi_env(&mut c, envs);
     // Output to a file: a full pipe would block the job.
     let log = std::fs::File::create(dir.join(format!("job-{}.log", std::process::id()))).unwrap();
     let err = log.try_clone().unwrap();

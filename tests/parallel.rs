@@ -54,18 +54,8 @@ fn comm_bytes(dir: &Path, name: &str) -> Vec<BTreeMap<String, u64>> {
 }
 
 fn assert_close(grid: &str, name: &str, a: &[f32], b: &[f32]) {
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
-    assert!(
-        d / n.max(1e-30) <= 1e-5,
-        "{grid}: final {name} differs by {}",
-        d / n
-    );
+    let r = rel_diff(a, b);
+    assert!(r <= 1e-5, "{grid}: final {name} differs by {r}");
 }
 
 /// Final weights of a grid run against the 1-rank run, tensor by tensor.

@@ -49,14 +49,9 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// Run `cmd args` with environment for MPI as root, killed after `secs`.
-pub fn run_timeout(secs: u64, cmd: &str, args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Out {
-    let mut c = Command::new("timeout");
-    c.arg("--kill-after=10")
-        .arg(secs.to_string())
-        .arg(cmd)
-        .args(args)
-        .current_dir(cwd);
+/// The environment every test command gets: MPI as root, oversubscription, no CMA (containers),
+/// one thread per rank, short panics; then `envs`.
+pub fn mpi_env(c: &mut Command, envs: &[(&str, &str)]) {
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
@@ -66,6 +61,29 @@ pub fn run_timeout(secs: u64, cmd: &str, args: &[&str], envs: &[(&str, &str)], c
     for (k, v) in envs {
         c.env(k, v);
     }
+}
+
+/// Relative L2 difference ‖a − b‖ / ‖b‖.
+pub fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
+    d / n.max(1e-30)
+}
+
+/// Run `cmd args` with environment for MPI as root, killed after `secs`.
+pub fn run_timeout(secs: u64, cmd: &str, args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Out {
+    let mut c = Command::new("timeout");
+    c.arg("--kill-after=10")
+        .arg(secs.to_string())
+        .arg(cmd)
+        .args(args)
+        .current_dir(cwd);
+    mpi_env(&mut c, envs);
     let o = c.output().expect("cannot run timeout(1)");
     Out {
         code: o.status.code().unwrap_or(-1),
