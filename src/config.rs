@@ -1,7 +1,7 @@
 //! Run configuration: TOML files in `inputs/`, `--set section.key=value` overrides, and
 //! validation up front with messages that name the offending key and the allowed values.
 //!
-//! Sections: `[model] [data] [train] [optim] [parallel] [checkpoint] [log]`. Unknown sections and
+//! Sections: `[model] [data] [train] [optim] [parallel] [comm] [checkpoint] [log]`. Unknown sections and
 //! keys are errors (serde `deny_unknown_fields`), so a typo never silently falls back to a default.
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +20,8 @@ pub struct Config {
     pub optim: OptimConfig,
     #[serde(default)]
     pub parallel: ParallelConfig,
+    #[serde(default)]
+    pub comm: CommConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
@@ -118,6 +120,18 @@ pub enum Precision {
     Bf16,
 }
 
+impl CommBackend {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Nccl => "nccl",
+            Self::MpiCudaAware => "mpi-cuda-aware",
+            Self::MpiStaged => "mpi-staged",
+        }
+    }
+}
+
 /// Which compute backend runs the model.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -158,6 +172,28 @@ pub struct ParallelConfig {
     /// stage's gradients with `overlap_grad_reduce = false` gives one reduction after backward.
     #[serde(default = "default_bucket_mb")]
     pub bucket_mb: f64,
+}
+
+/// How the groups move backend buffers (DESIGN "Communication").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommConfig {
+    /// "auto" (default), "nccl", "mpi-cuda-aware" or "mpi-staged"; the choice is logged at start.
+    #[serde(default)]
+    pub backend: CommBackend,
+}
+
+/// The requested transport for collectives and pipeline messages on backend buffers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommBackend {
+    /// NCCL where every rank has a GPU of its own, else CUDA-aware MPI where the MPI library
+    /// supports it, else MPI through host memory. On the CPU backend: MPI on host memory.
+    #[default]
+    Auto,
+    Nccl,
+    MpiCudaAware,
+    MpiStaged,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -426,6 +462,17 @@ impl Config {
             positive("parallel.dp", dp)?;
         }
         positive("checkpoint.keep_last", self.checkpoint.keep_last)?;
+        if self.train.backend == BackendKind::Cpu
+            && matches!(
+                self.comm.backend,
+                CommBackend::Nccl | CommBackend::MpiCudaAware
+            )
+        {
+            bail!(
+                "comm.backend = {:?} needs train.backend = \"cuda\" (the CPU backend uses \"auto\" or \"mpi-staged\")",
+                self.comm.backend.name()
+            );
+        }
         let mb = self.parallel.bucket_mb;
         if !(mb.is_finite() && mb > 0.0) {
             bail!("parallel.bucket_mb = {mb} must be a number > 0 (MiB per gradient bucket)");
@@ -522,6 +569,25 @@ seq_len = 16
             let e = err(BASE, &[&format!("parallel.bucket_mb={v}")]);
             assert!(e.contains("parallel.bucket_mb"), "{e}");
         }
+    }
+
+    #[test]
+    fn comm_backend_names_and_cpu_limits() {
+        let c = Config::from_str_with_overrides(BASE, &[]).unwrap();
+        assert_eq!(c.comm.backend, CommBackend::Auto);
+        let c =
+            Config::from_str_with_overrides(BASE, &["comm.backend=\"mpi-staged\"".into()]).unwrap();
+        assert_eq!(c.comm.backend, CommBackend::MpiStaged);
+        for b in ["nccl", "mpi-cuda-aware"] {
+            let e = err(BASE, &[&format!("comm.backend=\"{b}\"")]);
+            assert!(e.contains("comm.backend") && e.contains(b), "{e}");
+            let ok = [&format!("comm.backend=\"{b}\""), "train.backend=\"cuda\""];
+            let o: Vec<String> = ok.iter().map(|s| s.to_string()).collect();
+            let c = Config::from_str_with_overrides(BASE, &o).unwrap();
+            assert_eq!(c.comm.backend.name(), b);
+        }
+        let e = err(BASE, &["comm.backend=\"gloo\""]);
+        assert!(e.contains("comm") && e.contains("mpi-staged"), "{e}");
     }
 }
 

@@ -108,7 +108,7 @@ fn every_grid_matches_one_rank() {
     let (base_l, base_w) = run(1, &dir, "base", &cfg, &COMMON);
     assert_eq!(base_l.len(), 10);
     let mcfg = Gpt2Config::new(50257, 32, 32, 4, 4);
-    let mut cases: Vec<(usize, usize, usize, &str, u8, bool)> = Vec::new();
+    let mut cases: Vec<(usize, usize, usize, &str, u8, bool, &str)> = Vec::new();
     for (dp, tp, pp) in [
         (2, 1, 1),
         (1, 2, 1),
@@ -122,16 +122,19 @@ fn every_grid_matches_one_rank() {
         (4, 1, 1),
     ] {
         let zero = u8::from(dp > 1);
-        cases.push((dp, tp, pp, "1f1b", zero, true));
+        cases.push((dp, tp, pp, "1f1b", zero, true, "auto"));
         if pp > 1 {
-            cases.push((dp, tp, pp, "gpipe", zero, true));
+            cases.push((dp, tp, pp, "gpipe", zero, true, "auto"));
         }
     }
     // Plain data parallelism: bucketed and overlapped, and one reduction after backward.
-    cases.push((2, 2, 1, "1f1b", 0, true));
-    cases.push((2, 1, 2, "1f1b", 0, false));
-    for (dp, tp, pp, sched, zero, overlap) in cases {
-        let name = format!("dp{dp}-tp{tp}-pp{pp}-{sched}-zero{zero}-overlap{overlap}");
+    cases.push((2, 2, 1, "1f1b", 0, true, "auto"));
+    cases.push((2, 1, 2, "1f1b", 0, false, "auto"));
+    // Every message through host copies (the staged transport the GPU falls back to): TP
+    // all-reduces, overlapped dp buckets, the tied-wte reduction and pipeline messages.
+    cases.push((2, 2, 2, "1f1b", 0, true, "mpi-staged"));
+    for (dp, tp, pp, sched, zero, overlap, comm) in cases {
+        let name = format!("dp{dp}-tp{tp}-pp{pp}-{sched}-zero{zero}-overlap{overlap}-{comm}");
         // Overlapped: 10 KiB buckets, about one per layer, so reductions start during backward.
         // Not overlapped: one reduction of the whole gradient after backward.
         let mb = if overlap { 0.01 } else { 1000.0 };
@@ -142,6 +145,7 @@ fn every_grid_matches_one_rank() {
             format!("optim.zero={zero}"),
             format!("parallel.overlap_grad_reduce={overlap}"),
             format!("parallel.bucket_mb={mb}"),
+            format!("comm.backend=\"{comm}\""),
         ];
         let mut args = COMMON.to_vec();
         for s in &sets {
@@ -230,4 +234,49 @@ fn bad_grids_fail_cleanly_on_every_rank() {
         &dir,
     )
     .assert_clean_failure("world size 4");
+    // NCCL and CUDA-aware MPI move GPU buffers only.
+    mpirun(
+        2,
+        &["train", "--config", c, "--set", "comm.backend=\"nccl\""],
+        &[],
+        &dir,
+    )
+    .assert_clean_failure("comm.backend = \"nccl\" needs train.backend = \"cuda\"");
+}
+
+/// The transport is logged at start: MPI on host memory by default on the CPU backend, host
+/// copies when asked for.
+#[test]
+fn comm_backend_is_logged() {
+    let dir = scratch("comm-log");
+    let cfg = tiny_config(&dir, "");
+    let c = cfg.to_str().unwrap();
+    for (req, want) in [
+        (
+            "auto",
+            "comm: collectives mpi (host memory), pipeline messages mpi (host memory)",
+        ),
+        (
+            "mpi-staged",
+            "comm: collectives mpi-staged, pipeline messages mpi-staged",
+        ),
+    ] {
+        let set = format!("comm.backend=\"{req}\"");
+        let out = mpirun(
+            2,
+            &[
+                "train",
+                "--config",
+                c,
+                "--set",
+                "train.steps=1",
+                "--set",
+                &set,
+            ],
+            &[],
+            &dir,
+        );
+        out.assert_ok();
+        assert!(out.all().contains(want), "{req}: {}", out.all());
+    }
 }

@@ -9,10 +9,23 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod staged;
 
+use crate::comm::mpi::{MpiComm, Pending};
+use crate::comm::Communicator;
 use crate::model::gpt2::attention::AttnDims;
 use crate::model::gpt2::{embedding, vocab_parallel};
 use anyhow::Result;
+
+/// A started data-parallel reduction ([`Backend::start_all_reduce`]).
+pub enum Started {
+    /// MPI on a host copy; the sum is written back when it completes.
+    Host(Pending),
+    /// MPI on device memory, writing the sum in place.
+    InPlace(Pending),
+    /// Enqueued on the backend's stream (NCCL): ordered before everything enqueued later.
+    Enqueued,
+}
 
 /// A contiguous range of a flat buffer (one parameter tensor, or its gradient).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +65,8 @@ pub trait Backend: Send + Sync {
     type Tokens;
 
     fn name(&self) -> String;
+    /// Floats in `buf`.
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
@@ -236,6 +251,67 @@ pub trait Backend: Send + Sync {
     /// communication can work in place; None otherwise (callers stage through the host).
     fn host_mut<'a>(&self, _buf: &'a mut Self::Buf) -> Option<&'a mut [f32]> {
         None
+    }
+
+    /// `buf[r] ← Σ_group buf[r]` over `comm` (TP activations, the tied-`wte` gradient), by the
+    /// group's transport. Default: in place on host memory, else staged through the host.
+    fn all_reduce_region(
+        &self,
+        comm: &dyn Communicator,
+        buf: &mut Self::Buf,
+        r: Region,
+    ) -> Result<()> {
+        staged::all_reduce_region(self, comm, buf, r)
+    }
+
+    /// Starts `grads[r] ← Σ_group grads[r]` for one data-parallel bucket whose gradients are
+    /// final; [`Backend::finish_all_reduce`] completes it. Default: a host copy reduced with
+    /// `MPI_Iallreduce`.
+    fn start_all_reduce(
+        &self,
+        comm: &MpiComm,
+        grads: &mut Self::Buf,
+        r: Region,
+    ) -> Result<Started> {
+        staged::start_all_reduce(self, comm, grads, r)
+    }
+
+    /// Completes a reduction [`Backend::start_all_reduce`] started on region `r` of `grads`.
+    fn finish_all_reduce(&self, grads: &mut Self::Buf, r: Region, s: Started) -> Result<()> {
+        staged::finish_all_reduce(self, grads, r, s)
+    }
+
+    /// Starts sending all of `buf` to rank `dest` of `comm` (pipeline messages). The buffer may
+    /// be reused at once. Default: a host copy sent with `MPI_Isend`.
+    fn send_buf(&self, comm: &MpiComm, buf: &Self::Buf, dest: usize, tag: i32) -> Result<Pending> {
+        comm.isend_f32(dest, tag, self.download(buf)?)
+    }
+
+    /// `buf ← ` the `len` floats rank `src` of `comm` sends with `tag`; returns the seconds spent
+    /// waiting for the message. Default: received into host memory, then uploaded.
+    fn recv_buf(
+        &self,
+        comm: &MpiComm,
+        buf: &mut Self::Buf,
+        len: usize,
+        src: usize,
+        tag: i32,
+    ) -> Result<f64> {
+        let mut host = vec![0.0f32; len];
+        let idle = comm.recv_f32(src, tag, &mut host)?;
+        *buf = self.upload_vec(host)?;
+        Ok(idle)
+    }
+
+    /// The stream NCCL communicators run on (CUDA backend), None elsewhere.
+    fn cuda_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
+        None
+    }
+
+    /// A unique id of the device this rank computes on (a GPU's UUID), to find ranks that share
+    /// one; None for host memory.
+    fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
+        Ok(None)
     }
 
     /// Σ x² over the given regions of `x` (f64 on the host). Default: staged through the host.

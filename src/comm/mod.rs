@@ -5,6 +5,7 @@
 //! the seconds it took, so per-step metrics can report communication per group and compare the
 //! bytes with the analytical volumes.
 
+pub mod link;
 pub mod mpi;
 pub mod threads;
 
@@ -44,4 +45,26 @@ pub trait Communicator {
     /// `out ← concat over ranks of input` (`out.len() = size · input.len()`).
     fn all_gather_f32(&self, input: &[f32], out: &mut [f32]) -> Result<()>;
     fn stats(&self) -> &CommStats;
+    /// How this group moves backend buffers ([`link::resolve`]); host memory unless the run
+    /// chose otherwise.
+    fn plan(&self) -> link::Plan {
+        link::Plan {
+            coll: link::Transport::Host,
+            p2p: link::Transport::Host,
+        }
+    }
+    /// The group's NCCL communicator (transport NCCL only).
+    fn nccl(&self) -> Option<&cudarc::nccl::safe::Comm> {
+        None
+    }
+    /// CUDA-aware MPI: `out ← Σ_group input`, `count` floats at device addresses `input` and
+    /// `out` (distinct buffers).
+    ///
+    /// # Safety
+    /// Both addresses must hold `count` floats of device memory whose pending writes have
+    /// completed (the stream is synchronised) and which nothing else touches during the call.
+    unsafe fn all_reduce_device(&self, input: u64, out: u64, count: usize) -> Result<()> {
+        let _ = (input, out, count);
+        anyhow::bail!("this communicator cannot reduce device memory")
+    }
 }

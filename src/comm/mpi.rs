@@ -1,5 +1,6 @@
 //! [`Communicator`] over MPI (rsmpi) on host memory.
 
+use super::link::{Plan, Transport};
 use super::{CommStats, Communicator};
 use anyhow::Result;
 use mpi::collective::SystemOperation;
@@ -7,10 +8,13 @@ use mpi::topology::{Color, Communicator as _, SimpleCommunicator};
 use mpi::traits::CommunicatorCollectives;
 use std::time::Instant;
 
-/// One MPI sub-communicator and its counters.
+/// One MPI sub-communicator, its counters, the run's transport plan and (with NCCL) the
+/// group's NCCL communicator.
 pub struct MpiComm {
     comm: SimpleCommunicator,
     stats: CommStats,
+    plan: Plan,
+    nccl: Option<cudarc::nccl::safe::Comm>,
 }
 
 impl MpiComm {
@@ -23,7 +27,39 @@ impl MpiComm {
         Ok(Self {
             comm,
             stats: CommStats::default(),
+            plan: Plan {
+                coll: Transport::Host,
+                p2p: Transport::Host,
+            },
+            nccl: None,
         })
+    }
+
+    /// Sets the run's transports; with NCCL collectives, also creates the group's NCCL
+    /// communicator on `stream` (group rank 0 makes the unique id and broadcasts it over MPI).
+    /// Collective over the group.
+    pub fn set_plan(
+        &mut self,
+        plan: Plan,
+        stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
+    ) -> Result<()> {
+        use cudarc::nccl::safe::{Comm, Id};
+        use mpi::traits::Root;
+        self.plan = plan;
+        if plan.coll != Transport::Nccl {
+            return Ok(());
+        }
+        let stream = stream.ok_or_else(|| anyhow::anyhow!("NCCL needs a CUDA stream"))?;
+        let nccl = |e: cudarc::nccl::result::NcclError| anyhow::anyhow!("NCCL: {e:?}");
+        let mut id = [0 as std::ffi::c_char; 128];
+        if self.rank() == 0 {
+            id = *Id::new().map_err(nccl)?.internal();
+        }
+        self.comm.process_at_rank(0).broadcast_into(&mut id[..]);
+        let comm =
+            Comm::from_rank(stream, self.rank(), self.size(), Id::uninit(id)).map_err(nccl)?;
+        self.nccl = Some(comm);
+        Ok(())
     }
 }
 
@@ -78,6 +114,31 @@ impl Communicator for MpiComm {
     fn stats(&self) -> &CommStats {
         &self.stats
     }
+    fn plan(&self) -> Plan {
+        self.plan
+    }
+    fn nccl(&self) -> Option<&cudarc::nccl::safe::Comm> {
+        self.nccl.as_ref()
+    }
+    unsafe fn all_reduce_device(&self, input: u64, out: u64, count: usize) -> Result<()> {
+        use mpi::raw::AsRaw;
+        let t0 = Instant::now();
+        // SAFETY: the caller guarantees both device buffers (see the trait); the MPI library
+        // is CUDA-aware (checked when the plan was made).
+        let rc = unsafe {
+            mpi::ffi::MPI_Allreduce(
+                input as *const std::ffi::c_void,
+                out as *mut std::ffi::c_void,
+                i32::try_from(count)?,
+                mpi::ffi::RSMPI_FLOAT,
+                mpi::ffi::RSMPI_SUM,
+                self.comm.as_raw(),
+            )
+        };
+        check(rc, "MPI_Allreduce (device memory)")?;
+        self.stats.add(4 * count, t0.elapsed().as_secs_f64());
+        Ok(())
+    }
 }
 
 /// A non-blocking MPI operation (a send or a collective) that owns its buffers, and the
@@ -89,6 +150,8 @@ pub struct Pending {
     recv: Vec<f32>,
     /// `recvcounts` of a reduce-scatter (must stay untouched until completion).
     _counts: Vec<i32>,
+    /// Device buffers an operation on device pointers reads or writes (kept until completion).
+    _keep: Option<Box<dyn std::any::Any>>,
     req: mpi::ffi::MPI_Request,
     done: bool,
 }
@@ -105,6 +168,7 @@ impl Pending {
             send,
             recv,
             _counts: counts,
+            _keep: None,
             // SAFETY: RSMPI_REQUEST_NULL is an initialised constant of the MPI library.
             req: unsafe { mpi::ffi::RSMPI_REQUEST_NULL },
             done: false,
@@ -179,15 +243,131 @@ impl MpiComm {
     }
 
     /// Finishes starting `p` with the call's return code: a failed call leaves no request to
-    /// wait for; a started one counts its payload and the time the call took.
+    /// wait for; a started one counts its payload (the host input, or `device_bytes` for an
+    /// operation on device memory) and the time the call took.
     fn started(&self, mut p: Pending, rc: i32, what: &str, t0: Instant) -> Result<Pending> {
+        self.started_bytes(std::mem::size_of_val(&p.send[..]), &mut p, rc, what, t0)?;
+        Ok(p)
+    }
+
+    fn started_bytes(
+        &self,
+        bytes: usize,
+        p: &mut Pending,
+        rc: i32,
+        what: &str,
+        t0: Instant,
+    ) -> Result<()> {
         p.done = rc != 0;
         check(rc, what)?;
-        self.stats.add(
-            std::mem::size_of_val(&p.send[..]),
-            t0.elapsed().as_secs_f64(),
-        );
+        self.stats.add(bytes, t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// CUDA-aware MPI: starts `out ← Σ_group input` on `count` floats of device memory
+    /// (`MPI_Iallreduce`); `keep` owns whatever device buffers back the two addresses.
+    ///
+    /// # Safety
+    /// `input` and `out` must be distinct device buffers of `count` floats, owned by `keep` or
+    /// otherwise untouched until the returned operation completes, with no pending writes.
+    pub unsafe fn iall_reduce_device(
+        &self,
+        input: u64,
+        out: u64,
+        count: usize,
+        keep: Box<dyn std::any::Any>,
+    ) -> Result<Pending> {
+        use mpi::raw::AsRaw;
+        let t0 = Instant::now();
+        let mut p = Pending::new(Vec::new(), Vec::new(), Vec::new());
+        p._keep = Some(keep);
+        // SAFETY: see the contract above.
+        let rc = unsafe {
+            mpi::ffi::MPI_Iallreduce(
+                input as *const std::ffi::c_void,
+                out as *mut std::ffi::c_void,
+                i32::try_from(count)?,
+                mpi::ffi::RSMPI_FLOAT,
+                mpi::ffi::RSMPI_SUM,
+                self.comm.as_raw(),
+                &mut p.req,
+            )
+        };
+        self.started_bytes(4 * count, &mut p, rc, "MPI_Iallreduce (device memory)", t0)?;
         Ok(p)
+    }
+
+    /// CUDA-aware MPI: starts sending `count` floats at device address `ptr` to group rank
+    /// `dest`; `keep` owns the device buffer.
+    ///
+    /// # Safety
+    /// `ptr` must address `count` floats of device memory owned by `keep`, with no pending
+    /// writes.
+    pub unsafe fn isend_device(
+        &self,
+        ptr: u64,
+        count: usize,
+        dest: usize,
+        tag: i32,
+        keep: Box<dyn std::any::Any>,
+    ) -> Result<Pending> {
+        use mpi::raw::AsRaw;
+        let t0 = Instant::now();
+        let mut p = Pending::new(Vec::new(), Vec::new(), Vec::new());
+        p._keep = Some(keep);
+        // SAFETY: see the contract above.
+        let rc = unsafe {
+            mpi::ffi::MPI_Isend(
+                ptr as *const std::ffi::c_void,
+                i32::try_from(count)?,
+                mpi::ffi::RSMPI_FLOAT,
+                i32::try_from(dest)?,
+                tag,
+                self.comm.as_raw(),
+                &mut p.req,
+            )
+        };
+        self.started_bytes(4 * count, &mut p, rc, "MPI_Isend (device memory)", t0)?;
+        Ok(p)
+    }
+
+    /// CUDA-aware MPI: receives exactly `count` floats from group rank `src` with `tag` into
+    /// device memory at `ptr`. Returns the seconds spent waiting for the message (as
+    /// [`MpiComm::recv_f32`]).
+    ///
+    /// # Safety
+    /// `ptr` must address `count` floats of device memory that nothing else uses during the
+    /// call.
+    pub unsafe fn recv_device(&self, ptr: u64, count: usize, src: usize, tag: i32) -> Result<f64> {
+        use mpi::datatype::Equivalence;
+        use mpi::point_to_point::Source as _;
+        use mpi::raw::AsRawMut;
+        let t0 = Instant::now();
+        let (mut msg, status) = self
+            .comm
+            .process_at_rank(i32::try_from(src)?)
+            .matched_probe_with_tag(tag);
+        let idle = t0.elapsed().as_secs_f64();
+        let n = status.count(f32::equivalent_datatype()) as usize;
+        anyhow::ensure!(
+            n == count,
+            "pipeline message from rank {src} has {n} floats, expected {count}"
+        );
+        let t1 = Instant::now();
+        // SAFETY: `msg` is the matched message of `n` floats; `ptr` holds `count` = n floats.
+        let rc = unsafe {
+            mpi::ffi::MPI_Mrecv(
+                ptr as *mut std::ffi::c_void,
+                i32::try_from(count)?,
+                mpi::ffi::RSMPI_FLOAT,
+                msg.as_raw_mut(),
+                mpi::ffi::RSMPI_STATUS_IGNORE,
+            )
+        };
+        std::mem::forget(msg);
+        check(rc, "MPI_Mrecv (device memory)")?;
+        self.stats.add(4 * count, t1.elapsed().as_secs_f64());
+        Ok(idle)
     }
 
     /// Starts `Σ_group buf` (`MPI_Iallreduce`); `wait` returns the sum. Counts the payload.

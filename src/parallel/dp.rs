@@ -10,8 +10,9 @@
 //!
 //! During the step's last backward the stage reports, after each layer, from which offset its
 //! gradients are final ([`OnReady`](super::stage::OnReady)); every bucket inside that range is
-//! copied to an owned host buffer and its non-blocking reduction (`MPI_Iallreduce`, or with
-//! ZeRO-1 `MPI_Ireduce_scatter` onto the dp shards) started, and MPI is driven (`MPI_Test`) so
+//! started by the run's transport ([`Backend::start_all_reduce`]: `MPI_Iallreduce` on a host
+//! copy, CUDA-aware `MPI_Iallreduce` on device memory, or NCCL on the stream; with ZeRO-1
+//! `MPI_Ireduce_scatter` of a host copy onto the dp shards), and MPI is driven (`MPI_Test`) so
 //! reductions progress while the remaining layers compute. After backward the trainer starts
 //! the head bucket and waits for all, and the sums replace the local gradients.
 //!
@@ -21,7 +22,7 @@
 //! so all start the same buckets in the same order, as MPI requires of collectives.
 
 use super::shard::StageLayout;
-use crate::backend::{Backend, Region};
+use crate::backend::{Backend, Region, Started};
 use crate::comm::mpi::{MpiComm, Pending};
 use crate::comm::Communicator;
 use anyhow::Result;
@@ -80,7 +81,15 @@ pub struct DpReducer<'a> {
     total: usize,
     /// Buckets `..next` have been started.
     next: usize,
-    pending: Vec<(Region, Pending)>,
+    pending: Vec<(Region, Reduction)>,
+}
+
+/// One started bucket.
+enum Reduction {
+    /// `grads[r] ← Σ_dp grads[r]` by the group's transport.
+    Sum(Started),
+    /// ZeRO-1: MPI reduce-scatter of a host copy onto the dp shards.
+    Shards(Pending),
 }
 
 impl<'a> DpReducer<'a> {
@@ -97,7 +106,7 @@ impl<'a> DpReducer<'a> {
 
     /// Backward hook: gradients `from ..` are final. Starts every bucket inside that range (in
     /// order), then drives MPI's progress on all started ones.
-    pub fn ready<B: Backend>(&mut self, be: &B, grads: &B::Buf, from: usize) -> Result<()> {
+    pub fn ready<B: Backend>(&mut self, be: &B, grads: &mut B::Buf, from: usize) -> Result<()> {
         while let Some(&r) = self.buckets.get(self.next) {
             if r.off < from || r.len == 0 {
                 break;
@@ -105,23 +114,27 @@ impl<'a> DpReducer<'a> {
             self.start(be, grads, r)?;
         }
         let t0 = Instant::now();
-        for (_, p) in &mut self.pending {
-            p.test()?;
+        for (_, red) in &mut self.pending {
+            if let Reduction::Sum(Started::Host(p) | Started::InPlace(p)) | Reduction::Shards(p) =
+                red
+            {
+                p.test()?;
+            }
         }
         self.comm.stats().add(0, t0.elapsed().as_secs_f64());
         Ok(())
     }
 
-    fn start<B: Backend>(&mut self, be: &B, grads: &B::Buf, r: Region) -> Result<()> {
-        let host = be.download_region(grads, r)?;
-        let p = match self.target {
-            Target::AllReduce => self.comm.iall_reduce_f32(host)?,
+    fn start<B: Backend>(&mut self, be: &B, grads: &mut B::Buf, r: Region) -> Result<()> {
+        let red = match self.target {
+            Target::AllReduce => Reduction::Sum(be.start_all_reduce(self.comm, grads, r)?),
             Target::ReduceScatter { chunk } => {
                 let counts = shard_counts(r, chunk, self.total, self.comm.size());
-                self.comm.ireduce_scatter_f32(host, &counts)?
+                let host = be.download_region(grads, r)?;
+                Reduction::Shards(self.comm.ireduce_scatter_f32(host, &counts)?)
             }
         };
-        self.pending.push((r, p));
+        self.pending.push((r, red));
         self.next += 1;
         Ok(())
     }
@@ -139,11 +152,11 @@ impl<'a> DpReducer<'a> {
             Target::AllReduce => None,
             Target::ReduceScatter { chunk } => Some(vec![0.0f32; chunk]),
         };
-        for (r, p) in std::mem::take(&mut self.pending) {
-            let mut sum = p.wait()?;
-            match (&mut shard, self.target) {
-                (None, _) => be.upload_region(grads, r.off, &sum)?,
-                (Some(s), Target::ReduceScatter { chunk }) => {
+        for (r, red) in std::mem::take(&mut self.pending) {
+            match (red, &mut shard, self.target) {
+                (Reduction::Sum(st), None, _) => be.finish_all_reduce(grads, r, st)?,
+                (Reduction::Shards(p), Some(s), Target::ReduceScatter { chunk }) => {
+                    let mut sum = p.wait()?;
                     let mine = shard_range(rank, chunk, self.total);
                     let lo = r.off.max(mine.start);
                     let hi = (r.off + r.len).min(mine.end);
@@ -152,7 +165,7 @@ impl<'a> DpReducer<'a> {
                         s[lo - mine.start..hi - mine.start].copy_from_slice(&sum);
                     }
                 }
-                (Some(_), Target::AllReduce) => unreachable!("shard only with reduce-scatter"),
+                _ => unreachable!("a bucket's reduction matches the target"),
             }
         }
         self.comm.stats().add(0, t0.elapsed().as_secs_f64());

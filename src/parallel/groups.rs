@@ -3,10 +3,14 @@
 
 use super::shard::StageLayout;
 use super::{Coords, Grid};
+use crate::backend::Backend;
+use crate::comm::link::{self, Facts, Plan};
 use crate::comm::mpi::MpiComm;
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use anyhow::Result;
-use mpi::topology::SimpleCommunicator;
+use mpi::collective::SystemOperation;
+use mpi::topology::{Communicator as _, SimpleCommunicator};
+use mpi::traits::CommunicatorCollectives;
 
 /// This rank's communicators. `emb` joins the first and last stage of one (tp, dp) when
 /// pp > 1 (a single-rank group otherwise); `world` carries the per-step scalars (loss, squared
@@ -21,7 +25,24 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// Collective over `world`: every rank must call it.
+    /// The groups of grid `g`, moving backend buffers by `plan` (NCCL communicators for the tp,
+    /// dp and embedding groups, made on `stream`, when the plan says NCCL — 1-rank groups
+    /// included). Collective over `world`: every rank must call it.
+    pub fn with_plan(
+        world: &SimpleCommunicator,
+        g: Grid,
+        rank: usize,
+        plan: Plan,
+        stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
+    ) -> Result<Self> {
+        let mut gr = Self::new(world, g, rank)?;
+        for c in [&mut gr.tp, &mut gr.dp, &mut gr.emb, &mut gr.pp] {
+            c.set_plan(plan, stream.clone())?;
+        }
+        Ok(gr)
+    }
+
+    /// The groups of grid `g` on host memory. Collective over `world`.
     pub fn new(world: &SimpleCommunicator, g: Grid, rank: usize) -> Result<Self> {
         let c = g.coords(rank);
         let in_emb = g.pp > 1 && (c.pp == 0 || c.pp + 1 == g.pp);
@@ -39,6 +60,31 @@ impl Groups {
             metrics: MpiComm::split(world, 0)?,
         })
     }
+}
+
+/// What every rank found about its device and libraries, combined over `world` (the worst case
+/// of any rank, so all ranks resolve the same transport). Collective over `world`.
+pub fn gather_facts<B: Backend>(world: &SimpleCommunicator, be: &B) -> Result<Facts> {
+    let uuid = be.device_uuid()?;
+    let cuda = uuid.is_some();
+    let mine = [
+        i32::from(link::mpi_cuda_aware()),
+        i32::from(cuda && link::nccl_loadable()),
+    ];
+    let mut all = [0i32; 2];
+    world.all_reduce_into(&mine[..], &mut all[..], SystemOperation::min());
+    let mut ids = vec![0u8; 16 * world.size() as usize];
+    world.all_gather_into(&uuid.unwrap_or_default()[..], &mut ids[..]);
+    let ids: Vec<[u8; 16]> = ids
+        .chunks_exact(16)
+        .map(|c| c.try_into().unwrap_or_default())
+        .collect();
+    Ok(Facts {
+        cuda,
+        shared_gpu: if cuda { link::first_shared(&ids) } else { None },
+        mpi_cuda_aware: all[0] == 1,
+        nccl: all[1] == 1,
+    })
 }
 
 /// Gathers the weights of data-parallel replica 0 onto rank 0 as one global buffer (layout

@@ -2,6 +2,8 @@
 //! step — forwards and backwards of micro-batches on this stage, activations and gradients
 //! exchanged with the neighbouring stages over the `pp` group by point-to-point messages.
 //!
+//! Messages move by the run's point-to-point transport ([`Backend::send_buf`]/`recv_buf`: MPI on
+//! host copies, or CUDA-aware MPI on device copies).
 //! Sends are non-blocking (each owns its buffer; all are completed at the end of the step), so
 //! a schedule whose simulation completes cannot deadlock; receives block. The time spent
 //! waiting for a message to arrive (and for sends to drain at the end) is the stage's idle time,
@@ -60,7 +62,6 @@ pub fn run<B: Backend>(
     let mut out = RunOut::default();
     let mut slot_of = SlotMap::new(slots.len());
     let mut sends: Vec<Pending> = Vec::new();
-    let mut host = Vec::new();
     // Every message is one [B·T, C] activation or gradient.
     let act_len = slots.first().map_or(0, |a| a.b * a.t) * model.cfg.n_embd;
     let pp = || links.pp.context("pipeline action without a pp group");
@@ -72,9 +73,8 @@ pub fn run<B: Backend>(
         match a {
             Action::RecvAct(mb) => {
                 let s = slot_of.assign(mb)?;
-                host.resize(act_len, 0.0);
-                out.idle_s += pp()?.recv_f32(stage - 1, TAG_ACT, &mut host)?;
-                slots[s].input = be.upload(&host)?;
+                let input = &mut slots[s].input;
+                out.idle_s += be.recv_buf(pp()?, input, act_len, stage - 1, TAG_ACT)?;
             }
             Action::Forward(mb) => {
                 let s = slot_of.assign(mb)?;
@@ -89,21 +89,20 @@ pub fn run<B: Backend>(
                     if model.is_last() {
                         continue;
                     }
-                    let act = be.download(model.output(&slots[s]))?;
-                    sends.push(pp()?.isend_f32(stage + 1, TAG_ACT, act)?);
+                    let act = model.output(&slots[s]);
+                    sends.push(be.send_buf(pp()?, act, stage + 1, TAG_ACT)?);
                 }
             }
             Action::SendAct(mb) => {
                 if grads.is_some() {
                     let s = slot_of.get(mb)?;
-                    let act = be.download(model.output(&slots[s]))?;
-                    sends.push(pp()?.isend_f32(stage + 1, TAG_ACT, act)?);
+                    let act = model.output(&slots[s]);
+                    sends.push(be.send_buf(pp()?, act, stage + 1, TAG_ACT)?);
                 }
             }
             Action::RecvGrad(_) => {
-                host.resize(act_len, 0.0);
-                out.idle_s += pp()?.recv_f32(stage + 1, TAG_GRAD, &mut host)?;
-                scratch.dres = be.upload(&host)?;
+                let dres = &mut scratch.dres;
+                out.idle_s += be.recv_buf(pp()?, dres, act_len, stage + 1, TAG_GRAD)?;
             }
             Action::Backward(mb) => {
                 let g = grads
@@ -119,8 +118,7 @@ pub fn run<B: Backend>(
                 slot_of.release(mb)?;
             }
             Action::SendGrad(_) => {
-                let d = be.download(&scratch.dres)?;
-                sends.push(pp()?.isend_f32(stage - 1, TAG_GRAD, d)?);
+                sends.push(be.send_buf(pp()?, &scratch.dres, stage - 1, TAG_GRAD)?);
             }
         }
         progress(&mut sends)?;

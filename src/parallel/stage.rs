@@ -50,7 +50,7 @@ pub struct StageActs<B: Backend> {
 /// step of this backward changes gradient elements `o ..` — except the tied `wte`, which is
 /// final only at the end (see [`StageLayout::tail_start`]). Used to start bucketed data-parallel
 /// reductions while the rest of backward runs.
-pub type OnReady<'a, B> = dyn FnMut(&<B as Backend>::Buf, usize) -> Result<()> + 'a;
+pub type OnReady<'a, B> = dyn FnMut(&mut <B as Backend>::Buf, usize) -> Result<()> + 'a;
 
 /// Gradient scratch shared by all micro-batches of a stage.
 pub struct StageScratch<B: Backend> {
@@ -349,7 +349,7 @@ mod tests {
             // Start from earlier micro-batches' (nonzero) gradients.
             let mut grads = wave(ly.total, 31);
             let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
-            let mut hook = |g: &Vec<f32>, o: usize| {
+            let mut hook = |g: &mut Vec<f32>, o: usize| {
                 seen.push((o, g.clone()));
                 Ok(())
             };

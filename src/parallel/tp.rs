@@ -9,8 +9,8 @@
 //!
 //! The model calls [`Tp::all_reduce`] at the forward all-reduce of a reduce region and at the
 //! backward all-reduce of a copy region; the identities cost nothing and are only named in
-//! comments at the call sites. Buffers are reduced in place when the backend keeps them in host
-//! memory, otherwise staged through the host.
+//! comments at the call sites. Buffers move by the run's transport (`comm.backend`): in place
+//! on host memory, through host copies, by CUDA-aware MPI or by NCCL.
 
 use crate::backend::Backend;
 use crate::comm::Communicator;
@@ -64,29 +64,12 @@ impl<'a> Tp<'a> {
     }
 }
 
-/// `buf ← Σ_group buf` on a backend buffer: in place on host buffers, else staged.
+/// `buf ← Σ_group buf` on a backend buffer, by the group's transport
+/// ([`Backend::all_reduce_region`]).
 pub fn all_reduce_buf<B: Backend>(be: &B, comm: &dyn Communicator, buf: &mut B::Buf) -> Result<()> {
-    if let Some(h) = be.host_mut(buf) {
-        return comm.all_reduce_sum_f32(h);
-    }
-    let mut h = be.download(buf)?;
-    comm.all_reduce_sum_f32(&mut h)?;
-    *buf = be.upload(&h)?;
-    Ok(())
-}
-
-/// `buf[r] ← Σ_group buf[r]` for one region of a backend buffer.
-pub fn all_reduce_region<B: Backend>(
-    be: &B,
-    comm: &dyn Communicator,
-    buf: &mut B::Buf,
-    r: crate::backend::Region,
-) -> Result<()> {
-    if let Some(h) = be.host_mut(buf) {
-        return comm.all_reduce_sum_f32(&mut h[r.range()]);
-    }
-    let mut h = be.download(buf)?;
-    comm.all_reduce_sum_f32(&mut h[r.range()])?;
-    *buf = be.upload(&h)?;
-    Ok(())
+    let r = crate::backend::Region {
+        off: 0,
+        len: be.buf_len(buf),
+    };
+    be.all_reduce_region(comm, buf, r)
 }

@@ -6,11 +6,12 @@ use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::checkpoint::hf;
 use crate::checkpoint::save::{Checkpointer, SavePolicy};
+use crate::comm::link;
 use crate::comm::Communicator;
 use crate::config::{BackendKind, Config};
 use crate::metrics::{MetricsWriter, StepMetrics};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
-use crate::parallel::groups::{gather_weights, Groups};
+use crate::parallel::groups::{gather_facts, gather_weights, Groups};
 use crate::parallel::shard::repad;
 use crate::runtime::Runtime;
 use anyhow::{Context, Result};
@@ -48,9 +49,22 @@ fn run_on<B: Backend>(
         .unwrap_or_else(|| out_dir.join("metrics.jsonl"));
     let setup = set_up(cfg, opts, rt, be, &metrics_path);
     let (mut tr, mut writer, start) = rt.agree(setup)?;
-    let gr = Groups::new(&rt.world, tr.grid, rt.rank)?;
+    let facts = gather_facts(&rt.world, &tr.model.be)?;
+    let (plan, why) = rt.agree(link::resolve(cfg.comm.backend, &facts))?;
+    let gr = rt.agree(Groups::with_plan(
+        &rt.world,
+        tr.grid,
+        rt.rank,
+        plan,
+        tr.model.be.cuda_stream(),
+    ))?;
     if rt.rank == 0 {
         log_setup(cfg, &tr);
+        log::info!(
+            "comm: collectives {}, pipeline messages {} ({why})",
+            plan.coll.name(),
+            plan.p2p.name()
+        );
     }
     let first_val = if start == 0 { tr.validate(&gr)? } else { None };
     take_stats(&gr);

@@ -19,7 +19,6 @@ use crate::parallel::groups::Groups;
 use crate::parallel::pipeline::{self, Links};
 use crate::parallel::shard::{check_shape, repad, StageLayout};
 use crate::parallel::stage::{OnReady, StageActs, StageModel, StageScratch};
-use crate::parallel::tp::all_reduce_region;
 use crate::parallel::zero::ZeroShard;
 use crate::parallel::{Coords, Grid, Tp};
 use crate::schedule::Action;
@@ -246,7 +245,7 @@ impl<B: Backend> Trainer<B> {
         let mut red = (dp > 1).then(|| DpReducer::new(&gr.dp, self.buckets.clone(), target, total));
         let run = {
             let be = &self.model.be;
-            let mut hook = |g: &B::Buf, from: usize| match red.as_mut() {
+            let mut hook = |g: &mut B::Buf, from: usize| match red.as_mut() {
                 Some(r) => r.ready(be, g, from),
                 None => Ok(()),
             };
@@ -292,7 +291,7 @@ impl<B: Backend> Trainer<B> {
                 off: wte.offset,
                 len: wte.len,
             };
-            all_reduce_region(be, &gr.emb, &mut self.grads, r)?;
+            be.all_reduce_region(&gr.emb, &mut self.grads, r)?;
         }
         let dp = self.grid.dp;
         let shard = match red {

@@ -78,6 +78,9 @@ impl Backend for Cpu {
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
     }
+    fn buf_len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
     fn zeros(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
     }

@@ -11,7 +11,9 @@
 use super::device_count;
 use super::gemm::{Batch, GMat, Gemm, Opts};
 use super::kernels::{self, AttnShape, Kernels, SUMSQ_PARTS};
-use crate::backend::{AdamStep, Backend, Region};
+use crate::backend::{AdamStep, Backend, Region, Started};
+use crate::comm::mpi::{MpiComm, Pending};
+use crate::comm::Communicator;
 use crate::config::Precision;
 use crate::model::gpt2::attention::AttnDims;
 use anyhow::{ensure, Context, Result};
@@ -24,11 +26,11 @@ use std::sync::Arc;
 /// One GPU with its stream, kernels and cuBLASLt handle.
 pub struct CudaBackend {
     precision: Precision,
-    stream: Arc<CudaStream>,
+    pub(super) stream: Arc<CudaStream>,
     k: Kernels,
     gemm: Gemm,
     device: String,
-    _ctx: Arc<CudaContext>,
+    pub(super) ctx: Arc<CudaContext>,
 }
 
 /// Token ids of a micro-batch on the device, with the host-side grouping by id that the
@@ -76,7 +78,7 @@ impl CudaBackend {
             k,
             gemm,
             device,
-            _ctx: ctx,
+            ctx,
         })
     }
 
@@ -221,6 +223,50 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> String {
         self.device.clone()
+    }
+    fn all_reduce_region(
+        &self,
+        comm: &dyn Communicator,
+        buf: &mut CudaSlice<f32>,
+        r: Region,
+    ) -> Result<()> {
+        self.comm_all_reduce(comm, buf, r)
+    }
+    fn start_all_reduce(
+        &self,
+        comm: &MpiComm,
+        grads: &mut CudaSlice<f32>,
+        r: Region,
+    ) -> Result<Started> {
+        self.comm_start_all_reduce(comm, grads, r)
+    }
+    fn send_buf(
+        &self,
+        comm: &MpiComm,
+        buf: &CudaSlice<f32>,
+        dest: usize,
+        tag: i32,
+    ) -> Result<Pending> {
+        self.comm_send(comm, buf, dest, tag)
+    }
+    fn recv_buf(
+        &self,
+        comm: &MpiComm,
+        buf: &mut CudaSlice<f32>,
+        len: usize,
+        src: usize,
+        tag: i32,
+    ) -> Result<f64> {
+        self.comm_recv(comm, buf, len, src, tag)
+    }
+    fn cuda_stream(&self) -> Option<Arc<CudaStream>> {
+        Some(self.stream.clone())
+    }
+    fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
+        self.uuid().map(Some)
+    }
+    fn buf_len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
     }
     fn zeros(&self, n: usize) -> Result<CudaSlice<f32>> {
         self.scratch(n)

@@ -28,6 +28,7 @@ pub fn device_count() -> Result<usize> {
 }
 
 pub mod backend;
+mod comm;
 pub mod gemm;
 pub mod kernels;
 pub mod nvrtc;

@@ -1,0 +1,139 @@
+//! The CUDA backend's communication of device buffers, by the run's transport
+//! (`comm::link`): NCCL on the compute stream, CUDA-aware MPI on device pointers, or through
+//! host copies (`backend::staged`).
+//!
+//! - NCCL calls are enqueued on the backend's one stream, so they are ordered after the
+//!   kernels that wrote their input and before those that read their output; the host does
+//!   not wait (the counters see the enqueue time only).
+//! - CUDA-aware MPI reads device memory directly, so the stream is synchronised first; sums go
+//!   from a device copy of the region into the region (MPI's in-place marker differs between
+//!   MPI libraries), and sends go from a device copy the pending send owns.
+
+use super::CudaBackend;
+use crate::backend::{staged, Region, Started};
+use crate::comm::link::Transport;
+use crate::comm::mpi::{MpiComm, Pending};
+use crate::comm::Communicator;
+use anyhow::{Context, Result};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::nccl::safe::ReduceOp;
+use std::time::Instant;
+
+fn nccl_err(e: cudarc::nccl::result::NcclError) -> anyhow::Error {
+    anyhow::anyhow!("NCCL call failed: {e:?}")
+}
+
+impl CudaBackend {
+    /// `buf[r] ← Σ_group buf[r]` (see [`crate::backend::Backend::all_reduce_region`]).
+    pub(super) fn comm_all_reduce(
+        &self,
+        comm: &dyn Communicator,
+        buf: &mut CudaSlice<f32>,
+        r: Region,
+    ) -> Result<()> {
+        match comm.plan().coll {
+            Transport::Nccl => {
+                let nccl = comm
+                    .nccl()
+                    .context("transport NCCL without an NCCL communicator")?;
+                let t0 = Instant::now();
+                let mut v = buf.slice_mut(r.range());
+                nccl.all_reduce_in_place(&mut v, &ReduceOp::Sum)
+                    .map_err(nccl_err)?;
+                comm.stats().add(4 * r.len, t0.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Transport::CudaAwareMpi => {
+                let copy = self.stream.clone_dtod(&buf.slice(r.range()))?;
+                self.stream.synchronize()?;
+                let (src, _s) = copy.device_ptr(&self.stream);
+                let mut v = buf.slice_mut(r.range());
+                let (dst, _d) = v.device_ptr_mut(&self.stream);
+                // SAFETY: `copy` and the region are distinct device buffers of r.len floats,
+                // the stream is idle, and both stay borrowed for the blocking call.
+                unsafe { comm.all_reduce_device(src, dst, r.len) }
+            }
+            Transport::Host | Transport::Staged => staged::all_reduce_region(self, comm, buf, r),
+        }
+    }
+
+    /// Starts `grads[r] ← Σ_group grads[r]` for a data-parallel bucket.
+    pub(super) fn comm_start_all_reduce(
+        &self,
+        comm: &MpiComm,
+        grads: &mut CudaSlice<f32>,
+        r: Region,
+    ) -> Result<Started> {
+        match comm.plan().coll {
+            Transport::Nccl => {
+                self.comm_all_reduce(comm, grads, r)?;
+                Ok(Started::Enqueued)
+            }
+            Transport::CudaAwareMpi => {
+                let copy = self.stream.clone_dtod(&grads.slice(r.range()))?;
+                self.stream.synchronize()?;
+                let src = copy.device_ptr(&self.stream).0;
+                let mut v = grads.slice_mut(r.range());
+                let (dst, _d) = v.device_ptr_mut(&self.stream);
+                // SAFETY: the pending operation owns `copy`; the region of `grads` is final
+                // (no kernel writes it again this step) and the trainer waits for the
+                // operation before reading it (`finish_all_reduce`).
+                let p = unsafe { comm.iall_reduce_device(src, dst, r.len, Box::new(copy))? };
+                Ok(Started::InPlace(p))
+            }
+            Transport::Host | Transport::Staged => staged::start_all_reduce(self, comm, grads, r),
+        }
+    }
+
+    /// Starts sending all of `buf` to rank `dest` of `comm`.
+    pub(super) fn comm_send(
+        &self,
+        comm: &MpiComm,
+        buf: &CudaSlice<f32>,
+        dest: usize,
+        tag: i32,
+    ) -> Result<Pending> {
+        use crate::backend::Backend;
+        if comm.plan().p2p != Transport::CudaAwareMpi {
+            return comm.isend_f32(dest, tag, self.download(buf)?);
+        }
+        let copy = self.stream.clone_dtod(buf)?;
+        self.stream.synchronize()?;
+        let ptr = copy.device_ptr(&self.stream).0;
+        let n = copy.len();
+        // SAFETY: the pending send owns `copy`, whose writes have completed.
+        unsafe { comm.isend_device(ptr, n, dest, tag, Box::new(copy)) }
+    }
+
+    /// `buf ← ` the `len` floats rank `src` sends with `tag`; returns the idle seconds.
+    pub(super) fn comm_recv(
+        &self,
+        comm: &MpiComm,
+        buf: &mut CudaSlice<f32>,
+        len: usize,
+        src: usize,
+        tag: i32,
+    ) -> Result<f64> {
+        use crate::backend::Backend;
+        if comm.plan().p2p != Transport::CudaAwareMpi {
+            let mut host = vec![0.0f32; len];
+            let idle = comm.recv_f32(src, tag, &mut host)?;
+            *buf = self.upload_vec(host)?;
+            return Ok(idle);
+        }
+        if buf.len() != len {
+            *buf = self.stream.alloc_zeros::<f32>(len)?;
+        }
+        // Kernels still reading the old contents must finish before MPI overwrites them.
+        self.stream.synchronize()?;
+        let (ptr, _g) = buf.device_ptr_mut(&self.stream);
+        // SAFETY: `buf` holds `len` floats, the stream is idle and `buf` is borrowed mutably.
+        unsafe { comm.recv_device(ptr, len, src, tag) }
+    }
+
+    /// The GPU's UUID (to find ranks sharing one GPU).
+    pub(super) fn uuid(&self) -> Result<[u8; 16]> {
+        let u = self.ctx.uuid().context("reading the GPU's UUID")?;
+        Ok(u.bytes.map(|b| b as u8))
+    }
+}
