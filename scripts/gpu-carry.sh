@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Assembles .carry/ (ignored by git) for the GPU machine lent by the `device` tool, which has
 # no Rust toolchain, no OpenMPI and no package registry: the stripped release binary, the
-# multi-rank CUDA test binary, a relocatable OpenMPI (orterun, orted, MCA components, help
+# GPU test binaries (cuda_kernels, cuda_gemm, cuda_model, cuda_parallel), a relocatable OpenMPI (orterun, orted, MCA components, help
 # files; found through OPAL_PREFIX), every shared library these need beyond glibc, the
 # fortunes text the tests tokenise, and gpu_env.sh, which sets the paths there:
 #
 #   bash scripts/gpu-carry.sh
-#   device: run(carry=[".carry"], command="source .carry/gpu_env.sh && .carry/cuda_parallel --nocapture")
+#   device: run(carry=[".carry"], command="source .carry/gpu_env.sh && .carry/run_gpu_tests.sh")
 #
 # Checked in a minimal Debian chroot without OpenMPI (see the closing notes of the CUDA work).
 set -euo pipefail
@@ -14,16 +14,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 C=.carry
 OMPI_SRC=/usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3
 
+TESTS="cuda_kernels cuda_gemm cuda_model cuda_parallel"
 cargo build --release
-test_bin="$(cargo test --release --no-run --message-format=json --test cuda_parallel 2>/dev/null \
-  | grep -o '"executable":"[^"]*cuda_parallel[^"]*"' | tail -1 | cut -d'"' -f4)"
-[[ -x "$test_bin" ]] || { echo "gpu-carry: cannot find the cuda_parallel test binary" >&2; exit 1; }
+json="$(cargo test --release --no-run --message-format=json $(printf -- '--test %s ' $TESTS) 2>/dev/null)"
 
 rm -rf "$C"
 mkdir -p "$C/lib" "$C/ompi/bin" "$C/ompi/lib/x86_64-linux-gnu/openmpi/lib" "$C/ompi/share"
 cp target/release/ferrotron "$C/ferrotron"
-cp "$test_bin" "$C/cuda_parallel"
-strip "$C/ferrotron" "$C/cuda_parallel"
+for t in $TESTS; do
+  bin="$(grep -o "\"executable\":\"[^\"]*/$t-[^\"]*\"" <<<"$json" | tail -1 | cut -d'"' -f4)"
+  [[ -x "$bin" ]] || { echo "gpu-carry: cannot find the $t test binary" >&2; exit 1; }
+  cp "$bin" "$C/$t"
+  strip "$C/$t"
+done
+strip "$C/ferrotron"
 cp /usr/bin/orterun /usr/bin/orted "$C/ompi/bin/"
 ln -s orterun "$C/ompi/bin/mpirun"
 # MCA components, without the network fabrics this single node does not have (their
@@ -37,7 +41,7 @@ for f in "$OMPI_SRC"/*.so; do
 done
 cp -r /usr/share/openmpi "$C/ompi/share/"
 # Shared libraries beyond glibc for everything carried.
-for f in "$C/ferrotron" "$C/cuda_parallel" "$C"/ompi/bin/orte* "$C"/ompi/lib/x86_64-linux-gnu/openmpi/lib/openmpi3/*.so; do
+for f in "$C/ferrotron" "$C"/cuda_* "$C"/ompi/bin/orte* "$C"/ompi/lib/x86_64-linux-gnu/openmpi/lib/openmpi3/*.so; do
   ldd "$f" 2>/dev/null | awk '$3 ~ /^\// {print $3}'
 done | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
@@ -64,4 +68,15 @@ export OMPI_MCA_mca_base_component_show_load_errors=0
 # Single node: no ssh needed (OpenMPI insists on finding an rsh agent otherwise).
 export OMPI_MCA_plm_rsh_agent=false
 ENV
+cat > "$C/run_gpu_tests.sh" <<RUN
+#!/usr/bin/env bash
+# Runs every GPU test binary; prints one summary line per binary; exit status non-zero if any failed.
+rc=0
+for t in $TESTS; do
+  echo "=== \$t"
+  .carry/\$t --nocapture --test-threads=1 || rc=1
+done
+exit \$rc
+RUN
+chmod +x "$C/run_gpu_tests.sh"
 du -sh "$C"

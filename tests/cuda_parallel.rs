@@ -2,12 +2,28 @@
 //! and vocab-parallel pieces staged through host memory and MPI) on the grids (2,1,1), (1,2,1),
 //! (1,1,2) and (2,2,1) train the same model as the 1-rank GPU run — losses per step and final
 //! weights within 1e-4 relative (fp32 GEMMs; the summation order differs between grids).
+//! The transports: `comm.backend = "auto"` picks host staging for ranks sharing the GPU and
+//! NCCL for one rank (1-rank NCCL groups), an explicit "nccl" on a shared GPU fails cleanly,
+//! and the backend's communication methods give the right sums and messages with NCCL (1 rank)
+//! and staged MPI (2 ranks) on device buffers (`common/comm_check.rs`).
 //! Runs only where a CUDA device exists; elsewhere it prints "no CUDA device: skipping" and
 //! passes.
 
+#[path = "common/comm_check.rs"]
+mod comm_check;
 mod common;
 use common::*;
 use std::path::Path;
+
+fn no_gpu() -> bool {
+    match ferrotron::backend::cuda::device_count() {
+        Ok(_) => false,
+        Err(e) => {
+            eprintln!("no CUDA device: skipping ({e:#})");
+            true
+        }
+    }
+}
 
 fn run(
     np: usize,
@@ -36,7 +52,20 @@ fn run(
         args.push(s.clone());
     }
     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    mpirun(np, &a, &[], dir).assert_ok();
+    let o = mpirun(np, &a, &[], dir);
+    o.assert_ok();
+    let want = if np == 1 {
+        "comm: collectives nccl"
+    } else {
+        "comm: collectives mpi-staged"
+    };
+    if !sets.iter().any(|s| s.starts_with("comm.backend")) {
+        assert!(
+            o.all().contains(want),
+            "{name}: expected {want:?}:\n{}",
+            o.all()
+        );
+    }
     let losses = losses(&out.join("metrics.jsonl"))
         .iter()
         .map(|(_, l)| l.parse().unwrap())
@@ -46,8 +75,7 @@ fn run(
 
 #[test]
 fn grids_sharing_one_gpu_match_the_one_rank_gpu_run() {
-    if let Err(e) = ferrotron::backend::cuda::device_count() {
-        eprintln!("no CUDA device: skipping ({e:#})");
+    if no_gpu() {
         return;
     }
     let dir = scratch("cuda-grids");
@@ -75,5 +103,67 @@ fn grids_sharing_one_gpu_match_the_one_rank_gpu_run() {
             let r = rel_diff(a, b);
             assert!(r <= tol, "{name}: final {k} differs by {r}");
         }
+    }
+}
+
+/// One rank with NCCL (every group a 1-rank NCCL communicator) trains exactly as one rank with
+/// staged MPI; two ranks sharing the GPU cannot use NCCL and say so.
+#[test]
+fn nccl_one_rank_groups_and_the_shared_gpu_rule() {
+    if no_gpu() {
+        return;
+    }
+    let dir = scratch("cuda-nccl");
+    let cfg = tiny_config(&dir, "");
+    let (nccl, _) = run(1, &dir, &cfg, "nccl", &["comm.backend=\"nccl\"".into()]);
+    let (staged, _) = run(
+        1,
+        &dir,
+        &cfg,
+        "staged",
+        &["comm.backend=\"mpi-staged\"".into()],
+    );
+    assert_eq!(nccl, staged, "1 rank: NCCL vs staged losses");
+    let c = cfg.to_str().unwrap();
+    let sets = [
+        "train.backend=\"cuda\"",
+        "comm.backend=\"nccl\"",
+        "train.steps=1",
+    ];
+    let mut args = vec!["train", "--config", c];
+    for s in &sets {
+        args.extend_from_slice(&["--set", s]);
+    }
+    mpirun(2, &args, &[], &dir).assert_clean_failure("share one GPU");
+}
+
+/// The backend's communication methods on device buffers: NCCL on 1 rank, staged MPI on 2
+/// ranks sharing the GPU (and CUDA-aware MPI on 2 ranks when FERROTRON_TEST_CUDA_AWARE=1).
+#[test]
+fn backend_comm_on_gpu() {
+    if let Ok(t) = std::env::var(comm_check::CHILD) {
+        let universe = mpi::initialize().expect("MPI init");
+        let world = universe.world();
+        let local = {
+            use mpi::topology::Communicator as _;
+            world.split_shared(0).rank() as usize
+        };
+        let be = ferrotron::backend::cuda::CudaBackend::new(local).expect("CUDA backend");
+        comm_check::check(&be, &world, comm_check::transport(&t));
+        return;
+    }
+    if no_gpu() {
+        return;
+    }
+    let dir = scratch("cuda-comm");
+    let mut cases = vec![("nccl", 1), ("staged", 1), ("staged", 2)];
+    if std::env::var("FERROTRON_TEST_CUDA_AWARE").is_ok_and(|v| v == "1") {
+        cases.push(("cuda-aware", 2));
+    }
+    for (t, np) in cases {
+        let out = comm_check::spawn("backend_comm_on_gpu", np, t, &dir);
+        out.assert_ok();
+        let passed = out.all().matches("comm check passed").count();
+        assert_eq!(passed, np, "{t} on {np} ranks:\n{}", out.all());
     }
 }
