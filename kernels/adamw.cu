@@ -22,3 +22,30 @@ extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, l
         v[i] = vi;
     }
 }
+
+// Multi-tensor AdamW: every tensor of the flat parameter buffer in one launch (the update of
+// each element is `adamw`'s). The host cuts the tensors into chunks of at most `chunk_elems`
+// elements; block b updates chunk b, described by table[2b] = first element and
+// table[2b+1] = (length << 1) | decay. Tensors with decay use `wd_factor`, the others 1.
+extern "C" __global__ void adamw_multi(float* p, const float* g, float* m, float* v,
+                                       const long long* table, float beta1, float beta2,
+                                       float eps, float wd_factor, float step_size,
+                                       float bc2_sqrt) {
+    long long off = table[2 * blockIdx.x];
+    long long len_decay = table[2 * blockIdx.x + 1];
+    long long len = len_decay >> 1;
+    float wdf = (len_decay & 1) ? wd_factor : 1.0f;
+    for (long long j = threadIdx.x; j < len; j += blockDim.x) {
+        long long i = off + j;
+        float gi = g[i];
+        float pi = p[i] * wdf;
+        float mi = m[i];
+        mi += (gi - mi) * (1.0f - beta1);
+        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        pi -= step_size * mi / denom;
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}

@@ -473,6 +473,44 @@ fn adamw_matches_cpu() {
     check("adamw v", &g.down(&v_d), &opt.v, 1e-6);
 }
 
+/// The multi-tensor kernel (one launch, chunks of at most ADAM_CHUNK elements, wte spans
+/// several) against the CPU AdamW, decay flags per tensor included.
+#[test]
+fn adamw_multi_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let layout = ParamLayout::new(&Gpt2Config::new(3000, 16, 32, 2, 2));
+    let n = layout.total;
+    assert!(layout
+        .entries
+        .iter()
+        .any(|e| e.len > ferrotron::backend::cuda::chunks::ADAM_CHUNK));
+    let cfg = adamw::AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let mut r = Rng(16);
+    let mut p = r.vec(n, 1.0);
+    let mut p_d = g.up(&p);
+    let cpu = ferrotron::backend::cpu::Cpu::new(1);
+    let mut opt = adamw::AdamW::new(&cpu, cfg, &layout).unwrap();
+    let ranges = adamw::shard_ranges(&layout.entries, 0, n);
+    let (mut m_d, mut v_d) = (g.up(&vec![0.0f32; n]), g.up(&vec![0.0f32; n]));
+    for step in 1..=3u64 {
+        let grads = r.vec(n, 0.1);
+        let lr = 1e-3 * step as f32;
+        opt.step(&cpu, &mut p, &grads, lr).unwrap();
+        let g_d = g.up(&grads);
+        let h = ferrotron::backend::AdamStep::new(&cfg, lr, step, true);
+        g.k.adamw_multi(&mut p_d, &g_d, &mut m_d, &mut v_d, &ranges, h)
+            .unwrap();
+    }
+    check("adamw_multi p", &g.down(&p_d), &p, 1e-6);
+    check("adamw_multi m", &g.down(&m_d), &opt.m, 1e-6);
+    check("adamw_multi v", &g.down(&v_d), &opt.v, 1e-6);
+}
+
 #[test]
 fn reductions_match_cpu() {
     let Some(g) = gpu() else { return };

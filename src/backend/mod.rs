@@ -223,6 +223,32 @@ pub trait Backend: Send + Sync {
         s: AdamStep,
     ) -> Result<()>;
 
+    /// AdamW on every region of `ranges` of the flat buffers (multi-tensor): regions flagged
+    /// `true` decay with `s.decay_factor`, the others use 1. Default (the CPU twin of the
+    /// multi-tensor kernel): [`Backend::adamw`] region by region.
+    fn adamw_multi(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        ranges: &[(Region, bool)],
+        s: AdamStep,
+    ) -> Result<()> {
+        for &(r, decay) in ranges {
+            let s = if decay {
+                s
+            } else {
+                AdamStep {
+                    decay_factor: 1.0,
+                    ..s
+                }
+            };
+            self.adamw(p, g, m, v, r, s)?;
+        }
+        Ok(())
+    }
+
     /// A buffer holding `host`, taking ownership (no copy where the backend keeps host memory).
     fn upload_vec(&self, host: Vec<f32>) -> Result<Self::Buf> {
         self.upload(&host)

@@ -83,11 +83,9 @@ impl<B: Backend> AdamW<B> {
     pub fn step(&mut self, be: &B, params: &mut B::Buf, grads: &B::Buf, lr: f32) -> Result<()> {
         self.t += 1;
         let c = self.cfg;
-        for &(r, decay) in &self.ranges {
-            let s = AdamStep::new(&c, lr, self.t, decay);
-            be.adamw(params, grads, &mut self.m, &mut self.v, r, s)?;
-        }
-        Ok(())
+        let s = AdamStep::new(&c, lr, self.t, true);
+        let (m, v) = (&mut self.m, &mut self.v);
+        be.adamw_multi(params, grads, m, v, &self.ranges, s)
     }
 }
 

@@ -705,6 +705,17 @@ impl Backend for CudaBackend {
         }
         self.k.scale(&mut x.as_view_mut(), k)
     }
+    fn adamw_multi(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        ranges: &[(Region, bool)],
+        s: AdamStep,
+    ) -> Result<()> {
+        self.k.adamw_multi(p, g, m, v, ranges, s)
+    }
     fn adamw(
         &self,
         p: &mut CudaSlice<f32>,

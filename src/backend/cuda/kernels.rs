@@ -13,11 +13,13 @@
 //! - reductions: fixed grids ([`SUMSQ_PARTS`] blocks) or 64-row chunks, then a fixed-order
 //!   second pass — results do not depend on the device or on timing.
 
+use super::chunks::adam_chunks;
 use super::nvrtc::{self, KERNELS};
-use crate::backend::AdamStep;
+use crate::backend::{AdamStep, Region};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig,
+    PushKernelArg,
 };
 use half::bf16;
 use std::collections::HashMap;
@@ -43,7 +45,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("attention", &["attn_split_qkv", "attn_merge_heads", "attn_split_heads", "attn_merge_dqkv",
                     "causal_softmax_forward", "causal_softmax_backward"]),
     ("crossentropy", &["softmax_xent"]),
-    ("adamw", &["adamw"]),
+    ("adamw", &["adamw", "adamw_multi"]),
     ("reduce", &["sum_squares_partial", "sum_squares_final", "scale", "add_inplace",
                  "bias_grad_partial", "column_reduce"]),
     ("cast", &["f32_to_bf16", "bf16_to_f32"]),
@@ -692,6 +694,40 @@ impl Kernels {
             .arg(&h.step_size)
             .arg(&h.bc2_sqrt);
         unsafe { l.launch(elementwise(n)) }?;
+        Ok(())
+    }
+
+    /// AdamW on every region of `ranges` in one launch (`adamw_multi`): regions are cut into
+    /// chunks of at most [`ADAM_CHUNK`] elements, one block each; regions with decay use
+    /// `h.decay_factor`, the others 1. `p, g, m, v` are whole flat buffers.
+    pub fn adamw_multi(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        ranges: &[(Region, bool)],
+        h: AdamStep,
+    ) -> Result<()> {
+        let n = p.len();
+        check_len!(g, n);
+        check_len!(m, n);
+        check_len!(v, n);
+        let table = adam_chunks(ranges, n)?;
+        let blocks = u32::try_from(table.len() / 2)?;
+        if blocks == 0 {
+            return Ok(());
+        }
+        let table = self.stream.clone_htod(&table)?;
+        let mut l = self.stream.launch_builder(self.f("adamw_multi")?);
+        l.arg(p).arg(g).arg(m).arg(v).arg(&table);
+        l.arg(&h.beta1)
+            .arg(&h.beta2)
+            .arg(&h.eps)
+            .arg(&h.decay_factor)
+            .arg(&h.step_size)
+            .arg(&h.bc2_sqrt);
+        unsafe { l.launch(cfg(blocks, 256)) }?;
         Ok(())
     }
 

@@ -28,6 +28,7 @@ pub fn device_count() -> Result<usize> {
 }
 
 pub mod backend;
+pub mod chunks;
 mod comm;
 pub mod gemm;
 pub mod kernels;
