@@ -79,6 +79,10 @@ pub struct TrainConfig {
     /// error per product) or "bf16" (operands rounded to bf16, fp32 accumulation).
     #[serde(default)]
     pub precision: Precision,
+    /// CUDA: flash attention (no `[T, T]` probabilities stored; head size ≤ 128). Off by
+    /// default until its kernels have been checked on a GPU.
+    #[serde(default)]
+    pub flash_attention: bool,
     /// Test hook: make the loss NaN at this step (exercises the NaN guard).
     #[serde(default)]
     pub debug_nan_at_step: Option<usize>,
@@ -473,6 +477,9 @@ impl Config {
                 self.comm.backend.name()
             );
         }
+        if self.train.flash_attention && self.train.backend != BackendKind::Cuda {
+            bail!("train.flash_attention = true needs train.backend = \"cuda\" (the CPU backend materialises attention)");
+        }
         let mb = self.parallel.bucket_mb;
         if !(mb.is_finite() && mb > 0.0) {
             bail!("parallel.bucket_mb = {mb} must be a number > 0 (MiB per gradient bucket)");
@@ -586,6 +593,8 @@ seq_len = 16
             let c = Config::from_str_with_overrides(BASE, &o).unwrap();
             assert_eq!(c.comm.backend.name(), b);
         }
+        let e = err(BASE, &["train.flash_attention=true"]);
+        assert!(e.contains("train.flash_attention"), "{e}");
         let e = err(BASE, &["comm.backend=\"gloo\""]);
         assert!(e.contains("comm") && e.contains("mpi-staged"), "{e}");
     }

@@ -395,6 +395,50 @@ fn attention_case(g: &Gpu, d: AttnShape, seed: u64) {
     check("attention dqkv", &g.down(&dqkv_d), &dqkv, 1e-4);
 }
 
+/// Flash attention (fp32) against the materialised CPU attention: output and dqkv within 1e-5
+/// relative, lse against the flash CPU twin. Head sizes 8 (one thread per row), 64 (four)
+/// and 128 (eight); T not a multiple of the 64-row blocks or 32-row tiles.
+#[test]
+fn flash_attention_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    for (i, (b, t, c, nh)) in [
+        (2, 100, 128, 2),
+        (1, 70, 24, 3),
+        (1, 65, 256, 2),
+        (1, 1, 64, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ad = attention::AttnDims { b, t, c, nh };
+        let mut r = Rng(80 + i as u64);
+        let qkv = r.vec(3 * b * t * c, 1.5);
+        let dout = r.vec(b * t * c, 1.0);
+        let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
+        attention::forward(&mut out, &mut att, &qkv, ad);
+        let mut dqkv = vec![0.0; 3 * b * t * c];
+        attention::backward(&mut dqkv, &dout, &qkv, &att, ad);
+        let (mut y_twin, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+        ferrotron::model::gpt2::flash::forward(&mut y_twin, &mut lse, &qkv, ad);
+
+        let s = AttnShape { b, t, c, nh };
+        let qkv_d = g.up(&qkv);
+        let mut out_d = g.up(&vec![0.0; b * t * c]);
+        let mut lse_d = g.up(&vec![0.0; b * nh * t]);
+        g.k.flash_forward(&mut out_d, &mut lse_d, &qkv_d, s)
+            .unwrap();
+        let name = format!("flash b{b} t{t} c{c} nh{nh}");
+        check(&format!("{name} out"), &g.down(&out_d), &out, 1e-5);
+        check(&format!("{name} lse"), &g.down(&lse_d), &lse, 1e-5);
+        let mut dqkv_d = g.up(&vec![f32::NAN; 3 * b * t * c]);
+        let mut dd = g.up(&vec![0.0; b * nh * t]);
+        let dout_d = g.up(&dout);
+        g.k.flash_backward(&mut dqkv_d, &mut dd, &dout_d, &out_d, &qkv_d, &lse_d, s)
+            .unwrap();
+        check(&format!("{name} dqkv"), &g.down(&dqkv_d), &dqkv, 1e-5);
+    }
+}
+
 #[test]
 fn cross_entropy_matches_cpu() {
     let Some(g) = gpu() else { return };

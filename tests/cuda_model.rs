@@ -155,22 +155,35 @@ fn train_losses<B: Backend>(
 
 #[test]
 fn gpu_training_matches_cpu_for_20_steps() {
-    let Some(be) = gpu() else { return };
+    if gpu().is_none() {
+        return;
+    }
     let cfg = Gpt2Config::new(1000, 64, 64, 3, 4);
     let cpu = Gpt2::new(cfg, 2);
     let mut init = vec![0.0f32; cpu.layout.total];
     cpu.layout.init(&cfg, 42, &mut init);
     let (b, t) = (4, 64);
     let want = train_losses(&cpu, &init, 20, b, t);
-    let got = train_losses(&Gpt2::with_backend(cfg, be), &init, 20, b, t);
-    for (s, (g, w)) in got.iter().zip(&want).enumerate() {
-        let r = ((g - w) / w).abs();
-        assert!(r <= 1e-4, "step {s}: GPU loss {g} vs CPU {w} (rel {r})");
+    // The materialised attention, then flash attention (fp32 throughout: the same 1e-4).
+    for flash in [false, true] {
+        let be = if flash {
+            CudaBackend::new(0).unwrap().with_flash_attention(true)
+        } else {
+            CudaBackend::new(0).unwrap()
+        };
+        let got = train_losses(&Gpt2::with_backend(cfg, be), &init, 20, b, t);
+        for (s, (g, w)) in got.iter().zip(&want).enumerate() {
+            let r = ((g - w) / w).abs();
+            assert!(
+                r <= 1e-4,
+                "flash {flash} step {s}: GPU loss {g} vs CPU {w} (rel {r})"
+            );
+        }
+        eprintln!(
+            "GPU (flash {flash}) vs CPU losses over 20 steps: first {} / {}, last {} / {}",
+            got[0], want[0], got[19], want[19]
+        );
     }
-    eprintln!(
-        "GPU vs CPU losses over 20 steps: first {} / {}, last {} / {}",
-        got[0], want[0], got[19], want[19]
-    );
 }
 
 #[test]

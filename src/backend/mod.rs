@@ -149,7 +149,13 @@ pub trait Backend: Send + Sync {
         ic: usize,
         oc: usize,
     ) -> Result<()>;
-    /// Causal attention from `qkv [B, T, 3C]`: `out [B, T, C]`, probabilities `att [B, NH, T, T]`.
+    /// Floats attention keeps for its backward ([`Backend::attention_saved_len`]'s `att`): the
+    /// probabilities `[B, NH, T, T]`, or with flash attention the row statistics `[B, NH, T]`.
+    fn attention_saved_len(&self, d: AttnDims) -> usize {
+        d.b * d.nh * d.t * d.t
+    }
+    /// Causal attention from `qkv [B, T, 3C]`: `out [B, T, C]` and what the backward needs in
+    /// `att` ([`Backend::attention_saved_len`] floats).
     fn attention_forward(
         &self,
         out: &mut Self::Buf,
@@ -157,11 +163,13 @@ pub trait Backend: Send + Sync {
         qkv: &Self::Buf,
         d: AttnDims,
     ) -> Result<()>;
-    /// `dqkv [B, T, 3C]` (overwritten) from `dout [B, T, C]`.
+    /// `dqkv [B, T, 3C]` (overwritten) from `dout [B, T, C]`, the forward's output `out` and
+    /// saved `att`.
     fn attention_backward(
         &self,
         dqkv: &mut Self::Buf,
         dout: &Self::Buf,
+        out: &Self::Buf,
         qkv: &Self::Buf,
         att: &Self::Buf,
         d: AttnDims,

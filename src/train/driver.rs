@@ -27,10 +27,10 @@ pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSumma
     match cfg.train.backend {
         BackendKind::Cpu => run_on(rt, cfg, opts, Cpu::new(opts.threads)),
         BackendKind::Cuda => {
-            let be = rt.agree(crate::backend::cuda::CudaBackend::with_options(
-                rt.local_rank,
-                cfg.train.precision,
-            ))?;
+            let be = rt.agree(
+                crate::backend::cuda::CudaBackend::with_options(rt.local_rank, cfg.train.precision)
+                    .map(|b| b.with_flash_attention(cfg.train.flash_attention)),
+            )?;
             run_on(rt, cfg, opts, be)
         }
     }

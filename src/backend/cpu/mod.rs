@@ -209,6 +209,7 @@ impl Backend for Cpu {
         &self,
         dqkv: &mut Vec<f32>,
         dout: &Vec<f32>,
+        _out: &Vec<f32>,
         qkv: &Vec<f32>,
         att: &Vec<f32>,
         d: AttnDims,

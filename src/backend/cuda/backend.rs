@@ -26,6 +26,8 @@ use std::sync::Arc;
 /// One GPU with its stream, kernels and cuBLASLt handle.
 pub struct CudaBackend {
     precision: Precision,
+    /// Flash attention (`train.flash_attention`) where the head size allows it.
+    flash: bool,
     pub(super) stream: Arc<CudaStream>,
     k: Kernels,
     gemm: Gemm,
@@ -74,12 +76,24 @@ impl CudaBackend {
         let device = format!("cuda:{ordinal} ({name}, {arch}, {precision:?} GEMMs)");
         Ok(Self {
             precision,
+            flash: false,
             stream,
             k,
             gemm,
             device,
             ctx,
         })
+    }
+
+    /// Use the flash-attention kernels (never materialise `[T, T]` probabilities) for head
+    /// sizes up to 128; larger heads keep the materialised path.
+    pub fn with_flash_attention(mut self, on: bool) -> Self {
+        self.flash = on;
+        self
+    }
+
+    fn flash_for(&self, d: AttnDims) -> bool {
+        self.flash && super::flash::supports(d.c / d.nh)
     }
 
     fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
@@ -222,7 +236,11 @@ impl Backend for CudaBackend {
     type Tokens = DevTokens;
 
     fn name(&self) -> String {
-        self.device.clone()
+        if self.flash {
+            format!("{}, flash attention", self.device)
+        } else {
+            self.device.clone()
+        }
     }
     fn all_reduce_region(
         &self,
@@ -467,6 +485,13 @@ impl Backend for CudaBackend {
             oc,
         )
     }
+    fn attention_saved_len(&self, d: AttnDims) -> usize {
+        if self.flash_for(d) {
+            d.b * d.nh * d.t
+        } else {
+            d.b * d.nh * d.t * d.t
+        }
+    }
     fn attention_forward(
         &self,
         out: &mut CudaSlice<f32>,
@@ -474,6 +499,9 @@ impl Backend for CudaBackend {
         qkv: &CudaSlice<f32>,
         d: AttnDims,
     ) -> Result<()> {
+        if self.flash_for(d) {
+            return self.k.flash_forward(out, att, qkv, shape(d));
+        }
         let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
         let n = d.b * d.t * d.c;
         let (q, k, v) = self.split_qkv(qkv, d)?;
@@ -518,10 +546,17 @@ impl Backend for CudaBackend {
         &self,
         dqkv: &mut CudaSlice<f32>,
         dout: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
         qkv: &CudaSlice<f32>,
         att: &CudaSlice<f32>,
         d: AttnDims,
     ) -> Result<()> {
+        if self.flash_for(d) {
+            let mut dd = self.scratch(d.b * d.nh * d.t)?;
+            return self
+                .k
+                .flash_backward(dqkv, &mut dd, dout, out, qkv, att, shape(d));
+        }
         let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
         let n = d.b * d.t * d.c;
         let (q, k, v) = self.split_qkv(qkv, d)?;

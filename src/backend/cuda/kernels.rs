@@ -49,6 +49,8 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("reduce", &["sum_squares_partial", "sum_squares_final", "scale", "add_inplace",
                  "bias_grad_partial", "column_reduce"]),
     ("cast", &["f32_to_bf16", "bf16_to_f32"]),
+    ("flash_attention", &["flash_attn_forward", "flash_attn_backward_dot",
+                          "flash_attn_backward_dq", "flash_attn_backward_dkv"]),
 ];
 
 /// `"sm_XY"` for the context's device (compute capability X.Y).
@@ -112,7 +114,7 @@ impl EmbeddingSegments {
 /// The loaded kernels and the stream they launch on.
 pub struct Kernels {
     funcs: HashMap<&'static str, CudaFunction>,
-    stream: Arc<CudaStream>,
+    pub(super) stream: Arc<CudaStream>,
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
@@ -190,7 +192,7 @@ impl Kernels {
         &self.stream
     }
 
-    fn f(&self, name: &str) -> Result<&CudaFunction> {
+    pub(super) fn f(&self, name: &str) -> Result<&CudaFunction> {
         self.funcs
             .get(name)
             .with_context(|| format!("kernel {name} not loaded"))

@@ -30,6 +30,7 @@ pub fn device_count() -> Result<usize> {
 pub mod backend;
 pub mod chunks;
 mod comm;
+mod flash;
 pub mod gemm;
 pub mod kernels;
 pub mod nvrtc;

@@ -38,6 +38,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("adamw"),
     kernel!("reduce"),
     kernel!("cast"),
+    kernel!("flash_attention"),
 ];
 
 /// Errors unless NVRTC's shared library can be loaded (checked before any NVRTC call, because

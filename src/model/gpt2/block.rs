@@ -58,7 +58,7 @@ pub struct BlockActs<B: Backend> {
     pub ln1_mean: B::Buf, // [N]
     pub ln1_rstd: B::Buf, // [N]
     pub qkv: B::Buf,      // [N, 3C/P]
-    pub att: B::Buf,      // [B, NH/P, T, T]
+    pub att: B::Buf,      // what attention saves: P [B, NH/P, T, T] (or lse [B, NH/P, T])
     pub atty: B::Buf,     // [N, C/P]
     pub res2: B::Buf,     // [N, C]  x + attention branch
     pub ln2: B::Buf,      // [N, C]
@@ -78,7 +78,12 @@ impl<B: Backend> BlockActs<B> {
             ln1_mean: be.zeros(n)?,
             ln1_rstd: be.zeros(n)?,
             qkv: be.zeros(n * 3 * cl)?,
-            att: be.zeros(b * (nh / tp) * t * t)?,
+            att: be.zeros(be.attention_saved_len(AttnDims {
+                b,
+                t,
+                c: cl,
+                nh: nh / tp,
+            }))?,
             atty: be.zeros(n * cl)?,
             res2: be.zeros(n * c)?,
             ln2: be.zeros(n * c)?,
@@ -260,7 +265,8 @@ pub fn backward<B: Backend>(
         cl,
         c,
     )?;
-    be.attention_backward(&mut s.dqkv, &s.datty, &a.qkv, &a.att, local_dims(d, tp))?;
+    let ld = local_dims(d, tp);
+    be.attention_backward(&mut s.dqkv, &s.datty, &a.atty, &a.qkv, &a.att, ld)?;
     be.linear_backward(
         &mut s.dln,
         grads,

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod block;
 pub mod embedding;
+pub mod flash;
 #[cfg(test)]
 mod gradcheck;
 pub mod head;

@@ -1,0 +1,139 @@
+//! Launches of the flash-attention kernels (`kernels/flash_attention.cu`; the algorithm and its
+//! CPU twin: `model::gpt2::flash`).
+
+use super::kernels::{AttnShape, Kernels};
+use anyhow::{ensure, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+/// Rows per block and the largest head size of the kernels (`FA_ROWS`, `FA_HD_MAX`).
+const ROWS: usize = 64;
+pub const HD_MAX: usize = 128;
+
+/// Threads sharing one row: the smallest power of two with 16 channels per thread.
+fn threads_per_row(hd: usize) -> usize {
+    hd.div_ceil(16).next_power_of_two()
+}
+
+/// Whether the kernels handle head size `hd`.
+pub fn supports(hd: usize) -> bool {
+    (1..=HD_MAX).contains(&hd)
+}
+
+fn grid(s: AttnShape, tpr: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (
+            u32::try_from(s.t.div_ceil(ROWS))?,
+            u32::try_from(s.b * s.nh)?,
+            1,
+        ),
+        block_dim: (u32::try_from(ROWS * tpr)?, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+fn dims(s: AttnShape) -> Result<(i32, i32, i32, usize, f32)> {
+    let hd = s.c / s.nh;
+    ensure!(
+        supports(hd) && s.c == hd * s.nh,
+        "flash attention needs a head size of at most {HD_MAX} (got C = {}, NH = {})",
+        s.c,
+        s.nh
+    );
+    Ok((
+        i32::try_from(s.t)?,
+        i32::try_from(s.c)?,
+        i32::try_from(s.nh)?,
+        threads_per_row(hd),
+        1.0 / (hd as f32).sqrt(),
+    ))
+}
+
+impl Kernels {
+    /// `out [B, T, C]` and `lse [B, NH, T]` from `qkv [B, T, 3C]`.
+    pub fn flash_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        let (t, c, nh, tpr, scale) = dims(s)?;
+        ensure!(qkv.len() == 3 * s.b * s.t * s.c && out.len() == s.b * s.t * s.c);
+        ensure!(lse.len() == s.b * s.nh * s.t, "lse must hold [B, NH, T]");
+        let tpr_i = i32::try_from(tpr)?;
+        let mut l = self.stream.launch_builder(self.f("flash_attn_forward")?);
+        l.arg(qkv).arg(out).arg(lse).arg(&t).arg(&c).arg(&nh);
+        l.arg(&tpr_i).arg(&scale);
+        unsafe { l.launch(grid(s, tpr)?) }?;
+        Ok(())
+    }
+
+    /// `dqkv [B, T, 3C]` (overwritten) from `dout [B, T, C]`, the forward's `out` and `lse`, and
+    /// `qkv`; `dd [B, NH, T]` is scratch (D_i = dout_i · out_i).
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_backward(
+        &self,
+        dqkv: &mut CudaSlice<f32>,
+        dd: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        lse: &CudaSlice<f32>,
+        s: AttnShape,
+    ) -> Result<()> {
+        let (t, c, nh, tpr, scale) = dims(s)?;
+        let n = s.b * s.t * s.c;
+        ensure!(qkv.len() == 3 * n && dqkv.len() == 3 * n);
+        ensure!(dout.len() == n && out.len() == n);
+        ensure!(lse.len() == s.b * s.nh * s.t && dd.len() == lse.len());
+        let b = i32::try_from(s.b)?;
+        let rows = lse.len();
+        let mut l = self
+            .stream
+            .launch_builder(self.f("flash_attn_backward_dot")?);
+        l.arg(dout)
+            .arg(out)
+            .arg(&mut *dd)
+            .arg(&b)
+            .arg(&t)
+            .arg(&c)
+            .arg(&nh);
+        let cfg = LaunchConfig {
+            grid_dim: (u32::try_from(rows.div_ceil(256))?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { l.launch(cfg) }?;
+        let tpr_i = i32::try_from(tpr)?;
+        for name in ["flash_attn_backward_dq", "flash_attn_backward_dkv"] {
+            let mut l = self.stream.launch_builder(self.f(name)?);
+            l.arg(qkv).arg(dout).arg(lse).arg(&*dd).arg(&mut *dqkv);
+            l.arg(&t).arg(&c).arg(&nh).arg(&tpr_i).arg(&scale);
+            unsafe { l.launch(grid(s, tpr)?) }?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_per_row_cover_the_head() {
+        for (hd, tpr) in [
+            (1, 1),
+            (8, 1),
+            (16, 1),
+            (17, 2),
+            (32, 2),
+            (64, 4),
+            (65, 8),
+            (128, 8),
+        ] {
+            assert_eq!(threads_per_row(hd), tpr, "hd {hd}");
+            assert!(tpr * 16 >= hd && tpr <= 8);
+        }
+        assert!(!supports(129) && !supports(0));
+    }
+}
