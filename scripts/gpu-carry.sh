@@ -51,6 +51,8 @@ done | sort -u | while read -r lib; do
 done
 mkdir -p "$C/fortunes"
 for f in fortunes literature riddles science wisdom; do cp /usr/share/games/fortunes/$f "$C/fortunes/"; done
+# Token shards of the whole corpus for benchmarks/gpu_gpt2/run_device.sh.
+"$C/ferrotron" prepare-data --input /usr/share/games/fortunes --out "$C/data/fortunes" >/dev/null
 cat > "$C/gpu_env.sh" <<'ENV'
 # Source on the GPU machine from the repository root: paths for the carried binaries.
 NV=/opt/torch/.venv/lib/python3.12/site-packages/nvidia

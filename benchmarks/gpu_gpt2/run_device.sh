@@ -8,17 +8,21 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
 out=${OUT:-/tmp}/gpu_gpt2.jsonl
 : > "$out"
 peak_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.log & echo $!; }
-for prec in bf16 tf32 fp32; do
-  for B in 32 16 8; do
+# Variants: GEMM precision, optionally with flash attention (train.flash_attention), which
+# stores no [T, T] probabilities and so may fit a larger micro-batch.
+for v in bf16 tf32 bf16+flash tf32+flash fp32; do
+  prec=${v%%+*}; flash=false; label=$prec; sizes="32 16 8"
+  if [[ $v == *+flash ]]; then flash=true; label=$prec-flash; sizes="64 32 16 8"; fi
+  for B in $sizes; do
     pid=$(peak_mem)
 
     if timeout 300 .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.precision=$prec \
-        --set train.micro_batch_size=$B --set train.global_batch_size=$B --set train.steps=10 --set optim.warmup_steps=0 \
+        --set train.flash_attention=$flash --set train.micro_batch_size=$B --set train.global_batch_size=$B --set train.steps=10 --set optim.warmup_steps=0 \
         --set train.val_every=0 --set train.val_batches=0 --set log.plot=false --set log.save_final=false \
         --set 'data.train=".carry/data/fortunes/train_*.bin"' --set 'data.val=".carry/data/fortunes/val_*.bin"' \
-        --set "log.out_dir=\"/tmp/ft-$prec-$B\"" > /tmp/ft.log 2>&1; then
+        --set "log.out_dir=\"/tmp/ft-$label-$B\"" > /tmp/ft.log 2>&1; then
       kill $pid
-      python3 - "$prec" "$B" "/tmp/ft-$prec-$B/metrics.jsonl" >> "$out" <<'PY'
+      python3 - "$label" "$B" "/tmp/ft-$label-$B/metrics.jsonl" >> "$out" <<'PY'
 import json, statistics, sys
 prec, B, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = [json.loads(l) for l in open(path) if '"loss"' in l][3:]
@@ -32,7 +36,7 @@ print(json.dumps({"impl": f"ferrotron-cuda-{prec}", "batch": B, "seq": T, "token
 PY
       break
     else
-      kill $pid; echo "ferrotron $prec B=$B failed:"; tail -3 /tmp/ft.log
+      kill $pid; echo "ferrotron $label B=$B failed:"; tail -3 /tmp/ft.log
     fi
   done
 done
