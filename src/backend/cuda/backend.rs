@@ -29,7 +29,7 @@ pub struct CudaBackend {
     /// Flash attention (`train.flash_attention`) where the head size allows it.
     flash: bool,
     pub(super) stream: Arc<CudaStream>,
-    k: Kernels,
+    pub(super) k: Kernels,
     gemm: Gemm,
     device: String,
     pub(super) ctx: Arc<CudaContext>,
@@ -217,7 +217,7 @@ impl CudaBackend {
 }
 
 /// Positions grouped by token id (stable), as segments of equal ids.
-fn segments(ids: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+pub(super) fn segments(ids: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i]);
     let (mut start, mut token) = (Vec::new(), Vec::new());
@@ -241,6 +241,55 @@ impl Backend for CudaBackend {
         } else {
             self.device.clone()
         }
+    }
+    fn embedding_forward_shard(
+        &self,
+        out: &mut CudaSlice<f32>,
+        tok: &[u32],
+        p: &CudaSlice<f32>,
+        wte: Region,
+        wpe: Option<Region>,
+        t: usize,
+        c: usize,
+        v0: usize,
+    ) -> Result<()> {
+        self.vp_embedding_forward(out, tok, p, wte, wpe, t, c, v0)
+    }
+    fn embedding_backward_shard(
+        &self,
+        g: &mut CudaSlice<f32>,
+        dwte: Region,
+        dwpe: Region,
+        dx: &CudaSlice<f32>,
+        tok: &[u32],
+        t: usize,
+        c: usize,
+        v0: usize,
+    ) -> Result<()> {
+        self.vp_embedding_backward(g, dwte, dwpe, dx, tok, t, c, v0)
+    }
+    fn xent_partial(
+        &self,
+        logits: &CudaSlice<f32>,
+        stats: &mut CudaSlice<f32>,
+        targets: &[u32],
+        vl: usize,
+        v0: usize,
+        v: usize,
+    ) -> Result<()> {
+        self.vp_xent_partial(logits, stats, targets, vl, v0, v)
+    }
+    fn xent_grad(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        ms: &CudaSlice<f32>,
+        targets: &[u32],
+        vl: usize,
+        v0: usize,
+        v: usize,
+        scale: f32,
+    ) -> Result<()> {
+        self.vp_xent_grad(logits, ms, targets, vl, v0, v, scale)
     }
     fn all_reduce_region(
         &self,

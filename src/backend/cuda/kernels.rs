@@ -49,6 +49,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("reduce", &["sum_squares_partial", "sum_squares_final", "scale", "add_inplace",
                  "bias_grad_partial", "column_reduce"]),
     ("cast", &["f32_to_bf16", "bf16_to_f32"]),
+    ("vocab_parallel", &["vp_embedding_forward", "vp_xent_partial", "vp_xent_grad"]),
     ("flash_attention", &["flash_attn_forward", "flash_attn_backward_dot",
                           "flash_attn_backward_dq", "flash_attn_backward_dkv"]),
 ];

@@ -34,5 +34,6 @@ mod flash;
 pub mod gemm;
 pub mod kernels;
 pub mod nvrtc;
+mod vocab;
 
 pub use backend::CudaBackend;

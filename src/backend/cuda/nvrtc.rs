@@ -39,6 +39,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("reduce"),
     kernel!("cast"),
     kernel!("flash_attention"),
+    kernel!("vocab_parallel"),
 ];
 
 /// Errors unless NVRTC's shared library can be loaded (checked before any NVRTC call, because
