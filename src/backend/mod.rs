@@ -342,6 +342,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The stream the data-parallel NCCL communicator runs on, so its reductions overlap the
+    /// backward (CUDA backend); None elsewhere.
+    fn cuda_comm_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
+        self.cuda_stream()
+    }
+
     /// A unique id of the device this rank computes on (a GPU's UUID), to find ranks that share
     /// one; None for host memory.
     fn device_uuid(&self) -> Result<Option<[u8; 16]>> {

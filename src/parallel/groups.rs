@@ -25,20 +25,22 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// The groups of grid `g`, moving backend buffers by `plan` (NCCL communicators for the tp,
-    /// dp and embedding groups, made on `stream`, when the plan says NCCL — 1-rank groups
-    /// included). Collective over `world`: every rank must call it.
-    pub fn with_plan(
+    /// The groups of grid `g`, moving the buffers of backend `be` by `plan`. With NCCL every
+    /// group (1-rank groups included) gets an NCCL communicator: dp's on the backend's
+    /// communication stream (its reductions overlap the backward), the others on the compute
+    /// stream. Collective over `world`: every rank must call it.
+    pub fn with_plan<B: Backend>(
         world: &SimpleCommunicator,
         g: Grid,
         rank: usize,
         plan: Plan,
-        stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
+        be: &B,
     ) -> Result<Self> {
         let mut gr = Self::new(world, g, rank)?;
-        for c in [&mut gr.tp, &mut gr.dp, &mut gr.emb, &mut gr.pp] {
-            c.set_plan(plan, stream.clone())?;
+        for c in [&mut gr.tp, &mut gr.emb, &mut gr.pp] {
+            c.set_plan(plan, be.cuda_stream())?;
         }
+        gr.dp.set_plan(plan, be.cuda_comm_stream())?;
         Ok(gr)
     }
 

@@ -56,7 +56,7 @@ fn run_on<B: Backend>(
         tr.grid,
         rt.rank,
         plan,
-        tr.model.be.cuda_stream(),
+        &tr.model.be,
     ))?;
     if rt.rank == 0 {
         log_setup(cfg, &tr);

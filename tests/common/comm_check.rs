@@ -56,6 +56,11 @@ pub fn check<B: Backend>(be: &B, world: &mpi::topology::SimpleCommunicator, t: T
     };
     comm.set_plan(Plan { coll: t, p2p }, be.cuda_stream())
         .unwrap();
+    // The data-parallel group's communicator, as the trainer makes it (NCCL on the
+    // communication stream).
+    let mut dpc = MpiComm::split(world, 0).unwrap();
+    dpc.set_plan(Plan { coll: t, p2p }, be.cuda_comm_stream())
+        .unwrap();
     let (r, n) = (comm.rank(), comm.size());
     let len = 1000;
     let fill = |k: usize| -> Vec<f32> { (0..len).map(|i| ((k + 1) * (i + 1)) as f32).collect() };
@@ -81,8 +86,8 @@ pub fn check<B: Backend>(be: &B, world: &mpi::topology::SimpleCommunicator, t: T
     );
 
     let mut buf = be.upload(&fill(r)).unwrap();
-    let sb = be.start_all_reduce(&comm, &mut buf, b).unwrap();
-    let sa = be.start_all_reduce(&comm, &mut buf, a).unwrap();
+    let sb = be.start_all_reduce(&dpc, &mut buf, b).unwrap();
+    let sa = be.start_all_reduce(&dpc, &mut buf, a).unwrap();
     be.finish_all_reduce(&mut buf, a, sa).unwrap();
     be.finish_all_reduce(&mut buf, b, sb).unwrap();
     assert_eq!(be.download(&buf).unwrap(), want(&[a, b]), "{t:?}: buckets");

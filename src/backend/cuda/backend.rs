@@ -29,6 +29,8 @@ pub struct CudaBackend {
     /// Flash attention (`train.flash_attention`) where the head size allows it.
     flash: bool,
     pub(super) stream: Arc<CudaStream>,
+    /// Where the data-parallel NCCL reductions run, overlapping the backward on `stream`.
+    pub(super) comm_stream: Arc<CudaStream>,
     pub(super) k: Kernels,
     gemm: Gemm,
     device: String,
@@ -67,7 +69,15 @@ impl CudaBackend {
         let ordinal = local_rank % count;
         let ctx =
             CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+        // SAFETY: set before any allocation. Work runs on `stream`; the only other stream,
+        // `comm_stream`, is ordered by explicit events (`backend::cuda::comm`) and touches
+        // only the long-lived gradient buffer, so cudarc's per-buffer events (which would make
+        // every gradient write wait for the whole bucket's reduction) are not needed.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let comm_stream = ctx
+            .new_stream()
+            .context("creating the communication stream")?;
         let arch = kernels::device_arch(&ctx)?;
         let k = Kernels::load(&ctx, stream.clone(), &arch)?;
         let mut gemm = Gemm::new(stream.clone())?;
@@ -78,6 +88,7 @@ impl CudaBackend {
             precision,
             flash: false,
             stream,
+            comm_stream,
             k,
             gemm,
             device,
@@ -328,6 +339,12 @@ impl Backend for CudaBackend {
     }
     fn cuda_stream(&self) -> Option<Arc<CudaStream>> {
         Some(self.stream.clone())
+    }
+    fn cuda_comm_stream(&self) -> Option<Arc<CudaStream>> {
+        Some(self.comm_stream.clone())
+    }
+    fn finish_all_reduce(&self, grads: &mut CudaSlice<f32>, r: Region, s: Started) -> Result<()> {
+        self.comm_finish_all_reduce(grads, r, s)
     }
     fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
         self.uuid().map(Some)

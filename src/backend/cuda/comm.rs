@@ -2,9 +2,11 @@
 //! (`comm::link`): NCCL on the compute stream, CUDA-aware MPI on device pointers, or through
 //! host copies (`backend::staged`).
 //!
-//! - NCCL calls are enqueued on the backend's one stream, so they are ordered after the
-//!   kernels that wrote their input and before those that read their output; the host does
-//!   not wait (the counters see the enqueue time only).
+//! - NCCL calls of the tp and embedding groups are enqueued on the compute stream (ordered
+//!   with the kernels around them). The dp group's run on the communication stream: a bucket
+//!   waits (by event) for the kernels enqueued before it became final, so it overlaps the rest
+//!   of the backward, and finishing makes the compute stream wait for the communication
+//!   stream. The host never waits (the counters see the enqueue time only).
 //! - CUDA-aware MPI reads device memory directly, so the stream is synchronised first; sums go
 //!   from a device copy of the region into the region (MPI's in-place marker differs between
 //!   MPI libraries), and sends go from a device copy the pending send owns.
@@ -66,7 +68,19 @@ impl CudaBackend {
     ) -> Result<Started> {
         match comm.plan().coll {
             Transport::Nccl => {
-                self.comm_all_reduce(comm, grads, r)?;
+                let nccl = comm
+                    .nccl()
+                    .context("transport NCCL without an NCCL communicator")?;
+                let t0 = Instant::now();
+                let cs = nccl.stream();
+                if cs.cu_stream() != self.stream.cu_stream() {
+                    // The bucket's gradients are written by kernels enqueued so far.
+                    cs.join(&self.stream)?;
+                }
+                let mut v = grads.slice_mut(r.range());
+                nccl.all_reduce_in_place(&mut v, &ReduceOp::Sum)
+                    .map_err(nccl_err)?;
+                comm.stats().add(4 * r.len, t0.elapsed().as_secs_f64());
                 Ok(Started::Enqueued)
             }
             Transport::CudaAwareMpi => {
@@ -82,6 +96,20 @@ impl CudaBackend {
                 Ok(Started::InPlace(p))
             }
             Transport::Host | Transport::Staged => staged::start_all_reduce(self, comm, grads, r),
+        }
+    }
+
+    /// Completes a started bucket: an enqueued NCCL reduction by making the compute stream wait
+    /// for the communication stream, the others as the default does.
+    pub(super) fn comm_finish_all_reduce(
+        &self,
+        grads: &mut CudaSlice<f32>,
+        r: Region,
+        s: Started,
+    ) -> Result<()> {
+        match s {
+            Started::Enqueued => Ok(self.stream.join(&self.comm_stream)?),
+            other => staged::finish_all_reduce(self, grads, r, other),
         }
     }
 
