@@ -21,8 +21,9 @@ extern "C" __global__ void vp_embedding_forward(float* out, const int* row, cons
 __device__ float vp_block_max(float x, float* sh) {
     sh[threadIdx.x] = x;
     __syncthreads();
+    const int t = threadIdx.x;
     for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if (threadIdx.x < s) sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
+        if (t < s) sh[t] = fmaxf(sh[t], sh[t + s]);
         __syncthreads();
     }
     float r = sh[0];
@@ -33,8 +34,9 @@ __device__ float vp_block_max(float x, float* sh) {
 __device__ float vp_block_sum(float x, float* sh) {
     sh[threadIdx.x] = x;
     __syncthreads();
+    const int t = threadIdx.x;
     for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        if (t < s) sh[t] += sh[t + s];
         __syncthreads();
     }
     float r = sh[0];

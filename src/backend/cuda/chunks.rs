@@ -1,4 +1,5 @@
-//! Host-side work tables of the multi-tensor kernels.
+//! Host-side tables the kernels read: the chunks of the multi-tensor AdamW and the local rows
+//! of a vocabulary shard. Pure functions, tested here and by `tests/kernel_emu.rs`.
 
 use crate::backend::Region;
 use anyhow::{ensure, Result};
@@ -24,6 +25,26 @@ pub fn adam_chunks(ranges: &[(Region, bool)], n: usize) -> Result<Vec<i64>> {
         }
     }
     Ok(t)
+}
+
+/// Token ids as local rows of the vocabulary shard `v0 .. v0 + rows` (-1 for other shards'
+/// tokens): the `row` input of `vp_embedding_forward`.
+pub fn shard_rows(tok: &[u32], v0: usize, rows: usize) -> Vec<i32> {
+    tok.iter()
+        .map(|&id| match (id as usize).checked_sub(v0) {
+            Some(r) if r < rows => r as i32,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Local ids for the grouped embedding backward of a shard: other shards' tokens get `rows`,
+/// an id past the shard, whose segment the caller drops.
+pub fn shard_ids(tok: &[u32], v0: usize, rows: usize) -> Vec<u32> {
+    shard_rows(tok, v0, rows)
+        .into_iter()
+        .map(|r| if r < 0 { rows as u32 } else { r as u32 })
+        .collect()
 }
 
 #[cfg(test)]
@@ -74,5 +95,16 @@ mod tests {
         );
         assert_eq!(t.len() / 2, 1 + 3 + 1);
         assert!(adam_chunks(&ranges, n - 1).is_err());
+    }
+
+    #[test]
+    fn shard_rows_map_ids_into_the_shard() {
+        let tok = [0u32, 63, 64, 100, 127, 128, 149];
+        assert_eq!(shard_rows(&tok, 64, 64), vec![-1, -1, 0, 36, 63, -1, -1]);
+        assert_eq!(shard_ids(&tok, 64, 64), vec![64, 64, 0, 36, 63, 64, 64]);
+        assert_eq!(
+            shard_rows(&tok, 0, 200),
+            vec![0, 63, 64, 100, 127, 128, 149]
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! host-staged defaults, which copied the whole parameter buffer to the host per call.
 
 use super::backend::segments;
+use super::chunks::{shard_ids, shard_rows};
 use super::CudaBackend;
 use crate::backend::Region;
 use anyhow::{ensure, Context, Result};
@@ -31,18 +32,6 @@ fn valid_cols(vl: usize, v0: usize, v: usize) -> usize {
 }
 
 impl CudaBackend {
-    /// Token ids as local rows of the shard `v0 .. v0 + rows` (-1 outside it).
-    fn local_rows(&self, tok: &[u32], v0: usize, rows: usize) -> Result<CudaSlice<i32>> {
-        let r: Vec<i32> = tok
-            .iter()
-            .map(|&id| match (id as usize).checked_sub(v0) {
-                Some(r) if r < rows => r as i32,
-                _ => -1,
-            })
-            .collect();
-        Ok(self.stream.clone_htod(&r)?)
-    }
-
     /// Targets as i32 on the device.
     fn targets(&self, targets: &[u32]) -> Result<CudaSlice<i32>> {
         let y = targets
@@ -70,7 +59,7 @@ impl CudaBackend {
             out.len() == n * c && t > 0 && c > 0,
             "embedding shard: bad shapes"
         );
-        let rows = self.local_rows(tok, v0, wte.len / c)?;
+        let rows = self.stream.clone_htod(&shard_rows(tok, v0, wte.len / c))?;
         let wte_v = p.slice(wte.range());
         let (wpe_v, has) = match wpe {
             Some(r) => (p.slice(r.range()), 1i32),
@@ -115,14 +104,7 @@ impl CudaBackend {
             c,
         )?;
         // Other shards' tokens get the id `rows`, which sorts last: drop that segment.
-        let local: Vec<u32> = tok
-            .iter()
-            .map(|&id| match (id as usize).checked_sub(v0) {
-                Some(r) if r < rows => r as u32,
-                _ => rows as u32,
-            })
-            .collect();
-        let (order, mut start, mut token) = segments(&local);
+        let (order, mut start, mut token) = segments(&shard_ids(tok, v0, rows));
         if token.last() == Some(&(rows as i32)) {
             token.pop();
             start.pop();
