@@ -60,6 +60,8 @@ pub struct Facts {
     pub mpi_cuda_aware: bool,
     /// Every rank could load `libnccl.so.2`.
     pub nccl: bool,
+    /// Ranks in the job.
+    pub world: usize,
 }
 
 /// The transports for `req` given `f`, and one line saying why (logged at start). Errors name
@@ -93,6 +95,13 @@ pub fn resolve(req: CommBackend, f: &Facts) -> Result<(Plan, String)> {
         (true, None) => None,
     };
     let nccl_plan = Plan { coll: Nccl, p2p };
+    if req == CommBackend::Auto && f.world <= 1 {
+        // Every group has one rank: nothing moves, so no communicator is worth creating.
+        return Ok((
+            both(Staged),
+            "auto: one rank, nothing to communicate".into(),
+        ));
+    }
     match req {
         CommBackend::MpiStaged => Ok((both(Staged), "requested".into())),
         CommBackend::MpiCudaAware if f.mpi_cuda_aware => {
@@ -162,6 +171,7 @@ mod tests {
             shared_gpu: shared.then_some((0, 1)),
             mpi_cuda_aware: aware,
             nccl,
+            world: 2,
         }
     }
 
@@ -203,6 +213,13 @@ mod tests {
         assert_eq!(pick(gpu(false, false, false)), staged);
         let (_, why) = resolve(CommBackend::Auto, &gpu(true, true, false)).unwrap();
         assert!(why.contains("ranks 0 and 1 share one GPU"), "{why}");
+        // One rank: no communicator at all, unless asked for.
+        let one = Facts {
+            world: 1,
+            ..gpu(true, false, true)
+        };
+        assert_eq!(pick(one.clone()), staged);
+        assert_eq!(resolve(CommBackend::Nccl, &one).unwrap().0.coll, Nccl);
     }
 
     #[test]

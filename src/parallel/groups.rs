@@ -86,6 +86,7 @@ pub fn gather_facts<B: Backend>(world: &SimpleCommunicator, be: &B) -> Result<Fa
         shared_gpu: if cuda { link::first_shared(&ids) } else { None },
         mpi_cuda_aware: all[0] == 1,
         nccl: all[1] == 1,
+        world: world.size() as usize,
     })
 }
 
