@@ -349,10 +349,11 @@ impl MpiComm {
             .matched_probe_with_tag(tag);
         let idle = t0.elapsed().as_secs_f64();
         let n = status.count(f32::equivalent_datatype()) as usize;
-        anyhow::ensure!(
-            n == count,
-            "pipeline message from rank {src} has {n} floats, expected {count}"
-        );
+        if n != count {
+            // Receive it into host memory anyway (see `recv_f32`), then report the mismatch.
+            msg.matched_receive_into(&mut vec![0.0f32; n][..]);
+            anyhow::bail!("pipeline message from rank {src} has {n} floats, expected {count}");
+        }
         let t1 = Instant::now();
         // SAFETY: `msg` is the matched message of `n` floats; `ptr` holds `count` = n floats.
         let rc = unsafe {
@@ -440,11 +441,15 @@ impl MpiComm {
         let (msg, status) = p.matched_probe_with_tag(tag);
         let idle = t0.elapsed().as_secs_f64();
         let n = status.count(f32::equivalent_datatype()) as usize;
-        anyhow::ensure!(
-            n == buf.len(),
-            "pipeline message from rank {src} has {n} floats, expected {}",
-            buf.len()
-        );
+        if n != buf.len() {
+            // Receive it anyway: a matched message must be received (and the peer's send
+            // completes), then report the mismatch.
+            msg.matched_receive_into(&mut vec![0.0f32; n][..]);
+            anyhow::bail!(
+                "pipeline message from rank {src} has {n} floats, expected {}",
+                buf.len()
+            );
+        }
         let t1 = Instant::now();
         msg.matched_receive_into(buf);
         self.stats
