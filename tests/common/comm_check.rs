@@ -110,6 +110,7 @@ pub fn check<B: Backend>(be: &B, world: &mpi::topology::SimpleCommunicator, t: T
 /// Child: the raw-address MPI calls the CUDA-aware transport makes (`all_reduce_device`,
 /// `iall_reduce_device`, `isend_device`, `recv_device`), given host addresses — for MPI an
 /// address is an address, so this checks counts, buffers, probing and completion on any MPI.
+#[allow(dead_code)] // used by tests/comm.rs only
 pub fn check_raw(world: &mpi::topology::SimpleCommunicator) {
     let comm = MpiComm::split(world, 0).unwrap();
     let (r, n) = (comm.rank(), comm.size());
