@@ -4,22 +4,31 @@
 //   p <- p - step_size * m / (sqrt(v) / bc2_sqrt + eps)   (step_size = lr / (1 - beta1^t),
 //                                                           bc2_sqrt = sqrt(1 - beta2^t))
 // One thread per element (grid-stride), fp32 master weights and state.
+
+// The update of element i (shared by `adamw` and `adamw_multi`).
+__device__ __forceinline__ void adamw_element(float* p, const float* g, float* m, float* v,
+                                              long long i, float beta1, float beta2, float eps,
+                                              float wd_factor, float step_size,
+                                              float bc2_sqrt) {
+    float gi = g[i];
+    float pi = p[i] * wd_factor;
+    float mi = m[i];
+    mi += (gi - mi) * (1.0f - beta1);
+    float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+    float denom = sqrtf(vi) / bc2_sqrt + eps;
+    pi -= step_size * mi / denom;
+    p[i] = pi;
+    m[i] = mi;
+    v[i] = vi;
+}
+
 extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, long n, float lr,
                                  float beta1, float beta2, float eps, float wd_factor,
                                  float step_size, float bc2_sqrt) {
     (void)lr;  // folded into wd_factor and step_size by the host; kept for the signature
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long)gridDim.x * blockDim.x) {
-        float gi = g[i];
-        float pi = p[i] * wd_factor;
-        float mi = m[i];
-        mi += (gi - mi) * (1.0f - beta1);
-        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        pi -= step_size * mi / denom;
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
+        adamw_element(p, g, m, v, i, beta1, beta2, eps, wd_factor, step_size, bc2_sqrt);
     }
 }
 
@@ -36,16 +45,6 @@ extern "C" __global__ void adamw_multi(float* p, const float* g, float* m, float
     long long len = len_decay >> 1;
     float wdf = (len_decay & 1) ? wd_factor : 1.0f;
     for (long long j = threadIdx.x; j < len; j += blockDim.x) {
-        long long i = off + j;
-        float gi = g[i];
-        float pi = p[i] * wdf;
-        float mi = m[i];
-        mi += (gi - mi) * (1.0f - beta1);
-        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        pi -= step_size * mi / denom;
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
+        adamw_element(p, g, m, v, off + j, beta1, beta2, eps, wdf, step_size, bc2_sqrt);
     }
 }
