@@ -47,7 +47,7 @@ pub struct DevTokens {
     num_segs: usize,
 }
 
-fn shape(d: AttnDims) -> AttnShape {
+pub(super) fn shape(d: AttnDims) -> AttnShape {
     AttnShape {
         b: d.b,
         t: d.t,
@@ -107,7 +107,7 @@ impl CudaBackend {
         self.flash && super::flash::supports(d.c / d.nh)
     }
 
-    fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
+    pub(super) fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
         Ok(self.stream.alloc_zeros::<f32>(n.max(1))?)
     }
 
@@ -136,14 +136,14 @@ impl CudaBackend {
 
 /// A GEMM operand: a whole f32 buffer (or parameter region) read as `[rows, cols]` (per batch
 /// element), optionally transposed.
-struct Op<'a> {
+pub(super) struct Op<'a> {
     v: CudaView<'a, f32>,
     rows: usize,
     cols: usize,
     t: bool,
 }
 
-fn op(v: CudaView<'_, f32>, rows: usize, cols: usize) -> Op<'_> {
+pub(super) fn op(v: CudaView<'_, f32>, rows: usize, cols: usize) -> Op<'_> {
     Op {
         v,
         rows,
@@ -153,7 +153,7 @@ fn op(v: CudaView<'_, f32>, rows: usize, cols: usize) -> Op<'_> {
 }
 
 impl Op<'_> {
-    fn t(self) -> Self {
+    pub(super) fn t(self) -> Self {
         Self { t: !self.t, ..self }
     }
 }
@@ -171,7 +171,7 @@ impl CudaBackend {
     /// `dst (+)= a·b (+ bias)` with fp32 accumulation. `Bf16`: both operands are rounded to
     /// bf16 first (as PyTorch's autocast does per op); `Tf32`/`Fp32`: fp32 inputs, tensor-core
     /// TF32 or exact products.
-    fn mm<D: DevicePtrMut<f32>>(
+    pub(super) fn mm<D: DevicePtrMut<f32>>(
         &self,
         dst: &mut D,
         dst_rs: usize,
@@ -203,7 +203,7 @@ impl CudaBackend {
     }
 
     /// Q, K, V of `qkv [B, T, 3C]` as three `[B, NH, T, hd]` buffers.
-    fn split_qkv(
+    pub(super) fn split_qkv(
         &self,
         qkv: &CudaSlice<f32>,
         d: AttnDims,
@@ -570,45 +570,7 @@ impl Backend for CudaBackend {
         if self.flash_for(d) {
             return self.k.flash_forward(out, att, qkv, shape(d));
         }
-        let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
-        let n = d.b * d.t * d.c;
-        let (q, k, v) = self.split_qkv(qkv, d)?;
-        let mut y = self.scratch(n)?;
-        let (head, tt) = (t * hd, t * t);
-        let qk = Batch {
-            count: bh,
-            stride_a: head,
-            stride_b: head,
-            stride_c: tt,
-        };
-        self.mm(
-            att,
-            t,
-            op(q.as_view(), t, hd),
-            op(k.as_view(), t, hd).t(),
-            false,
-            Some(qk),
-            None,
-        )?;
-        self.k
-            .causal_softmax_forward(&mut att.as_view_mut(), bh, t, 1.0 / (hd as f32).sqrt())?;
-        let pv = Batch {
-            count: bh,
-            stride_a: tt,
-            stride_b: head,
-            stride_c: head,
-        };
-        self.mm(
-            &mut y,
-            hd,
-            op(att.as_view(), t, t),
-            op(v.as_view(), t, hd),
-            false,
-            Some(pv),
-            None,
-        )?;
-        self.k
-            .attn_merge_heads(&mut out.as_view_mut(), &y.as_view(), shape(d))
+        self.attention_forward_materialised(out, att, qkv, d)
     }
     fn attention_backward(
         &self,
@@ -625,82 +587,7 @@ impl Backend for CudaBackend {
                 .k
                 .flash_backward(dqkv, &mut dd, dout, out, qkv, att, shape(d));
         }
-        let (t, hd, bh) = (d.t, d.c / d.nh, d.b * d.nh);
-        let n = d.b * d.t * d.c;
-        let (q, k, v) = self.split_qkv(qkv, d)?;
-        let mut dy = self.scratch(n)?;
-        self.k
-            .attn_split_heads(&mut dy.as_view_mut(), &dout.as_view(), shape(d))?;
-        let (head, tt) = (t * hd, t * t);
-        let (mut dq, mut dk, mut dv, mut ds) = (
-            self.scratch(n)?,
-            self.scratch(n)?,
-            self.scratch(n)?,
-            self.scratch(bh * tt)?,
-        );
-        let tt_h = Some(Batch {
-            count: bh,
-            stride_a: tt,
-            stride_b: head,
-            stride_c: head,
-        });
-        let h_h = Some(Batch {
-            count: bh,
-            stride_a: head,
-            stride_b: head,
-            stride_c: tt,
-        });
-        // dV = Pᵀ·dY; dP = dY·Vᵀ (into ds); dS in place; dQ = dS·K; dK = dSᵀ·Q.
-        self.mm(
-            &mut dv,
-            hd,
-            op(att.as_view(), t, t).t(),
-            op(dy.as_view(), t, hd),
-            false,
-            tt_h,
-            None,
-        )?;
-        self.mm(
-            &mut ds,
-            t,
-            op(dy.as_view(), t, hd),
-            op(v.as_view(), t, hd).t(),
-            false,
-            h_h,
-            None,
-        )?;
-        self.k.causal_softmax_backward(
-            &mut ds.as_view_mut(),
-            &att.as_view(),
-            bh,
-            t,
-            1.0 / (hd as f32).sqrt(),
-        )?;
-        self.mm(
-            &mut dq,
-            hd,
-            op(ds.as_view(), t, t),
-            op(k.as_view(), t, hd),
-            false,
-            tt_h,
-            None,
-        )?;
-        self.mm(
-            &mut dk,
-            hd,
-            op(ds.as_view(), t, t).t(),
-            op(q.as_view(), t, hd),
-            false,
-            tt_h,
-            None,
-        )?;
-        self.k.attn_merge_dqkv(
-            &mut dqkv.as_view_mut(),
-            &dq.as_view(),
-            &dk.as_view(),
-            &dv.as_view(),
-            shape(d),
-        )
+        self.attention_backward_materialised(dqkv, dout, qkv, att, d)
     }
     fn gelu_forward(&self, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
         self.k.gelu_forward(&mut out.as_view_mut(), &x.as_view())

@@ -27,6 +27,7 @@ pub fn device_count() -> Result<usize> {
     Ok(n as usize)
 }
 
+mod attention;
 pub mod backend;
 pub mod chunks;
 mod comm;
