@@ -58,7 +58,7 @@ pub struct Facts {
     pub shared_gpu: Option<(usize, usize)>,
     /// Every rank's MPI library reports CUDA support (`MPIX_Query_cuda_support`).
     pub mpi_cuda_aware: bool,
-    /// Every rank could load `libnccl.so.2`.
+    /// Every rank could load NCCL (`libnccl.so`, the name cudarc looks for).
     pub nccl: bool,
     /// Ranks in the job.
     pub world: usize,
@@ -88,7 +88,7 @@ pub fn resolve(req: CommBackend, f: &Facts) -> Result<(Plan, String)> {
         Staged
     };
     let nccl_blocker = match (f.nccl, f.shared_gpu) {
-        (false, _) => Some("libnccl.so.2 could not be loaded on every rank".to_string()),
+        (false, _) => Some("NCCL (libnccl.so) could not be loaded on every rank".to_string()),
         (true, Some((a, b))) => Some(format!(
             "ranks {a} and {b} share one GPU and NCCL needs a GPU per rank"
         )),
@@ -143,10 +143,24 @@ pub fn mpi_cuda_aware() -> bool {
     f() == 1
 }
 
-/// Whether NCCL's library can be loaded (cudarc would panic on first use otherwise).
+/// Whether NCCL's library can be loaded (cudarc would panic on first use otherwise). cudarc
+/// looks for `libnccl.so` (not the runtime name `libnccl.so.2`); when only the latter exists, a
+/// warning says how to fix it.
 pub fn nccl_loadable() -> bool {
     // SAFETY: only probes whether the shared library can be loaded.
-    unsafe { cudarc::nccl::sys::is_culib_present() }
+    if unsafe { cudarc::nccl::sys::is_culib_present() } {
+        return true;
+    }
+    // SAFETY: dlopen of a literal library name; the handle is closed at once.
+    let h = unsafe { libc::dlopen(c"libnccl.so.2".as_ptr(), libc::RTLD_LAZY) };
+    if !h.is_null() {
+        // SAFETY: `h` is the handle dlopen just returned.
+        unsafe { libc::dlclose(h) };
+        log::warn!(
+            "libnccl.so.2 is present but libnccl.so is not: NCCL stays off; link libnccl.so -> libnccl.so.2 in a directory on LD_LIBRARY_PATH to use it"
+        );
+    }
+    false
 }
 
 /// The first pair of ranks whose device ids are equal (None: every rank has its own device or
