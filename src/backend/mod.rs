@@ -318,7 +318,7 @@ pub trait Backend: Send + Sync {
     /// Starts sending all of `buf` to rank `dest` of `comm` (pipeline messages). The buffer may
     /// be reused at once. Default: a host copy sent with `MPI_Isend`.
     fn send_buf(&self, comm: &MpiComm, buf: &Self::Buf, dest: usize, tag: i32) -> Result<Pending> {
-        comm.isend_f32(dest, tag, self.download(buf)?)
+        staged::send_buf(self, comm, buf, dest, tag)
     }
 
     /// `buf ← ` the `len` floats rank `src` of `comm` sends with `tag`; returns the seconds spent
@@ -331,10 +331,7 @@ pub trait Backend: Send + Sync {
         src: usize,
         tag: i32,
     ) -> Result<f64> {
-        let mut host = vec![0.0f32; len];
-        let idle = comm.recv_f32(src, tag, &mut host)?;
-        *buf = self.upload_vec(host)?;
-        Ok(idle)
+        staged::recv_buf(self, comm, buf, len, src, tag)
     }
 
     /// The stream NCCL communicators run on (CUDA backend), None elsewhere.

@@ -4,7 +4,7 @@
 
 use super::{Backend, Region, Started};
 use crate::comm::link::Transport;
-use crate::comm::mpi::MpiComm;
+use crate::comm::mpi::{MpiComm, Pending};
 use crate::comm::Communicator;
 use anyhow::Result;
 
@@ -49,4 +49,31 @@ pub fn finish_all_reduce<B: Backend + ?Sized>(
         Started::InPlace(p) => p.wait().map(drop),
         Started::Enqueued => Ok(()),
     }
+}
+
+/// Starts sending a host copy of `buf` to rank `dest` (`MPI_Isend`).
+pub fn send_buf<B: Backend + ?Sized>(
+    be: &B,
+    comm: &MpiComm,
+    buf: &B::Buf,
+    dest: usize,
+    tag: i32,
+) -> Result<Pending> {
+    comm.isend_f32(dest, tag, be.download(buf)?)
+}
+
+/// Receives `len` floats from rank `src` into host memory and uploads them into `buf`; returns
+/// the seconds spent waiting.
+pub fn recv_buf<B: Backend + ?Sized>(
+    be: &B,
+    comm: &MpiComm,
+    buf: &mut B::Buf,
+    len: usize,
+    src: usize,
+    tag: i32,
+) -> Result<f64> {
+    let mut host = vec![0.0f32; len];
+    let idle = comm.recv_f32(src, tag, &mut host)?;
+    *buf = be.upload_vec(host)?;
+    Ok(idle)
 }

@@ -264,6 +264,23 @@ impl MpiComm {
         Ok(())
     }
 
+    /// Starts a non-blocking call on device memory: `call` gets the request to fill and returns
+    /// MPI's code; the pending operation owns `keep` and counts `4·count` bytes.
+    fn start_device(
+        &self,
+        count: usize,
+        keep: Box<dyn std::any::Any>,
+        what: &str,
+        call: impl FnOnce(&mut mpi::ffi::MPI_Request) -> i32,
+    ) -> Result<Pending> {
+        let t0 = Instant::now();
+        let mut p = Pending::new(Vec::new(), Vec::new(), Vec::new());
+        p._keep = Some(keep);
+        let rc = call(&mut p.req);
+        self.started_bytes(4 * count, &mut p, rc, what, t0)?;
+        Ok(p)
+    }
+
     /// CUDA-aware MPI: starts `out ← Σ_group input` on `count` floats of device memory
     /// (`MPI_Iallreduce`); `keep` owns whatever device buffers back the two addresses.
     ///
@@ -278,23 +295,22 @@ impl MpiComm {
         keep: Box<dyn std::any::Any>,
     ) -> Result<Pending> {
         use mpi::raw::AsRaw;
-        let t0 = Instant::now();
-        let mut p = Pending::new(Vec::new(), Vec::new(), Vec::new());
-        p._keep = Some(keep);
-        // SAFETY: see the contract above.
-        let rc = unsafe {
-            mpi::ffi::MPI_Iallreduce(
-                input as *const std::ffi::c_void,
-                out as *mut std::ffi::c_void,
-                i32::try_from(count)?,
-                mpi::ffi::RSMPI_FLOAT,
-                mpi::ffi::RSMPI_SUM,
-                self.comm.as_raw(),
-                &mut p.req,
-            )
-        };
-        self.started_bytes(4 * count, &mut p, rc, "MPI_Iallreduce (device memory)", t0)?;
-        Ok(p)
+        let n = i32::try_from(count)?;
+        let what = "MPI_Iallreduce (device memory)";
+        self.start_device(count, keep, what, |req| {
+            // SAFETY: see the contract above.
+            unsafe {
+                mpi::ffi::MPI_Iallreduce(
+                    input as *const std::ffi::c_void,
+                    out as *mut std::ffi::c_void,
+                    n,
+                    mpi::ffi::RSMPI_FLOAT,
+                    mpi::ffi::RSMPI_SUM,
+                    self.comm.as_raw(),
+                    req,
+                )
+            }
+        })
     }
 
     /// CUDA-aware MPI: starts sending `count` floats at device address `ptr` to group rank
@@ -312,23 +328,21 @@ impl MpiComm {
         keep: Box<dyn std::any::Any>,
     ) -> Result<Pending> {
         use mpi::raw::AsRaw;
-        let t0 = Instant::now();
-        let mut p = Pending::new(Vec::new(), Vec::new(), Vec::new());
-        p._keep = Some(keep);
-        // SAFETY: see the contract above.
-        let rc = unsafe {
-            mpi::ffi::MPI_Isend(
-                ptr as *const std::ffi::c_void,
-                i32::try_from(count)?,
-                mpi::ffi::RSMPI_FLOAT,
-                i32::try_from(dest)?,
-                tag,
-                self.comm.as_raw(),
-                &mut p.req,
-            )
-        };
-        self.started_bytes(4 * count, &mut p, rc, "MPI_Isend (device memory)", t0)?;
-        Ok(p)
+        let (n, dest) = (i32::try_from(count)?, i32::try_from(dest)?);
+        self.start_device(count, keep, "MPI_Isend (device memory)", |req| {
+            // SAFETY: see the contract above.
+            unsafe {
+                mpi::ffi::MPI_Isend(
+                    ptr as *const std::ffi::c_void,
+                    n,
+                    mpi::ffi::RSMPI_FLOAT,
+                    dest,
+                    tag,
+                    self.comm.as_raw(),
+                    req,
+                )
+            }
+        })
     }
 
     /// CUDA-aware MPI: receives exactly `count` floats from group rank `src` with `tag` into
@@ -339,21 +353,8 @@ impl MpiComm {
     /// `ptr` must address `count` floats of device memory that nothing else uses during the
     /// call.
     pub unsafe fn recv_device(&self, ptr: u64, count: usize, src: usize, tag: i32) -> Result<f64> {
-        use mpi::datatype::Equivalence;
-        use mpi::point_to_point::Source as _;
         use mpi::raw::AsRawMut;
-        let t0 = Instant::now();
-        let (mut msg, status) = self
-            .comm
-            .process_at_rank(i32::try_from(src)?)
-            .matched_probe_with_tag(tag);
-        let idle = t0.elapsed().as_secs_f64();
-        let n = status.count(f32::equivalent_datatype()) as usize;
-        if n != count {
-            // Receive it into host memory anyway (see `recv_f32`), then report the mismatch.
-            msg.matched_receive_into(&mut vec![0.0f32; n][..]);
-            anyhow::bail!("pipeline message from rank {src} has {n} floats, expected {count}");
-        }
+        let (mut msg, idle) = self.probe_exact(src, tag, count)?;
         let t1 = Instant::now();
         // SAFETY: `msg` is the matched message of `n` floats; `ptr` holds `count` = n floats.
         let rc = unsafe {
@@ -430,10 +431,15 @@ impl MpiComm {
         self.started(p, rc, "MPI_Ireduce_scatter", t0)
     }
 
-    /// Receives exactly `buf.len()` floats from group rank `src` with `tag`. Returns the seconds
-    /// spent waiting for the message to arrive (idle time: `MPI_Probe`); the transfer itself is
-    /// counted in the stats.
-    pub fn recv_f32(&self, src: usize, tag: i32, buf: &mut [f32]) -> Result<f64> {
+    /// Waits for the next message from group rank `src` with `tag` (`MPI_Mprobe`); returns it
+    /// with the seconds spent waiting. A message of other than `count` floats is received
+    /// anyway (a matched message must be, and its sender then completes) and reported.
+    fn probe_exact(
+        &self,
+        src: usize,
+        tag: i32,
+        count: usize,
+    ) -> Result<(mpi::point_to_point::Message, f64)> {
         use mpi::datatype::Equivalence;
         use mpi::point_to_point::Source as _;
         let t0 = Instant::now();
@@ -441,15 +447,18 @@ impl MpiComm {
         let (msg, status) = p.matched_probe_with_tag(tag);
         let idle = t0.elapsed().as_secs_f64();
         let n = status.count(f32::equivalent_datatype()) as usize;
-        if n != buf.len() {
-            // Receive it anyway: a matched message must be received (and the peer's send
-            // completes), then report the mismatch.
+        if n != count {
             msg.matched_receive_into(&mut vec![0.0f32; n][..]);
-            anyhow::bail!(
-                "pipeline message from rank {src} has {n} floats, expected {}",
-                buf.len()
-            );
+            anyhow::bail!("pipeline message from rank {src} has {n} floats, expected {count}");
         }
+        Ok((msg, idle))
+    }
+
+    /// Receives exactly `buf.len()` floats from group rank `src` with `tag`. Returns the seconds
+    /// spent waiting for the message to arrive (idle time: `MPI_Probe`); the transfer itself is
+    /// counted in the stats.
+    pub fn recv_f32(&self, src: usize, tag: i32, buf: &mut [f32]) -> Result<f64> {
+        let (msg, idle) = self.probe_exact(src, tag, buf.len())?;
         let t1 = Instant::now();
         msg.matched_receive_into(buf);
         self.stats

@@ -25,10 +25,11 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// The groups of grid `g`, moving the buffers of backend `be` by `plan`. With NCCL every
-    /// group (1-rank groups included) gets an NCCL communicator: dp's on the backend's
-    /// communication stream (its reductions overlap the backward), the others on the compute
-    /// stream. Collective over `world`: every rank must call it.
+    /// The groups of grid `g`, moving the buffers of backend `be` by `plan`. With NCCL the tp,
+    /// dp and embedding groups (1-rank groups included) get an NCCL communicator: dp's on the
+    /// backend's communication stream (its reductions overlap the backward), the others on the
+    /// compute stream. The pp group carries only pipeline messages, which never use NCCL, so it
+    /// gets none. Collective over `world`: every rank must call it.
     pub fn with_plan<B: Backend>(
         world: &SimpleCommunicator,
         g: Grid,
@@ -37,10 +38,15 @@ impl Groups {
         be: &B,
     ) -> Result<Self> {
         let mut gr = Self::new(world, g, rank)?;
-        for c in [&mut gr.tp, &mut gr.emb, &mut gr.pp] {
+        for c in [&mut gr.tp, &mut gr.emb] {
             c.set_plan(plan, be.cuda_stream())?;
         }
         gr.dp.set_plan(plan, be.cuda_comm_stream())?;
+        let messages_only = Plan {
+            coll: plan.p2p,
+            ..plan
+        };
+        gr.pp.set_plan(messages_only, None)?;
         Ok(gr)
     }
 

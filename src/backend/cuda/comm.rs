@@ -121,9 +121,8 @@ impl CudaBackend {
         dest: usize,
         tag: i32,
     ) -> Result<Pending> {
-        use crate::backend::Backend;
         if comm.plan().p2p != Transport::CudaAwareMpi {
-            return comm.isend_f32(dest, tag, self.download(buf)?);
+            return staged::send_buf(self, comm, buf, dest, tag);
         }
         let copy = self.stream.clone_dtod(buf)?;
         self.stream.synchronize()?;
@@ -142,12 +141,8 @@ impl CudaBackend {
         src: usize,
         tag: i32,
     ) -> Result<f64> {
-        use crate::backend::Backend;
         if comm.plan().p2p != Transport::CudaAwareMpi {
-            let mut host = vec![0.0f32; len];
-            let idle = comm.recv_f32(src, tag, &mut host)?;
-            *buf = self.upload_vec(host)?;
-            return Ok(idle);
+            return staged::recv_buf(self, comm, buf, len, src, tag);
         }
         if buf.len() != len {
             *buf = self.stream.alloc_zeros::<f32>(len)?;
