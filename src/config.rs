@@ -83,6 +83,10 @@ pub struct TrainConfig {
     /// default until its kernels have been checked on a GPU.
     #[serde(default)]
     pub flash_attention: bool,
+    /// Rows of the LM head (logits, cross-entropy and their backward) computed at once on the
+    /// last stage; 0 = automatic (a logits chunk of about 256 MiB).
+    #[serde(default)]
+    pub head_chunk_rows: usize,
     /// Test hook: make the loss NaN at this step (exercises the NaN guard).
     #[serde(default)]
     pub debug_nan_at_step: Option<usize>,

@@ -80,9 +80,15 @@ fn grids_sharing_one_gpu_match_the_one_rank_gpu_run() {
     let dir = scratch("cuda-grids");
     let cfg = tiny_config(&dir, "");
     let (base_l, base_w) = run(1, &dir, &cfg, "base", &[]);
-    for (dp, tp, pp) in [(2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1)] {
-        let name = format!("dp{dp}-tp{tp}-pp{pp}");
-        let sets = [format!("parallel.tp={tp}"), format!("parallel.pp={pp}")];
+    // The first two run the LM head in chunks of 7 of the 32 rows (the base: all at once), so
+    // the sub-range GEMMs and the loss kernels on partial buffers run on the GPU.
+    for (dp, tp, pp, rows) in [(2, 1, 1, 7), (1, 2, 1, 7), (1, 1, 2, 0), (2, 2, 1, 0)] {
+        let name = format!("dp{dp}-tp{tp}-pp{pp}-head{rows}");
+        let sets = [
+            format!("parallel.tp={tp}"),
+            format!("parallel.pp={pp}"),
+            format!("train.head_chunk_rows={rows}"),
+        ];
         let (l, w) = run(dp * tp * pp, &dir, &cfg, &name, &sets);
         assert_eq!(l.len(), base_l.len(), "{name}");
         for (s, (a, b)) in l.iter().zip(&base_l).enumerate() {

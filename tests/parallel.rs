@@ -108,7 +108,9 @@ fn every_grid_matches_one_rank() {
     let (base_l, base_w) = run(1, &dir, "base", &cfg, &COMMON);
     assert_eq!(base_l.len(), 10);
     let mcfg = Gpt2Config::new(50257, 32, 32, 4, 4);
-    let mut cases: Vec<(usize, usize, usize, &str, u8, bool, &str)> = Vec::new();
+    // (dp, tp, pp, schedule, ZeRO stage, overlap, comm.backend, train.head_chunk_rows)
+    type Case<'a> = (usize, usize, usize, &'a str, u8, bool, &'a str, usize);
+    let mut cases: Vec<Case> = Vec::new();
     for (dp, tp, pp) in [
         (2, 1, 1),
         (1, 2, 1),
@@ -122,19 +124,22 @@ fn every_grid_matches_one_rank() {
         (4, 1, 1),
     ] {
         let zero = u8::from(dp > 1);
-        cases.push((dp, tp, pp, "1f1b", zero, true, "auto"));
+        cases.push((dp, tp, pp, "1f1b", zero, true, "auto", 0));
         if pp > 1 {
-            cases.push((dp, tp, pp, "gpipe", zero, true, "auto"));
+            cases.push((dp, tp, pp, "gpipe", zero, true, "auto", 0));
         }
     }
     // Plain data parallelism: bucketed and overlapped, and one reduction after backward.
-    cases.push((2, 2, 1, "1f1b", 0, true, "auto"));
-    cases.push((2, 1, 2, "1f1b", 0, false, "auto"));
+    cases.push((2, 2, 1, "1f1b", 0, true, "auto", 0));
+    cases.push((2, 1, 2, "1f1b", 0, false, "auto", 0));
     // Every message through host copies (the staged transport the GPU falls back to): TP
-    // all-reduces, overlapped dp buckets, the tied-wte reduction and pipeline messages.
-    cases.push((2, 2, 2, "1f1b", 0, true, "mpi-staged"));
-    for (dp, tp, pp, sched, zero, overlap, comm) in cases {
-        let name = format!("dp{dp}-tp{tp}-pp{pp}-{sched}-zero{zero}-overlap{overlap}-{comm}");
+    // all-reduces, overlapped dp buckets, the tied-wte reduction and pipeline messages. Its LM
+    // head runs in chunks of 7 of the 32 rows (the base: all at once), as does pp = 1's tp = 4.
+    cases.push((2, 2, 2, "1f1b", 0, true, "mpi-staged", 7));
+    cases.push((1, 4, 1, "1f1b", 0, true, "auto", 7));
+    for (dp, tp, pp, sched, zero, overlap, comm, rows) in cases {
+        let name =
+            format!("dp{dp}-tp{tp}-pp{pp}-{sched}-zero{zero}-overlap{overlap}-{comm}-head{rows}");
         // Overlapped: 10 KiB buckets, about one per layer, so reductions start during backward.
         // Not overlapped: one reduction of the whole gradient after backward.
         let mb = if overlap { 0.01 } else { 1000.0 };
@@ -146,6 +151,7 @@ fn every_grid_matches_one_rank() {
             format!("parallel.overlap_grad_reduce={overlap}"),
             format!("parallel.bucket_mb={mb}"),
             format!("comm.backend=\"{comm}\""),
+            format!("train.head_chunk_rows={rows}"),
         ];
         let mut args = COMMON.to_vec();
         for s in &sets {

@@ -178,21 +178,25 @@ pub trait Backend: Send + Sync {
     fn gelu_backward(&self, dx: &mut Self::Buf, x: &Self::Buf, dy: &Self::Buf) -> Result<()>;
     /// `y += x`.
     fn add_inplace(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
-    /// `logits [N, Vp] = xf [N, C] · wteᵀ`.
+    /// `logits [n, Vp] = xf[row0 .. row0 + n] · wteᵀ` (`xf [·, C]`; `logits` holds at least
+    /// `n·Vp` floats, the rest untouched). A row range lets the LM head run in chunks.
     fn logits_forward(
         &self,
         logits: &mut Self::Buf,
         xf: &Self::Buf,
+        row0: usize,
         p: &Self::Buf,
         wte: Region,
         n: usize,
         c: usize,
         vp: usize,
     ) -> Result<()>;
-    /// `dxf = dlogits · wte` (overwritten), `dwte += dlogitsᵀ · xf`.
+    /// Over rows `row0 .. row0 + n` of `dxf, xf [·, C]` and the `[n, Vp]` `dlogits`:
+    /// `dxf[rows] = dlogits · wte` (overwritten), `dwte += dlogitsᵀ · xf[rows]`.
     fn logits_backward(
         &self,
         dxf: &mut Self::Buf,
+        row0: usize,
         g: &mut Self::Buf,
         dwte: Region,
         dlogits: &Self::Buf,
@@ -203,13 +207,15 @@ pub trait Backend: Send + Sync {
         c: usize,
         vp: usize,
     ) -> Result<()>;
-    /// Per-row cross-entropy over the first `v` of `vp` columns into `losses [N]`; with
-    /// `grad_scale`, logits become `scale·(softmax − onehot)` (0 on padded columns).
+    /// Per-row cross-entropy of the first `n` rows of `logits [·, Vp]` over the first `v`
+    /// columns into `losses[..n]` (targets `[n]`); with `grad_scale`, those logits become
+    /// `scale·(softmax − onehot)` (0 on padded columns).
     fn softmax_xent(
         &self,
         logits: &mut Self::Buf,
         losses: &mut Self::Buf,
         targets: &Self::Tokens,
+        n: usize,
         vp: usize,
         v: usize,
         grad_scale: Option<f32>,
@@ -405,7 +411,8 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
     /// Vocab-parallel cross-entropy, step 1: per-row partials `stats [N, 3]` of the local logits
-    /// `[N, Vl]` (global columns `v0 ..`, real ones `< v`). Default: staged through the host.
+    /// `[N, Vl]` (global columns `v0 ..`, real ones `< v`), N = `targets.len()`; the buffers may
+    /// be longer (rows past N untouched). Default: staged through the host.
     fn xent_partial(
         &self,
         logits: &Self::Buf,
@@ -417,12 +424,14 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         let z = self.download(logits)?;
         let mut st = self.download(stats)?;
-        vocab_parallel::xent_partial(&z, &mut st, targets, vl, v0, v);
+        let n = targets.len();
+        vocab_parallel::xent_partial(&z[..n * vl], &mut st[..3 * n], targets, vl, v0, v);
         *stats = self.upload(&st)?;
         Ok(())
     }
-    /// Vocab-parallel cross-entropy, step 3: local logits become `scale · (softmax − onehot)`
-    /// from the combined `ms [N, 2] = (M, 1/S)`. Default: staged through the host.
+    /// Vocab-parallel cross-entropy, step 3: local logits `[N, Vl]` (N = `targets.len()`, the
+    /// buffer may be longer) become `scale · (softmax − onehot)` from the combined
+    /// `ms [N, 2] = (M, 1/S)`. Default: staged through the host.
     fn xent_grad(
         &self,
         logits: &mut Self::Buf,
@@ -435,7 +444,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         let mut z = self.download(logits)?;
         let ms = self.download(ms)?;
-        vocab_parallel::xent_grad(&mut z, &ms, targets, vl, v0, v, scale);
+        let n = targets.len();
+        vocab_parallel::xent_grad(&mut z[..n * vl], &ms[..2 * n], targets, vl, v0, v, scale);
         *logits = self.upload(&z)?;
         Ok(())
     }

@@ -82,7 +82,8 @@ pub fn run<B: Backend>(
                 if model.is_first() || model.is_last() {
                     fill(mb, &mut sl.tokens, &mut sl.targets);
                 }
-                out.loss_sum += model.forward(params, sl, grad_scale, &links.tp)?;
+                let train = grads.as_deref_mut().zip(grad_scale);
+                out.loss_sum += model.forward(params, sl, scratch, train, &links.tp)?;
                 if grads.is_none() {
                     // Forward only: the slot is free once its output is sent (or consumed).
                     slot_of.release(mb)?;

@@ -13,7 +13,7 @@ use crate::model::gpt2::attention::AttnDims;
 use crate::model::gpt2::block::{self, BlockActs, BlockScratch, BlockTensors};
 use crate::model::gpt2::params::BlockIdx;
 use crate::model::gpt2::{vocab_parallel, Gpt2Config};
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
 /// This rank's stage of a GPT-2 on backend `B`.
 pub struct StageModel<B: Backend> {
@@ -21,16 +21,31 @@ pub struct StageModel<B: Backend> {
     pub cfg: Gpt2Config,
     pub layout: StageLayout,
     pub be: B,
+    /// Rows of the LM head computed at once (`train.head_chunk_rows`); 0 = automatic.
+    head_chunk_rows: usize,
 }
 
-/// Last-stage activations: ln_f, local logits `[N, Vl]` and the cross-entropy pieces.
+/// Floats of the logits chunk `[R, Vl]` the LM head aims for when the row count is automatic:
+/// 2²⁶ (256 MiB of f32). GPT-2's vocabulary gives R = 1334 rows, enough for full-speed GEMMs,
+/// instead of `[B·T, Vl]` (6.6 GB at B = 32, T = 1024).
+pub const HEAD_CHUNK_FLOATS: usize = 1 << 26;
+
+/// Last-stage activations: ln_f and, after a training forward, the gradient of its output
+/// (the LM head's backward runs inside the training forward, see [`StageModel::forward`]).
 struct HeadActs<B: Backend> {
     lnf: B::Buf,      // [N, C]
     lnf_mean: B::Buf, // [N]
     lnf_rstd: B::Buf, // [N]
-    logits: B::Buf,   // [N, Vl]; their gradient after a training forward
-    losses: B::Buf,   // [N] (tp = 1)
-    stats: B::Buf,    // [N, 3] (tp > 1)
+    dlnf: B::Buf,     // [N, C]: ∂(scale·Σ loss)/∂lnf, summed over the TP group
+    /// Whether `dlnf` belongs to the last forward (a training forward).
+    has_grad: bool,
+}
+
+/// The LM head's working set for one chunk of R rows, shared by all micro-batches.
+struct HeadScratch<B: Backend> {
+    logits: B::Buf, // [R, Vl]: the chunk's local logits, then their gradient
+    losses: B::Buf, // [R] (tp = 1)
+    stats: B::Buf,  // [R, 3] (tp > 1)
 }
 
 /// Saved activations of one micro-batch on this stage.
@@ -52,18 +67,40 @@ pub struct StageActs<B: Backend> {
 /// reductions while the rest of backward runs.
 pub type OnReady<'a, B> = dyn FnMut(&mut <B as Backend>::Buf, usize) -> Result<()> + 'a;
 
-/// Gradient scratch shared by all micro-batches of a stage.
+/// Scratch shared by all micro-batches of a stage.
 pub struct StageScratch<B: Backend> {
     block: BlockScratch<B>,
     /// `[N, C]`: the gradient of the stage output on entry to backward (received, except on the
     /// last stage), the gradient of the stage input on exit (to send).
     pub dres: B::Buf,
-    dlnf: B::Buf, // [N, C]
+    head: Option<HeadScratch<B>>,
 }
 
 impl<B: Backend> StageModel<B> {
     pub fn new(cfg: Gpt2Config, layout: StageLayout, be: B) -> Self {
-        Self { cfg, layout, be }
+        Self {
+            cfg,
+            layout,
+            be,
+            head_chunk_rows: 0,
+        }
+    }
+
+    /// Compute the LM head `rows` rows at a time (0 = automatic, see [`HEAD_CHUNK_FLOATS`]).
+    pub fn with_head_chunk_rows(mut self, rows: usize) -> Self {
+        self.head_chunk_rows = rows;
+        self
+    }
+
+    /// Rows R of each LM-head chunk for micro-batches of `n` rows: `train.head_chunk_rows`, or
+    /// as many as fit [`HEAD_CHUNK_FLOATS`] logits; always in 1..=n. Equal on every TP rank
+    /// (Vl is), so the ranks run the same chunks and the same collectives.
+    pub fn head_rows(&self, n: usize) -> usize {
+        let r = match self.head_chunk_rows {
+            0 => HEAD_CHUNK_FLOATS / self.layout.vl.max(1),
+            r => r,
+        };
+        r.clamp(1, n.max(1))
     }
 
     pub fn is_first(&self) -> bool {
@@ -117,9 +154,8 @@ impl<B: Backend> StageModel<B> {
                 lnf: be.zeros(n * c)?,
                 lnf_mean: be.zeros(n)?,
                 lnf_rstd: be.zeros(n)?,
-                logits: be.zeros(n * self.layout.vl)?,
-                losses: be.zeros(n)?,
-                stats: be.zeros(n * 3)?,
+                dlnf: be.zeros(n * c)?,
+                has_grad: false,
             })
         } else {
             None
@@ -142,10 +178,20 @@ impl<B: Backend> StageModel<B> {
 
     pub fn scratch(&self, n: usize) -> Result<StageScratch<B>> {
         let (be, c) = (&self.be, self.cfg.n_embd);
+        let rows = self.head_rows(n);
+        let head = if self.is_last() {
+            Some(HeadScratch {
+                logits: be.zeros(rows * self.layout.vl)?,
+                losses: be.zeros(rows)?,
+                stats: be.zeros(rows * 3)?,
+            })
+        } else {
+            None
+        };
         Ok(StageScratch {
             block: BlockScratch::new(be, n, c, self.layout.tp)?,
             dres: be.zeros(n * c)?,
-            dlnf: be.zeros(n * c)?,
+            head,
         })
     }
 
@@ -156,13 +202,15 @@ impl<B: Backend> StageModel<B> {
 
     /// Forward of one micro-batch (tokens and targets already in `a`). The first stage embeds
     /// `a.tokens`; other stages start from `a.input`. The last stage returns the mean loss over
-    /// the micro-batch's tokens, and with `grad_scale` leaves `scale·∂(Σ loss)/∂logits` for
-    /// backward; other stages return 0.
+    /// the micro-batch's tokens; in training (`train` = the gradient buffer and the loss scale)
+    /// it also runs the LM head's backward (see [`StageModel::head_forward`]). Other stages
+    /// return 0 and touch no gradients.
     pub fn forward(
         &self,
         params: &B::Buf,
         a: &mut StageActs<B>,
-        grad_scale: Option<f32>,
+        s: &mut StageScratch<B>,
+        train: Option<(&mut B::Buf, f32)>,
         tp: &Tp,
     ) -> Result<f64> {
         let (be, ly) = (&self.be, &self.layout);
@@ -201,24 +249,86 @@ impl<B: Backend> StageModel<B> {
             w,
             bias,
         )?;
-        // Copy to TP (identity) → local logits [N, Vl].
-        let (n, vl, v) = (b * t, ly.vl, self.cfg.vocab_size);
-        be.logits_forward(&mut h.logits, &h.lnf, params, self.wte()?, n, c, vl)?;
+        let hs = s.head.as_mut().context("last stage without head scratch")?;
+        let loss = self.head_forward(params, h, hs, &a.targets, train, tp)?;
+        Ok(loss / (b * t) as f64)
+    }
+
+    /// The tied LM head and the loss of one micro-batch on `lnf [N, C]`, R rows at a time
+    /// ([`StageModel::head_rows`]) so the local logits `[N, Vl]` never exist at once (the
+    /// largest activation of a GPT-2 otherwise). Per chunk of rows: `logits = lnf[rows] · wte_rᵀ`
+    /// (copy to TP: identity), the cross-entropy ([`StageModel::xent_chunk`]), and in training
+    /// at once the head's backward on the chunk's logit gradient (the loss needs nothing else
+    /// from the logits): `dlnf[rows] = dlogits · wte_r`, `dwte_r += dlogitsᵀ · lnf[rows]`.
+    /// Then `dlnf` is summed over TP (the dual of the copy). Returns Σ loss over the N rows.
+    fn head_forward(
+        &self,
+        params: &B::Buf,
+        h: &mut HeadActs<B>,
+        hs: &mut HeadScratch<B>,
+        targets: &[u32],
+        mut train: Option<(&mut B::Buf, f32)>,
+        tp: &Tp,
+    ) -> Result<f64> {
+        let be = &self.be;
+        let (n, c, vl) = (targets.len(), self.cfg.n_embd, self.layout.vl);
+        let (wte, rows) = (self.wte()?, self.head_rows(n));
+        let scale = train.as_ref().map(|t| t.1);
+        let mut loss = 0.0;
+        for r0 in (0..n).step_by(rows) {
+            let y = &targets[r0..n.min(r0 + rows)];
+            let k = y.len();
+            be.logits_forward(&mut hs.logits, &h.lnf, r0, params, wte, k, c, vl)?;
+            loss += self.xent_chunk(hs, y, scale, tp)?;
+            if let Some((g, _)) = train.as_mut() {
+                let (dz, x) = (&hs.logits, &h.lnf);
+                be.logits_backward(&mut h.dlnf, r0, g, wte, dz, x, params, wte, k, c, vl)?;
+            }
+        }
+        h.has_grad = train.is_some();
+        if h.has_grad {
+            tp.all_reduce(be, &mut h.dlnf)?;
+        }
+        Ok(loss)
+    }
+
+    /// Cross-entropy of the first `k = y.len()` rows of `hs.logits [R, Vl]`: returns Σ loss, and
+    /// with `scale` turns those logits into `scale · ∂(Σ loss)/∂logits`. TP = 1: fused softmax
+    /// and loss. TP > 1 (vocab-parallel): per-row partials → all-gather (3 floats per row and
+    /// rank) → combine → local gradient.
+    fn xent_chunk(
+        &self,
+        hs: &mut HeadScratch<B>,
+        y: &[u32],
+        scale: Option<f32>,
+        tp: &Tp,
+    ) -> Result<f64> {
+        let (be, ly) = (&self.be, &self.layout);
+        let (k, vl, v) = (y.len(), ly.vl, self.cfg.vocab_size);
         if tp.size == 1 {
-            let y = be.tokens(&a.targets)?;
-            be.softmax_xent(&mut h.logits, &mut h.losses, &y, vl, v, grad_scale)?;
-            return Ok(be.sum(&h.losses)? / n as f64);
+            be.zero(&mut hs.losses)?; // a last, shorter chunk leaves the tail 0
+            be.softmax_xent(
+                &mut hs.logits,
+                &mut hs.losses,
+                &be.tokens(y)?,
+                k,
+                vl,
+                v,
+                scale,
+            )?;
+            return be.sum(&hs.losses);
         }
-        // Vocab-parallel cross-entropy: partials → all-gather → combine → local gradient.
-        be.xent_partial(&h.logits, &mut h.stats, &a.targets, vl, ly.v0, v)?;
-        let gathered = tp.all_gather(&be.download(&h.stats)?)?;
-        let (mut ms, mut losses) = (vec![0.0f32; 2 * n], vec![0.0f32; n]);
+        be.xent_partial(&hs.logits, &mut hs.stats, y, vl, ly.v0, v)?;
+        let mut stats = be.download(&hs.stats)?;
+        stats.truncate(3 * k);
+        let gathered = tp.all_gather(&stats)?;
+        let (mut ms, mut losses) = (vec![0.0f32; 2 * k], vec![0.0f32; k]);
         vocab_parallel::xent_combine(&gathered, tp.size, &mut ms, &mut losses);
-        if let Some(s) = grad_scale {
+        if let Some(s) = scale {
             let ms = be.upload(&ms)?;
-            be.xent_grad(&mut h.logits, &ms, &a.targets, vl, ly.v0, v, s)?;
+            be.xent_grad(&mut hs.logits, &ms, y, vl, ly.v0, v, s)?;
         }
-        Ok(losses.iter().map(|&l| l as f64).sum::<f64>() / n as f64)
+        Ok(losses.iter().map(|&l| l as f64).sum())
     }
 
     /// Backward of one forwarded micro-batch: parameter gradients accumulate into `grads`. On
@@ -237,21 +347,11 @@ impl<B: Backend> StageModel<B> {
         let (be, ly) = (&self.be, &self.layout);
         let (b, t, c) = (a.b, a.t, self.cfg.n_embd);
         if let Some(h) = a.head.as_ref() {
-            let wte = self.wte()?;
-            let (n, vl) = (b * t, ly.vl);
-            be.logits_backward(
-                &mut s.dlnf,
-                grads,
-                wte,
-                &h.logits,
-                &h.lnf,
-                params,
-                wte,
-                n,
-                c,
-                vl,
-            )?;
-            tp.all_reduce(be, &mut s.dlnf)?; // dual of copy to TP
+            // The head itself ran in the training forward; dlnf is its output gradient.
+            ensure!(
+                h.has_grad,
+                "backward of a micro-batch whose forward was not a training forward"
+            );
             be.zero(&mut s.dres)?;
             let x = a.blocks.last().map_or(&a.input, |x| &x.out);
             let (w, bias) = (
@@ -263,7 +363,7 @@ impl<B: Backend> StageModel<B> {
                 grads,
                 w,
                 bias,
-                &s.dlnf,
+                &h.dlnf,
                 x,
                 params,
                 w,
@@ -341,13 +441,14 @@ mod tests {
                 a.input = wave(b * t * c.n_embd, 13);
             }
             let tp = Tp::single();
-            model.forward(&params, &mut a, Some(0.1), &tp).unwrap();
             let mut sc = model.scratch(b * t).unwrap();
+            // Start from earlier micro-batches' (nonzero) gradients.
+            let mut grads = wave(ly.total, 31);
+            let train = Some((&mut grads, 0.1));
+            model.forward(&params, &mut a, &mut sc, train, &tp).unwrap();
             if !model.is_last() {
                 sc.dres = wave(b * t * c.n_embd, 29);
             }
-            // Start from earlier micro-batches' (nonzero) gradients.
-            let mut grads = wave(ly.total, 31);
             let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
             let mut hook = |g: &mut Vec<f32>, o: usize| {
                 seen.push((o, g.clone()));

@@ -22,8 +22,15 @@ fn cfg(tp: usize) -> Gpt2Config {
     Gpt2Config::new(150, 8, 16, 2, 4).with_tp_padding(tp)
 }
 
-/// Loss (mean over tokens) and the global gradient of the TP model on `tp` threads.
-fn loss_and_grad(tp: usize, params: &[f32], tok: &[u32], tgt: &[u32]) -> (f64, Vec<f32>) {
+/// Loss (mean over tokens) and the global gradient of the TP model on `tp` threads, its LM
+/// head computed `rows` rows at a time (0 = automatic: all `B·T` at once at this size).
+fn loss_and_grad(
+    tp: usize,
+    rows: usize,
+    params: &[f32],
+    tok: &[u32],
+    tgt: &[u32],
+) -> (f64, Vec<f32>) {
     let c = cfg(tp);
     let global = ParamLayout::new(&c);
     let comms = ThreadComm::group(tp);
@@ -37,15 +44,18 @@ fn loss_and_grad(tp: usize, params: &[f32], tok: &[u32], tgt: &[u32]) -> (f64, V
                     let ly = StageLayout::new(&c, global, tp, r, 1, 0).unwrap();
                     let mut local = vec![0.0f32; ly.total];
                     ly.extract(global, params, &mut local);
-                    let model = StageModel::new(c, ly.clone(), Cpu::new(1));
+                    let model =
+                        StageModel::new(c, ly.clone(), Cpu::new(1)).with_head_chunk_rows(rows);
                     let mut acts = model.acts(B, T).unwrap();
                     acts.tokens.copy_from_slice(tok);
                     acts.targets.copy_from_slice(tgt);
                     let tpc = Tp::of(&comm);
                     let scale = 1.0 / (B * T) as f32;
-                    let loss = model.forward(&local, &mut acts, Some(scale), &tpc).unwrap();
                     let mut grads = model.be.zeros(ly.total).unwrap();
                     let mut sc = model.scratch(B * T).unwrap();
+                    let loss = model
+                        .forward(&local, &mut acts, &mut sc, Some((&mut grads, scale)), &tpc)
+                        .unwrap();
                     model
                         .backward(&local, &mut grads, &acts, &mut sc, &tpc, None)
                         .unwrap();
@@ -73,7 +83,8 @@ fn tensor_parallel_backward_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let tok: Vec<u32> = (0..B * T).map(|_| rng.next_u32() % 150).collect();
     let tgt: Vec<u32> = (0..B * T).map(|_| rng.next_u32() % 150).collect();
-    for tp in [2usize, 4] {
+    // tp = 4 runs the LM head in chunks of 3 rows (the last one 1), one all-gather each.
+    for (tp, rows) in [(2usize, 0usize), (4, 3)] {
         let c = cfg(tp);
         let global = ParamLayout::new(&c);
         let mut p = vec![0.0f32; global.total];
@@ -86,10 +97,10 @@ fn tensor_parallel_backward_matches_finite_differences() {
                 }
             }
         }
-        let (_, g) = loss_and_grad(tp, &p, &tok, &tgt);
+        let (_, g) = loss_and_grad(tp, rows, &p, &tok, &tgt);
         // The unsharded model (its own vocabulary padding) for comparison.
         let l1 = ParamLayout::new(&cfg(1));
-        let (_, g1) = loss_and_grad(1, &repad(&global, &p, &l1), &tok, &tgt);
+        let (_, g1) = loss_and_grad(1, 0, &repad(&global, &p, &l1), &tok, &tgt);
         let g1 = repad(&l1, &g1, &global);
         for e in &global.entries {
             let d: Vec<f32> = (0..e.len)
@@ -101,7 +112,7 @@ fn tensor_parallel_backward_matches_finite_differences() {
                 for (x, dd) in q[e.offset..e.offset + e.len].iter_mut().zip(&d) {
                     *x += sign * eps * dd;
                 }
-                loss_and_grad(tp, &q, &tok, &tgt).0
+                loss_and_grad(tp, rows, &q, &tok, &tgt).0
             };
             let fd = (at(1.0) - at(-1.0)) / (2.0 * eps as f64);
             let dot = |g: &[f32]| -> f64 {
@@ -128,7 +139,8 @@ fn tensor_parallel_backward_matches_finite_differences() {
 }
 
 /// With tp = pp = 1 the stage model is the plain GPT-2 (which is checked against Hugging Face):
-/// same loss and gradients.
+/// same loss and gradients, however many rows its LM head computes at once (the plain model
+/// computes all `[N, Vp]` logits, then their backward).
 #[test]
 fn unsharded_stage_is_the_plain_model() {
     use crate::model::gpt2::Gpt2;
@@ -138,7 +150,6 @@ fn unsharded_stage_is_the_plain_model() {
     global.init(&c, 4, &mut p);
     let tok: Vec<u32> = (0..B * T).map(|i| (i * 37 % 150) as u32).collect();
     let tgt: Vec<u32> = (0..B * T).map(|i| (i * 53 % 150) as u32).collect();
-    let (loss, g) = loss_and_grad(1, &p, &tok, &tgt);
     let model = Gpt2::new(c, 1);
     let mut acts = model.activations(B, T).unwrap();
     let scale = Some(1.0 / (B * T) as f32);
@@ -147,11 +158,17 @@ fn unsharded_stage_is_the_plain_model() {
         .unwrap();
     let mut gw = vec![0.0f32; global.total];
     model.backward(&p, &mut gw, &tok, &mut acts).unwrap();
-    assert!(
-        (loss - want as f64).abs() <= 1e-6 * want.abs() as f64,
-        "{loss} vs {want}"
-    );
-    for (a, b) in g.iter().zip(&gw) {
-        assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "{a} vs {b}");
+    for rows in [0, 1, 3, B * T - 1, B * T, 4 * B * T] {
+        let (loss, g) = loss_and_grad(1, rows, &p, &tok, &tgt);
+        assert!(
+            (loss - want as f64).abs() <= 1e-6 * want.abs() as f64,
+            "rows {rows}: {loss} vs {want}"
+        );
+        for (a, b) in g.iter().zip(&gw) {
+            assert!(
+                (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
+                "rows {rows}: {a} vs {b}"
+            );
+        }
     }
 }

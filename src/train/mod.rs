@@ -150,7 +150,8 @@ impl<B: Backend> Trainer<B> {
         } else {
             vec![0.0f32; layout.total]
         };
-        let model = StageModel::new(gcfg, layout, be);
+        let model =
+            StageModel::new(gcfg, layout, be).with_head_chunk_rows(cfg.train.head_chunk_rows);
         let t = &cfg.train;
         let train_files = TokenData::from_pattern(&cfg.data.train).context("data.train")?;
         let data = Arc::new(TokenData::open(&train_files, gcfg.vocab_size).context("data.train")?);

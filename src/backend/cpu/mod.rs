@@ -41,7 +41,7 @@ use super::{AdamStep, Backend, Region};
 use crate::model::gpt2::attention::{self, AttnDims};
 use crate::model::gpt2::{embedding, head, layernorm, linear, loss, mlp, vocab_parallel};
 use crate::optim::{adamw, clip};
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 /// The CPU backend: host `Vec<f32>` buffers, rayon threads, the `gemm` crate.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +59,28 @@ impl Cpu {
 }
 
 /// Two disjoint mutable regions of one buffer.
+/// Rows `row0 .. row0 + n` of a row-major `[·, cols]` buffer, or an error if it is too short.
+fn rows_of(buf: &[f32], row0: usize, n: usize, cols: usize) -> Result<&[f32]> {
+    let r = row0 * cols..(row0 + n) * cols;
+    ensure!(
+        r.end <= buf.len(),
+        "rows {row0}..{} of a {}-float buffer with {cols} columns",
+        row0 + n,
+        buf.len()
+    );
+    Ok(&buf[r])
+}
+
+/// The first `len` floats of `buf`, or an error if it is shorter.
+fn prefix_mut(buf: &mut [f32], len: usize) -> Result<&mut [f32]> {
+    ensure!(
+        len <= buf.len(),
+        "need {len} floats, the buffer has {}",
+        buf.len()
+    );
+    Ok(&mut buf[..len])
+}
+
 fn two_mut(buf: &mut [f32], a: Region, b: Region) -> (&mut [f32], &mut [f32]) {
     if a.off < b.off {
         assert!(a.off + a.len <= b.off, "regions overlap");
@@ -233,18 +255,21 @@ impl Backend for Cpu {
         &self,
         logits: &mut Vec<f32>,
         xf: &Vec<f32>,
+        row0: usize,
         p: &Vec<f32>,
         wte: Region,
         n: usize,
         c: usize,
         vp: usize,
     ) -> Result<()> {
-        head::logits_forward(logits, xf, &p[wte.range()], n, c, vp, self.threads);
+        let (rows, z) = (rows_of(xf, row0, n, c)?, prefix_mut(logits, n * vp)?);
+        head::logits_forward(z, rows, &p[wte.range()], n, c, vp, self.threads);
         Ok(())
     }
     fn logits_backward(
         &self,
         dxf: &mut Vec<f32>,
+        row0: usize,
         g: &mut Vec<f32>,
         dwte: Region,
         dlogits: &Vec<f32>,
@@ -255,11 +280,12 @@ impl Backend for Cpu {
         c: usize,
         vp: usize,
     ) -> Result<()> {
+        rows_of(dxf, row0, n, c)?;
         head::logits_backward(
-            dxf,
+            &mut dxf[row0 * c..(row0 + n) * c],
             &mut g[dwte.range()],
-            dlogits,
-            xf,
+            rows_of(dlogits, 0, n, vp)?,
+            rows_of(xf, row0, n, c)?,
             &p[wte.range()],
             n,
             c,
@@ -273,11 +299,18 @@ impl Backend for Cpu {
         logits: &mut Vec<f32>,
         losses: &mut Vec<f32>,
         targets: &Vec<u32>,
+        n: usize,
         vp: usize,
         v: usize,
         grad_scale: Option<f32>,
     ) -> Result<()> {
-        loss::softmax_xent(logits, losses, targets, vp, v, grad_scale);
+        ensure!(
+            targets.len() == n,
+            "softmax_xent: {} targets for {n} rows",
+            targets.len()
+        );
+        let (z, l) = (prefix_mut(logits, n * vp)?, prefix_mut(losses, n)?);
+        loss::softmax_xent(z, l, targets, vp, v, grad_scale);
         Ok(())
     }
     fn sum(&self, x: &Vec<f32>) -> Result<f64> {
@@ -346,7 +379,9 @@ impl Backend for Cpu {
         v0: usize,
         v: usize,
     ) -> Result<()> {
-        vocab_parallel::xent_partial(logits, stats, targets, vl, v0, v);
+        let n = targets.len();
+        let (z, st) = (rows_of(logits, 0, n, vl)?, prefix_mut(stats, 3 * n)?);
+        vocab_parallel::xent_partial(z, st, targets, vl, v0, v);
         Ok(())
     }
     fn xent_grad(
@@ -359,7 +394,9 @@ impl Backend for Cpu {
         v: usize,
         scale: f32,
     ) -> Result<()> {
-        vocab_parallel::xent_grad(logits, ms, targets, vl, v0, v, scale);
+        let n = targets.len();
+        let (z, ms) = (prefix_mut(logits, n * vl)?, rows_of(ms, 0, n, 2)?);
+        vocab_parallel::xent_grad(z, ms, targets, vl, v0, v, scale);
         Ok(())
     }
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {

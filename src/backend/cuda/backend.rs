@@ -229,6 +229,28 @@ impl CudaBackend {
     }
 }
 
+/// `len` floats of `buf` from `off`, or an error naming the shortfall.
+fn sub(buf: &CudaSlice<f32>, off: usize, len: usize) -> Result<CudaView<'_, f32>> {
+    ensure!(
+        off + len <= buf.len(),
+        "floats {off}..{} of a {}-float buffer",
+        off + len,
+        buf.len()
+    );
+    Ok(buf.slice(off..off + len))
+}
+
+/// Mutable [`sub`].
+fn sub_mut(buf: &mut CudaSlice<f32>, off: usize, len: usize) -> Result<CudaViewMut<'_, f32>> {
+    ensure!(
+        off + len <= buf.len(),
+        "floats {off}..{} of a {}-float buffer",
+        off + len,
+        buf.len()
+    );
+    Ok(buf.slice_mut(off..off + len))
+}
+
 /// Positions grouped by token id (stable), as segments of equal ids.
 pub(super) fn segments(ids: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     let mut order: Vec<usize> = (0..ids.len()).collect();
@@ -608,6 +630,7 @@ impl Backend for CudaBackend {
         &self,
         logits: &mut CudaSlice<f32>,
         xf: &CudaSlice<f32>,
+        row0: usize,
         p: &CudaSlice<f32>,
         wte: Region,
         n: usize,
@@ -615,9 +638,9 @@ impl Backend for CudaBackend {
         vp: usize,
     ) -> Result<()> {
         self.mm(
-            logits,
+            &mut sub_mut(logits, 0, n * vp)?,
             vp,
-            op(xf.as_view(), n, c),
+            op(sub(xf, row0 * c, n * c)?, n, c),
             op(p.slice(wte.range()), vp, c).t(),
             false,
             None,
@@ -627,6 +650,7 @@ impl Backend for CudaBackend {
     fn logits_backward(
         &self,
         dxf: &mut CudaSlice<f32>,
+        row0: usize,
         g: &mut CudaSlice<f32>,
         dwte: Region,
         dlogits: &CudaSlice<f32>,
@@ -638,9 +662,9 @@ impl Backend for CudaBackend {
         vp: usize,
     ) -> Result<()> {
         self.mm(
-            dxf,
+            &mut sub_mut(dxf, row0 * c, n * c)?,
             c,
-            op(dlogits.as_view(), n, vp),
+            op(sub(dlogits, 0, n * vp)?, n, vp),
             op(p.slice(wte.range()), vp, c),
             false,
             None,
@@ -649,8 +673,8 @@ impl Backend for CudaBackend {
         self.mm(
             &mut g.slice_mut(dwte.range()),
             c,
-            op(dlogits.as_view(), n, vp).t(),
-            op(xf.as_view(), n, c),
+            op(sub(dlogits, 0, n * vp)?, n, vp).t(),
+            op(sub(xf, row0 * c, n * c)?, n, c),
             true,
             None,
             None,
@@ -661,14 +685,14 @@ impl Backend for CudaBackend {
         logits: &mut CudaSlice<f32>,
         losses: &mut CudaSlice<f32>,
         targets: &DevTokens,
+        n: usize,
         vp: usize,
         v: usize,
         grad_scale: Option<f32>,
     ) -> Result<()> {
-        let n = losses.len();
         self.k.softmax_xent(
-            &mut logits.as_view_mut(),
-            &mut losses.as_view_mut(),
+            &mut sub_mut(logits, 0, n * vp)?,
+            &mut sub_mut(losses, 0, n)?,
             &targets.ids.as_view(),
             n,
             vp,

@@ -174,11 +174,19 @@ impl<B: Backend> Gpt2<B> {
             w,
             bias,
         )?;
-        be.logits_forward(&mut acts.logits, &acts.lnf, params, wte, b * t, c, vp)?;
+        be.logits_forward(&mut acts.logits, &acts.lnf, 0, params, wte, b * t, c, vp)?;
         match targets {
             Some(y) => {
                 let v = self.cfg.vocab_size;
-                be.softmax_xent(&mut acts.logits, &mut acts.losses, y, vp, v, grad_scale)?;
+                be.softmax_xent(
+                    &mut acts.logits,
+                    &mut acts.losses,
+                    y,
+                    b * t,
+                    vp,
+                    v,
+                    grad_scale,
+                )?;
                 Ok((be.sum(&acts.losses)? / (b * t) as f64) as f32)
             }
             None => Ok(0.0),
@@ -210,7 +218,7 @@ impl<B: Backend> Gpt2<B> {
             ..
         } = acts;
         // Head: dlnf = dlogits · wte; dwte += dlogitsᵀ · lnf.
-        be.logits_backward(dlnf, grads, wte, logits, lnf, params, wte, b * t, c, vp)?;
+        be.logits_backward(dlnf, 0, grads, wte, logits, lnf, params, wte, b * t, c, vp)?;
         be.zero(dres)?;
         let x = blocks.last().map_or(&*encoded, |a| &a.out);
         let (w, bias) = (self.region(ly.lnf_w), self.region(ly.lnf_b));
