@@ -230,7 +230,8 @@ impl<B: Backend> StageModel<B> {
             let (done, rest) = a.blocks.split_at_mut(k);
             let x = if k == 0 { &a.input } else { &done[k - 1].out };
             let p = self.block_regions(idx);
-            block::forward(be, &mut rest[0], x, params, &p, self.dims(b, t), tp)?;
+            let d = self.dims(b, t);
+            block::forward(be, &mut rest[0], &mut s.block, x, params, &p, d, tp)?;
         }
         let Some(h) = a.head.as_mut() else {
             return Ok(0.0);

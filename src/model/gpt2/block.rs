@@ -64,8 +64,7 @@ pub struct BlockActs<B: Backend> {
     pub ln2: B::Buf,      // [N, C]
     pub ln2_mean: B::Buf, // [N]
     pub ln2_rstd: B::Buf, // [N]
-    pub fch: B::Buf,      // [N, 4C/P]
-    pub fch_gelu: B::Buf, // [N, 4C/P]
+    pub fch: B::Buf,      // [N, 4C/P]  c_fc output; gelu(fch) is not kept (see backward)
     pub out: B::Buf,      // [N, C]  block output
 }
 
@@ -90,18 +89,19 @@ impl<B: Backend> BlockActs<B> {
             ln2_mean: be.zeros(n)?,
             ln2_rstd: be.zeros(n)?,
             fch: be.zeros(n * 4 * cl)?,
-            fch_gelu: be.zeros(n * 4 * cl)?,
             out: be.zeros(n * c)?,
         })
     }
 }
 
-/// Scratch gradients reused by every block's backward.
+/// Scratch reused by every block's forward and backward.
 pub struct BlockScratch<B: Backend> {
     dln: B::Buf,   // [N, C]
     dqkv: B::Buf,  // [N, 3C]
     datty: B::Buf, // [N, C]
-    dfch: B::Buf,  // [N, 4C]
+    /// `[N, 4C]`: `gelu(fch)` — in the forward, and recomputed in the backward for the MLP
+    /// projection's weight gradient — then `∂L/∂fch`.
+    fch4: B::Buf,
     dgelu: B::Buf, // [N, 4C]
 }
 
@@ -112,7 +112,7 @@ impl<B: Backend> BlockScratch<B> {
             dln: be.zeros(n * c)?,
             dqkv: be.zeros(n * 3 * cl)?,
             datty: be.zeros(n * cl)?,
-            dfch: be.zeros(n * 4 * cl)?,
+            fch4: be.zeros(n * 4 * cl)?,
             dgelu: be.zeros(n * 4 * cl)?,
         })
     }
@@ -138,10 +138,13 @@ fn local_dims(d: AttnDims, tp: &Tp) -> AttnDims {
 
 /// Forward of one block from input `x [N, C]`; fills `a`. `p` holds the block's parameter
 /// regions (this TP rank's shards) inside the flat parameter buffer `params`; `d` is the full
-/// model's shape.
+/// model's shape. `gelu(fch)` goes to scratch `s`, not to `a` (recomputed in the backward, as
+/// llm.c does: a fifth of the saved activations for one elementwise pass).
+#[allow(clippy::too_many_arguments)]
 pub fn forward<B: Backend>(
     be: &B,
     a: &mut BlockActs<B>,
+    s: &mut BlockScratch<B>,
     x: &B::Buf,
     params: &B::Buf,
     p: &BlockTensors<Region>,
@@ -177,18 +180,9 @@ pub fn forward<B: Backend>(
     )?;
     // Copy to TP (identity) → column-parallel c_fc → GELU → row-parallel c_proj → reduce.
     be.linear_forward(&mut a.fch, &a.ln2, params, p.fc_w, p.fc_b, n, c, 4 * cl)?;
-    be.gelu_forward(&mut a.fch_gelu, &a.fch)?;
+    be.gelu_forward(&mut s.fch4, &a.fch)?;
     let fb = row_bias(tp, p.fcproj_b);
-    be.linear_forward(
-        &mut a.out,
-        &a.fch_gelu,
-        params,
-        p.fcproj_w,
-        fb,
-        n,
-        4 * cl,
-        c,
-    )?;
+    be.linear_forward(&mut a.out, &s.fch4, params, p.fcproj_w, fb, n, 4 * cl, c)?;
     tp.all_reduce(be, &mut a.out)?;
     be.add_inplace(&mut a.out, &a.res2)
 }
@@ -210,27 +204,28 @@ pub fn backward<B: Backend>(
     tp: &Tp,
 ) -> Result<()> {
     let (n, c, cl) = (d.b * d.t, d.c, d.c / tp.size);
-    // MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))).
+    // MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))); gelu(fch) recomputed.
+    be.gelu_forward(&mut s.fch4, &a.fch)?;
     be.linear_backward(
         &mut s.dgelu,
         grads,
         p.fcproj_w,
         p.fcproj_b,
         dres,
-        &a.fch_gelu,
+        &s.fch4,
         params,
         p.fcproj_w,
         n,
         4 * cl,
         c,
     )?;
-    be.gelu_backward(&mut s.dfch, &a.fch, &s.dgelu)?;
+    be.gelu_backward(&mut s.fch4, &a.fch, &s.dgelu)?;
     be.linear_backward(
         &mut s.dln,
         grads,
         p.fc_w,
         p.fc_b,
-        &s.dfch,
+        &s.fch4,
         &a.ln2,
         params,
         p.fc_w,

@@ -156,6 +156,7 @@ impl<B: Backend> Gpt2<B> {
             block::forward(
                 be,
                 &mut rest[0],
+                &mut acts.scratch,
                 x,
                 params,
                 &self.block_regions(l),
