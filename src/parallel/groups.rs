@@ -25,32 +25,28 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// The groups of grid `g`, moving the buffers of backend `be` by `plan`. With NCCL the tp,
-    /// dp and embedding groups (1-rank groups included) get an NCCL communicator: dp's on the
-    /// backend's communication stream (its reductions overlap the backward), the others on the
-    /// compute stream. The pp group carries only pipeline messages, which never use NCCL, so it
-    /// gets none. Collective over `world`: every rank must call it.
-    pub fn with_plan<B: Backend>(
-        world: &SimpleCommunicator,
-        g: Grid,
-        rank: usize,
-        plan: Plan,
-        be: &B,
-    ) -> Result<Self> {
-        let mut gr = Self::new(world, g, rank)?;
-        for c in [&mut gr.tp, &mut gr.emb] {
+    /// Sets every group's transport to `plan`. With NCCL the tp, dp and embedding groups (1-rank
+    /// groups included) get an NCCL communicator: dp's on the backend's communication stream
+    /// (its reductions overlap the backward), the others on the compute stream. The pp group
+    /// carries only pipeline messages, which never use NCCL, so it gets none. Collective over
+    /// each group in turn.
+    ///
+    /// An error here must end the job (`MPI_Abort`), not be agreed on: the rank's partners may
+    /// be waiting inside `ncclCommInitRank` or in another group's set-up, where no agreement
+    /// can reach them.
+    pub fn connect<B: Backend>(&mut self, plan: Plan, be: &B) -> Result<()> {
+        for c in [&mut self.tp, &mut self.emb] {
             c.set_plan(plan, be.cuda_stream())?;
         }
-        gr.dp.set_plan(plan, be.cuda_comm_stream())?;
+        self.dp.set_plan(plan, be.cuda_comm_stream())?;
         let messages_only = Plan {
             coll: plan.p2p,
             ..plan
         };
-        gr.pp.set_plan(messages_only, None)?;
-        Ok(gr)
+        self.pp.set_plan(messages_only, None)
     }
 
-    /// The groups of grid `g` on host memory. Collective over `world`.
+    /// The groups of grid `g`, on host memory until [`Groups::connect`]. Collective over `world`.
     pub fn new(world: &SimpleCommunicator, g: Grid, rank: usize) -> Result<Self> {
         let c = g.coords(rank);
         let in_emb = g.pp > 1 && (c.pp == 0 || c.pp + 1 == g.pp);

@@ -51,13 +51,10 @@ fn run_on<B: Backend>(
     let (mut tr, mut writer, start) = rt.agree(setup)?;
     let facts = gather_facts(&rt.world, &tr.model.be)?;
     let (plan, why) = rt.agree(link::resolve(cfg.comm.backend, &facts))?;
-    let gr = rt.agree(Groups::with_plan(
-        &rt.world,
-        tr.grid,
-        rt.rank,
-        plan,
-        &tr.model.be,
-    ))?;
+    let mut gr = rt.agree(Groups::new(&rt.world, tr.grid, rt.rank))?;
+    // Not agreed: a failure aborts the job (see `Groups::connect`).
+    gr.connect(plan, &tr.model.be)
+        .context("setting up the communicators")?;
     if rt.rank == 0 {
         log_setup(cfg, &tr);
         log::info!(
