@@ -84,7 +84,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub flash_attention: bool,
     /// Rows of the LM head (logits, cross-entropy and their backward) computed at once on the
-    /// last stage; 0 = automatic (a logits chunk of about 256 MiB).
+    /// last stage; 0 = automatic (a logits chunk of about 512 MiB).
     #[serde(default)]
     pub head_chunk_rows: usize,
     /// Test hook: make the loss NaN at this step (exercises the NaN guard).

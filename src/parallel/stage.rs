@@ -26,9 +26,10 @@ pub struct StageModel<B: Backend> {
 }
 
 /// Floats of the logits chunk `[R, Vl]` the LM head aims for when the row count is automatic:
-/// 2²⁶ (256 MiB of f32). GPT-2's vocabulary gives R = 1334 rows, enough for full-speed GEMMs,
-/// instead of `[B·T, Vl]` (6.6 GB at B = 32, T = 1024).
-pub const HEAD_CHUNK_FLOATS: usize = 1 << 26;
+/// 2²⁷ (512 MiB of f32). GPT-2's vocabulary gives R = 2668 rows instead of `[B·T, Vl]` (6.6 GB
+/// at B = 32, T = 1024): 13 chunks there, each GEMM still large, and the `dwte` accumulation
+/// (one read and write of `[Vl, C]` per chunk) stays small next to the logits traffic.
+pub const HEAD_CHUNK_FLOATS: usize = 1 << 27;
 
 /// Last-stage activations: ln_f and, after a training forward, the gradient of its output
 /// (the LM head's backward runs inside the training forward, see [`StageModel::forward`]).
