@@ -215,3 +215,66 @@ fn gpu_reduced_precision_tracks_cpu() {
         );
     }
 }
+
+/// bf16 GEMMs with the weights pinned (rounded to bf16 once per pipeline run) compute what
+/// rounding each weight per GEMM computes — the same bf16 values, so only cuBLASLt's choice of
+/// algorithm for other alignments can differ — and once unpinned, changed weights are used,
+/// never the stale copy.
+#[test]
+fn pinned_bf16_weights_equal_per_gemm_rounding() {
+    use ferrotron::config::Precision;
+    if gpu().is_none() {
+        return;
+    }
+    let cfg = Gpt2Config::new(1000, 64, 64, 2, 4);
+    let be = CudaBackend::with_options(0, Precision::Bf16).unwrap();
+    let model = Gpt2::with_backend(cfg, be);
+    let be = &model.be;
+    let mut init = vec![0.0f32; model.layout.total];
+    model.layout.init(&cfg, 7, &mut init);
+    let (b, t) = (2, 64);
+    let tok: Vec<u32> = (0..b * t).map(|i| (i * 7919 % 1000) as u32).collect();
+    let tgt: Vec<u32> = (0..b * t).map(|i| (i * 31 % 1000) as u32).collect();
+    let (x, y) = (be.tokens(&tok).unwrap(), be.tokens(&tgt).unwrap());
+    let mut acts = model.activations(b, t).unwrap();
+    let mut g = be.zeros(model.layout.total).unwrap();
+    let mut run = |p: &_| -> (f32, Vec<f32>) {
+        be.zero(&mut g).unwrap();
+        let scale = Some(1.0 / (b * t) as f32);
+        let loss = model.forward(p, &x, Some(&y), scale, &mut acts).unwrap();
+        model.backward(p, &mut g, &x, &mut acts).unwrap();
+        (loss, be.download(&g).unwrap())
+    };
+    let mut p = be.upload(&init).unwrap();
+    let (l0, g0) = run(&p);
+    be.pin_weights(&p).unwrap();
+    let (l1, g1) = run(&p);
+    be.unpin_weights();
+    assert!(((l1 - l0) / l0).abs() <= 1e-5, "pinned loss {l1} vs {l0}");
+    let r = rel_norm(&g1, &g0);
+    assert!(r <= 1e-4, "pinned gradients differ by {r}");
+    // The GEMMs do read the copy: weights changed under a pin (which the pipeline's borrow
+    // rules out) reach only the other ops (LayerNorm, biases, embeddings).
+    let moved: Vec<f32> = init.iter().map(|w| w * 1.5).collect();
+    be.pin_weights(&p).unwrap();
+    be.upload_region(&mut p, 0, &moved).unwrap();
+    let (stale, _) = run(&p);
+    be.unpin_weights();
+    // New weights after unpinning: used as they are, the pinned copy of the old ones is not.
+    let (l2, _) = run(&p);
+    assert!(
+        ((stale - l2) / l2).abs() > 1e-3,
+        "GEMMs under a pin used the changed weights ({stale} vs {l2}): the copy is not used"
+    );
+    be.pin_weights(&p).unwrap();
+    let (l3, _) = run(&p);
+    be.unpin_weights();
+    assert!(
+        ((l3 - l2) / l2).abs() <= 1e-5,
+        "re-pinned loss {l3} vs {l2}"
+    );
+    assert!(
+        ((l2 - l0) / l0).abs() > 1e-3,
+        "scaled weights left the loss at {l2}"
+    );
+}

@@ -172,3 +172,33 @@ fn backend_comm_on_gpu() {
         assert_eq!(passed, np, "{t} on {np} ranks:\n{}", out.all());
     }
 }
+
+/// bf16 GEMMs through the trainer (the weights pinned as bf16 once per pipeline run, sharded
+/// over TP on two ranks, the LM head in chunks of 7 rows) track the fp32 run within bf16's
+/// tolerance (as `cuda_model`'s reduced-precision test: 2e-2 relative per step).
+#[test]
+fn bf16_training_tracks_fp32() {
+    if no_gpu() {
+        return;
+    }
+    let dir = scratch("cuda-bf16");
+    let cfg = tiny_config(&dir, "");
+    let (base, _) = run(1, &dir, &cfg, "fp32", &[]);
+    let bf16 = ["train.precision=\"bf16\"".to_string()];
+    let chunked = [
+        "train.precision=\"bf16\"".to_string(),
+        "parallel.tp=2".to_string(),
+        "train.head_chunk_rows=7".to_string(),
+    ];
+    for (name, np, sets) in [("bf16", 1, &bf16[..]), ("bf16-tp2", 2, &chunked[..])] {
+        let (l, _) = run(np, &dir, &cfg, name, sets);
+        assert_eq!(l.len(), base.len(), "{name}");
+        for (s, (a, b)) in l.iter().zip(&base).enumerate() {
+            assert!(
+                ((a - b) / b).abs() <= 2e-2,
+                "{name} step {}: {a} vs fp32 {b}",
+                s + 1
+            );
+        }
+    }
+}

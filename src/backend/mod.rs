@@ -351,6 +351,18 @@ pub trait Backend: Send + Sync {
         self.cuda_stream()
     }
 
+    /// Declares `params` the weights of the work that follows, until
+    /// [`Backend::unpin_weights`]: one pipeline run (a training step's forwards and backwards,
+    /// or a validation pass), during which they are immutably borrowed. A backend may derive
+    /// what it computes with from them once per run (the CUDA backend with bf16 GEMMs rounds
+    /// them to bf16 once instead of per GEMM). Default: nothing.
+    fn pin_weights(&self, _params: &Self::Buf) -> Result<()> {
+        Ok(())
+    }
+
+    /// Ends [`Backend::pin_weights`]; anything derived from the weights is stale from here.
+    fn unpin_weights(&self) {}
+
     /// A unique id of the device this rank computes on (a GPU's UUID), to find ranks that share
     /// one; None for host memory.
     fn device_uuid(&self) -> Result<Option<[u8; 16]>> {

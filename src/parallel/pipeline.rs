@@ -58,6 +58,9 @@ pub fn run<B: Backend>(
     mut ready: Option<&mut OnReady<B>>,
 ) -> Result<RunOut> {
     let be = &model.be;
+    // The weights are borrowed, so unchanged, until this function returns: pinned until then.
+    be.pin_weights(params)?;
+    let _unpin = Unpin(be);
     let stage = model.layout.stage;
     let mut out = RunOut::default();
     let mut slot_of = SlotMap::new(slots.len());
@@ -130,6 +133,15 @@ pub fn run<B: Backend>(
     }
     out.idle_s += t0.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// Unpins the weights when a run ends, by return or by error.
+struct Unpin<'a, B: Backend>(&'a B);
+
+impl<B: Backend> Drop for Unpin<'_, B> {
+    fn drop(&mut self) {
+        self.0.unpin_weights();
+    }
 }
 
 /// Drives the pending sends once (`MPI_Test`) and drops the finished ones. A large message

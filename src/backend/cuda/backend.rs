@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 /// One GPU with its stream, kernels and cuBLASLt handle.
 pub struct CudaBackend {
-    precision: Precision,
+    pub(super) precision: Precision,
+    /// The bf16 copy of the weights during a pipeline run (bf16 GEMMs; `weights.rs`).
+    pub(super) pinned: std::sync::Mutex<Option<super::weights::Pinned>>,
     /// Flash attention (`train.flash_attention`) where the head size allows it.
     flash: bool,
     pub(super) stream: Arc<CudaStream>,
@@ -86,6 +88,7 @@ impl CudaBackend {
         let device = format!("cuda:{ordinal} ({name}, {arch}, {precision:?} GEMMs)");
         Ok(Self {
             precision,
+            pinned: std::sync::Mutex::new(None),
             flash: false,
             stream,
             comm_stream,
@@ -183,15 +186,15 @@ impl CudaBackend {
     ) -> Result<()> {
         let bias = bias.map(|x| x as &dyn DevicePtr<f32>);
         if self.precision == Precision::Bf16 {
-            let (ab, bb) = (self.to_bf16(&a.v)?, self.to_bf16(&b.v)?);
             let opts = Opts {
                 accumulate: acc,
                 batch,
                 bias,
             };
-            return self
-                .gemm
-                .matmul::<bf16, f32>(dst, dst_rs, gmat(&ab, &a), gmat(&bb, &b), opts);
+            return self.with_bf16_operands(&a.v, &b.v, |ab, bb| {
+                self.gemm
+                    .matmul::<bf16, f32>(dst, dst_rs, gmat(ab, &a), gmat(bb, &b), opts)
+            });
         }
         let opts = Opts {
             accumulate: acc,
@@ -220,7 +223,7 @@ impl CudaBackend {
         Ok((q, k, v))
     }
 
-    fn to_bf16(&self, x: &CudaView<f32>) -> Result<CudaSlice<bf16>> {
+    pub(super) fn to_bf16(&self, x: &CudaView<f32>) -> Result<CudaSlice<bf16>> {
         // SAFETY: the cast kernel writes every element the GEMM reads (0 .. x.len()); the
         // extra element of an empty input is never read.
         let mut out = unsafe { self.stream.alloc::<bf16>(x.len().max(1))? };
@@ -372,6 +375,12 @@ impl Backend for CudaBackend {
     }
     fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
         self.uuid().map(Some)
+    }
+    fn pin_weights(&self, params: &CudaSlice<f32>) -> Result<()> {
+        self.pin(params)
+    }
+    fn unpin_weights(&self) {
+        self.unpin()
     }
     fn buf_len(&self, buf: &CudaSlice<f32>) -> usize {
         buf.len()

@@ -36,5 +36,6 @@ pub mod gemm;
 pub mod kernels;
 pub mod nvrtc;
 mod vocab;
+pub mod weights;
 
 pub use backend::CudaBackend;
