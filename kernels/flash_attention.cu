@@ -14,6 +14,11 @@
 #define FA_TILE 32
 #define FA_CH 16
 #define FA_HD_MAX 128
+// Most threads per block (FA_ROWS rows of at most 8 threads). Declared to the compiler so it
+// keeps every tiled kernel within the registers a 512-thread block may use (65,536 per SM):
+// without it ptxas gives flash_attn_backward_dkv 135 registers for sm_90, and a 512-thread
+// launch (head size 65..128) fails with "too many resources requested for launch".
+#define FA_THREADS_MAX (FA_ROWS * 8)
 
 // Sum of x over the tpr threads of a group (tpr a power of two <= 8). Every thread of the
 // warp must call it.
@@ -34,7 +39,7 @@ __device__ __forceinline__ void fa_load_tile(float (*dst)[FA_HD_MAX], const floa
 }
 
 // Forward: out [B, T, C] and lse [B, NH, T] from qkv.
-extern "C" __global__ void flash_attn_forward(const float* qkv, float* out, float* lse, int T,
+extern "C" __global__ void __launch_bounds__(FA_THREADS_MAX) flash_attn_forward(const float* qkv, float* out, float* lse, int T,
                                               int C, int NH, int tpr, float scale) {
     __shared__ float ks[FA_TILE][FA_HD_MAX];
     __shared__ float vs[FA_TILE][FA_HD_MAX];
@@ -111,7 +116,7 @@ extern "C" __global__ void flash_attn_backward_dot(const float* dout, const floa
 }
 
 // dq_i = scale * sum_{j<=i} P_ij (dout_i . v_j - D_i) k_j, written to the q part of dqkv.
-extern "C" __global__ void flash_attn_backward_dq(const float* qkv, const float* dout,
+extern "C" __global__ void __launch_bounds__(FA_THREADS_MAX) flash_attn_backward_dq(const float* qkv, const float* dout,
                                                   const float* lse, const float* dd,
                                                   float* dqkv, int T, int C, int NH, int tpr,
                                                   float scale) {
@@ -176,7 +181,7 @@ extern "C" __global__ void flash_attn_backward_dq(const float* qkv, const float*
 
 // dk_j = scale * sum_{i>=j} dS_ij q_i and dv_j = sum_{i>=j} P_ij dout_i, written to the k and v
 // parts of dqkv. A block's rows are key rows; query tiles run from the block's first key row.
-extern "C" __global__ void flash_attn_backward_dkv(const float* qkv, const float* dout,
+extern "C" __global__ void __launch_bounds__(FA_THREADS_MAX) flash_attn_backward_dkv(const float* qkv, const float* dout,
                                                    const float* lse, const float* dd,
                                                    float* dqkv, int T, int C, int NH, int tpr,
                                                    float scale) {

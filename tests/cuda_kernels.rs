@@ -49,7 +49,38 @@ fn compile_all_kernels_with_nvrtc() {
                     k.name
                 );
             }
+            registers_fit(k, arch, &inc, &ptx);
         }
+    }
+}
+
+/// Every kernel's registers fit the blocks it may be launched with (an SM has 65,536, given
+/// out per warp in steps of 256, i.e. per thread in steps of 8): blocks of up to 1024 threads,
+/// or of its `__launch_bounds__` (`.maxntid` in the PTX). Otherwise the launch fails on the GPU
+/// with "too many resources requested", which no CPU test would show.
+fn registers_fit(k: &nvrtc::KernelSource, arch: &str, inc: &std::path::Path, ptx: &str) {
+    let regs = nvrtc::registers(k, arch, std::slice::from_ref(&inc.to_path_buf()))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!regs.is_empty(), "{}.cu ({arch}): no ptxas report", k.name);
+    for (name, r) in regs {
+        let head = ptx
+            .split(&format!(".entry {name}("))
+            .nth(1)
+            .and_then(|rest| rest.split('{').next())
+            .unwrap_or_else(|| panic!("{name}: no entry in the PTX"));
+        let threads: u32 = head
+            .split(".maxntid")
+            .nth(1)
+            .and_then(|m| m.trim_start().split([',', ' ', '\n']).next())
+            .map_or(1024, |n| n.trim().parse().expect(".maxntid"));
+        let per_thread = r.div_ceil(8) * 8;
+        assert!(
+            per_thread * threads <= 65536,
+            "{}.cu ({arch}): {name} uses {r} registers a thread; blocks of {threads} threads \
+             would need {} of 65536",
+            k.name,
+            per_thread * threads
+        );
     }
 }
 
@@ -437,6 +468,78 @@ fn flash_attention_matches_cpu() {
             .unwrap();
         check(&format!("{name} dqkv"), &g.down(&dqkv_d), &dqkv, 1e-4);
     }
+}
+
+/// The LM head on a row range, as the chunked head runs it (`train.head_chunk_rows`): logits of
+/// rows 3..10 of `xf [17, C]` into a longer buffer, the loss and gradient of those 7 rows, and
+/// the backward into the same rows of `dxf` and into `dwte` — the CUDA backend (fp32 GEMMs)
+/// against the CPU backend through the `Backend` trait; what lies outside the rows stays as it
+/// was on both.
+#[test]
+fn lm_head_row_range_matches_cpu() {
+    use ferrotron::backend::{cpu::Cpu, Backend, Region};
+    if gpu().is_none() {
+        return;
+    }
+    let be = cuda::CudaBackend::new(0).unwrap();
+    let cpu = Cpu::new(1);
+    let (rows, c, v, vp, row0, n) = (17, 32, 100, 128, 3, 7);
+    let mut r = Rng(91);
+    let xf = r.vec(rows * c, 1.0);
+    let p = r.vec(8 + vp * c, 0.5);
+    let wte = Region {
+        off: 8,
+        len: vp * c,
+    };
+    let tgt: Vec<u32> = (0..n).map(|i| ((i * 13 + 5) % v) as u32).collect();
+    let (xf_d, p_d) = (be.upload(&xf).unwrap(), be.upload(&p).unwrap());
+
+    let fill = vec![7.0f32; (n + 2) * vp];
+    let mut lc = fill.clone();
+    cpu.logits_forward(&mut lc, &xf, row0, &p, wte, n, c, vp)
+        .unwrap();
+    let mut lg = be.upload(&fill).unwrap();
+    be.logits_forward(&mut lg, &xf_d, row0, &p_d, wte, n, c, vp)
+        .unwrap();
+    check(
+        "head logits (rows 3..10)",
+        &be.download(&lg).unwrap(),
+        &lc,
+        1e-5,
+    );
+
+    let mut loss_c = vec![-1.0f32; n + 3];
+    let tc = cpu.tokens(&tgt).unwrap();
+    cpu.softmax_xent(&mut lc, &mut loss_c, &tc, n, vp, v, Some(0.5))
+        .unwrap();
+    let mut loss_g = be.upload(&[-1.0f32; 10]).unwrap();
+    let tg = be.tokens(&tgt).unwrap();
+    be.softmax_xent(&mut lg, &mut loss_g, &tg, n, vp, v, Some(0.5))
+        .unwrap();
+    check(
+        "head row losses",
+        &be.download(&loss_g).unwrap(),
+        &loss_c,
+        1e-5,
+    );
+    check("head dlogits", &be.download(&lg).unwrap(), &lc, 1e-5);
+
+    let (dxf0, g0) = (r.vec(rows * c, 1.0), r.vec(p.len(), 0.1));
+    let (mut dxf_c, mut g_c) = (dxf0.clone(), g0.clone());
+    cpu.logits_backward(&mut dxf_c, row0, &mut g_c, wte, &lc, &xf, &p, wte, n, c, vp)
+        .unwrap();
+    let (mut dxf_g, mut g_g) = (be.upload(&dxf0).unwrap(), be.upload(&g0).unwrap());
+    be.logits_backward(
+        &mut dxf_g, row0, &mut g_g, wte, &lg, &xf_d, &p_d, wte, n, c, vp,
+    )
+    .unwrap();
+    check(
+        "head dxf (rows 3..10)",
+        &be.download(&dxf_g).unwrap(),
+        &dxf_c,
+        1e-5,
+    );
+    check("head dwte", &be.download(&g_g).unwrap(), &g_c, 1e-5);
 }
 
 /// The vocab-parallel ops of the CUDA backend (device kernels) against the CPU backend's

@@ -27,6 +27,7 @@ inline std::vector<float> emu_shfl;
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+#define __launch_bounds__(...)
 using std::max;
 using std::min;
 

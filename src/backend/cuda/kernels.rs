@@ -164,10 +164,20 @@ impl Kernels {
     /// `arch` (e.g. from [`device_arch`]); launches go to `stream`.
     pub fn load(ctx: &Arc<CudaContext>, stream: Arc<CudaStream>, arch: &str) -> Result<Self> {
         let include = nvrtc::find_cuda_include()?;
+        let (nv, drv) = (nvrtc::nvrtc_version()?, nvrtc::driver_version()?);
         log::info!(
-            "NVRTC: compiling kernels for {arch}, CUDA headers from {}",
+            "NVRTC {}.{} (driver CUDA {}.{}): compiling kernels for {arch}, CUDA headers from {}",
+            nv.0,
+            nv.1,
+            drv.0,
+            drv.1,
             include.display()
         );
+        // Named up front; the load below is what decides (it fails on PTX it cannot take).
+        let mismatch = nvrtc::ptx_mismatch(nv, drv);
+        if let Some(m) = &mismatch {
+            log::warn!("{m}");
+        }
         let mut funcs = HashMap::new();
         for (file, names) in FUNCTIONS {
             let src = KERNELS
@@ -175,9 +185,10 @@ impl Kernels {
                 .find(|k| k.name == *file)
                 .with_context(|| format!("kernel file {file}.cu not embedded"))?;
             let ptx = nvrtc::compile(src, arch, std::slice::from_ref(&include))?;
-            let module = ctx
-                .load_module(ptx)
-                .with_context(|| format!("loading the PTX of {file}.cu"))?;
+            let module = ctx.load_module(ptx).with_context(|| {
+                let why = mismatch.as_deref().unwrap_or("the driver rejected it");
+                format!("loading the PTX of {file}.cu ({why})")
+            })?;
             for &name in names.iter() {
                 let f = module
                     .load_function(name)

@@ -67,6 +67,30 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     Ok((major, minor))
 }
 
+/// The CUDA version of the installed driver (`cuDriverGetVersion`: 1000·major + 10·minor) as
+/// (major, minor).
+pub fn driver_version() -> Result<(i32, i32)> {
+    let mut v = 0;
+    // SAFETY: the caller has loaded libcuda (a context exists); the call writes one int.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }
+        .result()
+        .map_err(|e| anyhow::anyhow!("cuDriverGetVersion failed: {e:?}"))?;
+    Ok((v / 1000, (v % 1000) / 10))
+}
+
+/// Why the driver may refuse our PTX, if it may: the driver compiles PTX at load time and
+/// takes only PTX of its own CUDA release or older, while NVRTC writes the PTX version of its
+/// release. None when NVRTC is not newer than the driver.
+pub fn ptx_mismatch(nvrtc: (i32, i32), driver: (i32, i32)) -> Option<String> {
+    (nvrtc > driver).then(|| {
+        format!(
+            "NVRTC {}.{} writes PTX newer than this driver (CUDA {}.{}) can load; put the \
+             libnvrtc of CUDA {}.{} or older first on LD_LIBRARY_PATH, or update the driver",
+            nvrtc.0, nvrtc.1, driver.0, driver.1, driver.0, driver.1
+        )
+    })
+}
+
 /// Directories searched for `cuda_bf16.h`, in order: `$FERROTRON_CUDA_INCLUDE` (a
 /// `:`-separated list; when set, nothing else is searched), `$CUDA_HOME/include`,
 /// `$CUDA_PATH/include`, `/usr/local/cuda/include`, then the pip wheel layouts
@@ -170,8 +194,48 @@ pub fn compile_uncached(
     arch: &str,
     include_dirs: &[PathBuf],
 ) -> Result<String> {
+    compile_logged(src, arch, include_dirs, &[]).map(|(ptx, _)| ptx)
+}
+
+/// Registers per thread of each kernel of `src` for `arch`, from ptxas's report
+/// (`--ptxas-options=-v`): (kernel name, registers).
+pub fn registers(
+    src: &KernelSource,
+    arch: &str,
+    include_dirs: &[PathBuf],
+) -> Result<Vec<(String, u32)>> {
+    let (_, log) = compile_logged(src, arch, include_dirs, &["--ptxas-options=-v"])?;
+    Ok(parse_registers(&log))
+}
+
+/// (kernel, registers) pairs of a ptxas `-v` log: "Compiling entry function 'k' for 'sm_90'"
+/// followed by "Used N registers, …".
+fn parse_registers(log: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in log.lines() {
+        if let Some(rest) = line.split("entry function '").nth(1) {
+            name = rest.split('\'').next().map(str::to_owned);
+        } else if let Some(rest) = line.split("Used ").nth(1) {
+            let regs = rest.split(' ').next().and_then(|n| n.parse().ok());
+            if let (Some(k), Some(r)) = (name.take(), regs) {
+                out.push((k, r));
+            }
+        }
+    }
+    out
+}
+
+/// [`compile_uncached`] with `extra` options; returns the PTX and NVRTC's log.
+fn compile_logged(
+    src: &KernelSource,
+    arch: &str,
+    include_dirs: &[PathBuf],
+    extra: &[&str],
+) -> Result<(String, String)> {
     ensure_nvrtc()?;
-    let opts = options(arch, include_dirs);
+    let mut opts = options(arch, include_dirs);
+    opts.extend(extra.iter().map(|o| o.to_string()));
     let code = CString::new(src.src).with_context(|| format!("{}.cu contains a NUL", src.name))?;
     let name = CString::new(format!("{}.cu", src.name)).context("kernel name")?;
     let prog = nvrtc_result::create_program(&code, Some(&name))
@@ -197,7 +261,12 @@ pub fn compile_uncached(
             src.name
         );
     }
-    if log.to_ascii_lowercase().contains("warning") {
+    // ptxas's `-v` report is information, not a warning ("ptxas info    : …").
+    let warns = log.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("warning") && !l.starts_with("ptxas info")
+    });
+    if warns {
         bail!(
             "NVRTC warnings (treated as errors) compiling {}.cu for {arch}:\n{log}",
             src.name
@@ -206,7 +275,7 @@ pub fn compile_uncached(
     let ptx = ptx
         .context("no PTX")?
         .map_err(|e| anyhow::anyhow!("nvrtcGetPTX({}.cu): {e:?}", src.name))?;
-    Ok(ptx)
+    Ok((ptx, log.to_owned()))
 }
 
 fn c_chars_to_string(buf: &[c_char]) -> String {
@@ -296,6 +365,32 @@ mod tests {
         let mut listed: Vec<String> = KERNELS.iter().map(|k| k.name.to_owned()).collect();
         listed.sort();
         assert_eq!(on_disk, listed);
+    }
+
+    #[test]
+    fn ptx_newer_than_the_driver_is_named() {
+        assert_eq!(ptx_mismatch((12, 8), (12, 8)), None);
+        assert_eq!(ptx_mismatch((12, 4), (13, 0)), None);
+        let m = ptx_mismatch((13, 2), (12, 8)).unwrap();
+        assert!(
+            m.contains("NVRTC 13.2") && m.contains("CUDA 12.8 or older"),
+            "{m}"
+        );
+        assert!(ptx_mismatch((12, 9), (12, 8)).is_some());
+    }
+
+    #[test]
+    fn ptxas_register_report_is_parsed() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+                   ptxas info    : Compiling entry function 'a_k' for 'sm_90'\n\
+                   ptxas info    : Function properties for a_k\n\
+                   ptxas info    : Used 127 registers, used 1 barriers, 33024 bytes smem\n\
+                   ptxas info    : Compiling entry function 'b' for 'sm_90'\n\
+                   ptxas info    : Used 8 registers\n";
+        assert_eq!(
+            parse_registers(log),
+            vec![("a_k".to_owned(), 127), ("b".to_owned(), 8)]
+        );
     }
 
     #[test]
