@@ -21,8 +21,6 @@ use anyhow::Result;
 pub enum Started {
     /// MPI on a host copy; the sum is written back when it completes.
     Host(Pending),
-    /// MPI on device memory, writing the sum in place.
-    InPlace(Pending),
     /// Enqueued on the backend's stream (NCCL): ordered before everything enqueued later.
     Enqueued,
 }

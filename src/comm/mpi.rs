@@ -142,8 +142,9 @@ impl Communicator for MpiComm {
 }
 
 /// A non-blocking MPI operation (a send or a collective) that owns its buffers, and the
-/// argument arrays the call was given, until MPI has finished with them. Dropping it waits for
-/// completion, so no buffer can be freed or moved under MPI.
+/// argument arrays the call was given, until MPI has finished with them. Complete it with
+/// `wait` (or `test`); dropping an unfinished one leaks its buffers rather than free them
+/// under MPI (see `Drop`).
 pub struct Pending {
     /// The input buffer (a send's message) and, for collectives, the output buffer.
     send: Vec<f32>,
@@ -213,8 +214,22 @@ impl Pending {
 }
 
 impl Drop for Pending {
+    /// Every normal path completes an operation (`wait`, or `test` until true); one is dropped
+    /// unfinished only on the way out of an error, towards `MPI_Abort`. Waiting there could
+    /// hang the job (the peer may be stuck behind the failure and never match it), so drop
+    /// tests once and otherwise leaks the buffers: MPI may still read or write them, so they
+    /// must never be freed.
     fn drop(&mut self) {
-        let _ = self.complete();
+        if matches!(self.test(), Ok(true)) {
+            return;
+        }
+        log::warn!("abandoning an unfinished MPI operation (its buffers are leaked)");
+        std::mem::forget(std::mem::take(&mut self.send));
+        std::mem::forget(std::mem::take(&mut self.recv));
+        std::mem::forget(std::mem::take(&mut self._counts));
+        if let Some(k) = self._keep.take() {
+            std::mem::forget(k);
+        }
     }
 }
 
@@ -279,38 +294,6 @@ impl MpiComm {
         let rc = call(&mut p.req);
         self.started_bytes(4 * count, &mut p, rc, what, t0)?;
         Ok(p)
-    }
-
-    /// CUDA-aware MPI: starts `out ← Σ_group input` on `count` floats of device memory
-    /// (`MPI_Iallreduce`); `keep` owns whatever device buffers back the two addresses.
-    ///
-    /// # Safety
-    /// `input` and `out` must be distinct device buffers of `count` floats, owned by `keep` or
-    /// otherwise untouched until the returned operation completes, with no pending writes.
-    pub unsafe fn iall_reduce_device(
-        &self,
-        input: u64,
-        out: u64,
-        count: usize,
-        keep: Box<dyn std::any::Any>,
-    ) -> Result<Pending> {
-        use mpi::raw::AsRaw;
-        let n = i32::try_from(count)?;
-        let what = "MPI_Iallreduce (device memory)";
-        self.start_device(count, keep, what, |req| {
-            // SAFETY: see the contract above.
-            unsafe {
-                mpi::ffi::MPI_Iallreduce(
-                    input as *const std::ffi::c_void,
-                    out as *mut std::ffi::c_void,
-                    n,
-                    mpi::ffi::RSMPI_FLOAT,
-                    mpi::ffi::RSMPI_SUM,
-                    self.comm.as_raw(),
-                    req,
-                )
-            }
-        })
     }
 
     /// CUDA-aware MPI: starts sending `count` floats at device address `ptr` to group rank

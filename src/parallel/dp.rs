@@ -115,9 +115,7 @@ impl<'a> DpReducer<'a> {
         }
         let t0 = Instant::now();
         for (_, red) in &mut self.pending {
-            if let Reduction::Sum(Started::Host(p) | Started::InPlace(p)) | Reduction::Shards(p) =
-                red
-            {
+            if let Reduction::Sum(Started::Host(p)) | Reduction::Shards(p) = red {
                 p.test()?;
             }
         }

@@ -108,7 +108,7 @@ pub fn check<B: Backend>(be: &B, world: &mpi::topology::SimpleCommunicator, t: T
 }
 
 /// Child: the raw-address MPI calls the CUDA-aware transport makes (`all_reduce_device`,
-/// `iall_reduce_device`, `isend_device`, `recv_device`), given host addresses — for MPI an
+/// `isend_device`, `recv_device`), given host addresses — for MPI an
 /// address is an address, so this checks counts, buffers, probing and completion on any MPI.
 #[allow(dead_code)] // used by tests/comm.rs only
 pub fn check_raw(world: &mpi::topology::SimpleCommunicator) {
@@ -125,15 +125,6 @@ pub fn check_raw(world: &mpi::topology::SimpleCommunicator) {
     // SAFETY: both host buffers hold `len` floats and outlive the blocking call.
     unsafe { comm.all_reduce_device(addr(&input), out.as_mut_ptr() as u64, len) }.unwrap();
     assert_eq!(out, sum, "all_reduce_device");
-
-    let mut out = vec![0.0f32; len];
-    // SAFETY: the buffers outlive the operation, which is waited for below.
-    let p = unsafe {
-        comm.iall_reduce_device(addr(&input), out.as_mut_ptr() as u64, len, Box::new(()))
-    }
-    .unwrap();
-    p.wait().unwrap();
-    assert_eq!(out, sum, "iall_reduce_device");
 
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
     // SAFETY: `input` outlives the send, which is waited for below.

@@ -9,7 +9,9 @@
 //!   stream. The host never waits (the counters see the enqueue time only).
 //! - CUDA-aware MPI reads device memory directly, so the stream is synchronised first; sums go
 //!   from a device copy of the region into the region (MPI's in-place marker differs between
-//!   MPI libraries), and sends go from a device copy the pending send owns.
+//!   MPI libraries), and sends go from a device copy the pending send owns. Data-parallel
+//!   buckets, started non-blocking, go through host copies instead: CUDA-aware Open MPI
+//!   handles device memory in point-to-point calls and blocking collectives only.
 
 use super::CudaBackend;
 use crate::backend::{staged, Region, Started};
@@ -39,9 +41,19 @@ impl CudaBackend {
                     .nccl()
                     .context("transport NCCL without an NCCL communicator")?;
                 let t0 = Instant::now();
+                // The tp and embedding communicators run on the compute stream; any other
+                // (the dp one) is ordered after the kernels so far and before the ones to come.
+                let cs = nccl.stream();
+                let other = cs.cu_stream() != self.stream.cu_stream();
+                if other {
+                    cs.join(&self.stream)?;
+                }
                 let mut v = buf.slice_mut(r.range());
                 nccl.all_reduce_in_place(&mut v, &ReduceOp::Sum)
                     .map_err(nccl_err)?;
+                if other {
+                    self.stream.join(&cs)?;
+                }
                 comm.stats().add(4 * r.len, t0.elapsed().as_secs_f64());
                 Ok(())
             }
@@ -83,19 +95,12 @@ impl CudaBackend {
                 comm.stats().add(4 * r.len, t0.elapsed().as_secs_f64());
                 Ok(Started::Enqueued)
             }
-            Transport::CudaAwareMpi => {
-                let copy = self.stream.clone_dtod(&grads.slice(r.range()))?;
-                self.stream.synchronize()?;
-                let src = copy.device_ptr(&self.stream).0;
-                let mut v = grads.slice_mut(r.range());
-                let (dst, _d) = v.device_ptr_mut(&self.stream);
-                // SAFETY: the pending operation owns `copy`; the region of `grads` is final
-                // (no kernel writes it again this step) and the trainer waits for the
-                // operation before reading it (`finish_all_reduce`).
-                let p = unsafe { comm.iall_reduce_device(src, dst, r.len, Box::new(copy))? };
-                Ok(Started::InPlace(p))
+            // Not on device pointers under CUDA-aware MPI: Open MPI's CUDA support covers
+            // point-to-point and blocking collectives only; its non-blocking collectives
+            // (libnbc) would sum on the CPU at a device address. A host copy keeps the overlap.
+            Transport::CudaAwareMpi | Transport::Host | Transport::Staged => {
+                staged::start_all_reduce(self, comm, grads, r)
             }
-            Transport::Host | Transport::Staged => staged::start_all_reduce(self, comm, grads, r),
         }
     }
 
