@@ -92,12 +92,14 @@ impl CudaBackend {
             stride_b: head,
             stride_c: tt,
         });
-        // dV = Pᵀ·dY; dP = dY·Vᵀ (into ds); dS in place; dQ = dS·K; dK = dSᵀ·Q.
+        // dV = Pᵀ·dY; dP = dY·Vᵀ (into ds); dS in place; dQ = dS·K; dK = dSᵀ·Q. With bf16
+        // GEMMs dY and dS are rounded once for the two GEMMs each feeds.
+        let dy16 = self.round_shared(&dy.as_view())?;
         self.mm(
             &mut dv,
             hd,
             op(att.as_view(), t, t).t(),
-            op(dy.as_view(), t, hd),
+            op(dy.as_view(), t, hd).rounded(dy16.as_ref()),
             false,
             tt_h,
             None,
@@ -105,7 +107,7 @@ impl CudaBackend {
         self.mm(
             &mut ds,
             t,
-            op(dy.as_view(), t, hd),
+            op(dy.as_view(), t, hd).rounded(dy16.as_ref()),
             op(v.as_view(), t, hd).t(),
             false,
             h_h,
@@ -118,10 +120,11 @@ impl CudaBackend {
             t,
             1.0 / (hd as f32).sqrt(),
         )?;
+        let ds16 = self.round_shared(&ds.as_view())?;
         self.mm(
             &mut dq,
             hd,
-            op(ds.as_view(), t, t),
+            op(ds.as_view(), t, t).rounded(ds16.as_ref()),
             op(k.as_view(), t, hd),
             false,
             tt_h,
@@ -130,7 +133,7 @@ impl CudaBackend {
         self.mm(
             &mut dk,
             hd,
-            op(ds.as_view(), t, t).t(),
+            op(ds.as_view(), t, t).rounded(ds16.as_ref()).t(),
             op(q.as_view(), t, hd),
             false,
             tt_h,

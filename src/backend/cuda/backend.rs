@@ -144,6 +144,8 @@ pub(super) struct Op<'a> {
     rows: usize,
     cols: usize,
     t: bool,
+    /// With bf16 GEMMs: `v` already rounded to bf16 (an operand two GEMMs share, rounded once).
+    r16: Option<&'a CudaSlice<bf16>>,
 }
 
 pub(super) fn op(v: CudaView<'_, f32>, rows: usize, cols: usize) -> Op<'_> {
@@ -152,12 +154,18 @@ pub(super) fn op(v: CudaView<'_, f32>, rows: usize, cols: usize) -> Op<'_> {
         rows,
         cols,
         t: false,
+        r16: None,
     }
 }
 
-impl Op<'_> {
+impl<'a> Op<'a> {
     pub(super) fn t(self) -> Self {
         Self { t: !self.t, ..self }
+    }
+
+    /// The operand with its bf16 rounding made beforehand ([`CudaBackend::round_shared`]).
+    pub(super) fn rounded(self, r16: Option<&'a CudaSlice<bf16>>) -> Self {
+        Self { r16, ..self }
     }
 }
 
@@ -191,7 +199,7 @@ impl CudaBackend {
                 batch,
                 bias,
             };
-            return self.with_bf16_operands(&a.v, &b.v, |ab, bb| {
+            return self.with_bf16_operands((&a.v, a.r16), (&b.v, b.r16), |ab, bb| {
                 self.gemm
                     .matmul::<bf16, f32>(dst, dst_rs, gmat(ab, &a), gmat(bb, &b), opts)
             });
@@ -221,6 +229,16 @@ impl CudaBackend {
             shape(d),
         )?;
         Ok((q, k, v))
+    }
+
+    /// With bf16 GEMMs, `x` rounded to bf16 once for the GEMMs that share it (a backward's
+    /// output gradient feeds both the input- and the weight-gradient GEMM); None otherwise.
+    pub(super) fn round_shared(&self, x: &CudaView<f32>) -> Result<Option<CudaSlice<bf16>>> {
+        if self.precision == Precision::Bf16 {
+            self.to_bf16(x).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub(super) fn to_bf16(&self, x: &CudaView<f32>) -> Result<CudaSlice<bf16>> {
@@ -557,10 +575,11 @@ impl Backend for CudaBackend {
         ic: usize,
         oc: usize,
     ) -> Result<()> {
+        let dy16 = self.round_shared(&dy.as_view())?;
         self.mm(
             dx,
             ic,
-            op(dy.as_view(), n, oc),
+            op(dy.as_view(), n, oc).rounded(dy16.as_ref()),
             op(p.slice(w.range()), ic, oc).t(),
             false,
             None,
@@ -570,7 +589,7 @@ impl Backend for CudaBackend {
             &mut g.slice_mut(dw.range()),
             oc,
             op(x.as_view(), n, ic).t(),
-            op(dy.as_view(), n, oc),
+            op(dy.as_view(), n, oc).rounded(dy16.as_ref()),
             true,
             None,
             None,
@@ -670,10 +689,11 @@ impl Backend for CudaBackend {
         c: usize,
         vp: usize,
     ) -> Result<()> {
+        let dl16 = self.round_shared(&sub(dlogits, 0, n * vp)?)?;
         self.mm(
             &mut sub_mut(dxf, row0 * c, n * c)?,
             c,
-            op(sub(dlogits, 0, n * vp)?, n, vp),
+            op(sub(dlogits, 0, n * vp)?, n, vp).rounded(dl16.as_ref()),
             op(p.slice(wte.range()), vp, c),
             false,
             None,
@@ -682,7 +702,9 @@ impl Backend for CudaBackend {
         self.mm(
             &mut g.slice_mut(dwte.range()),
             c,
-            op(sub(dlogits, 0, n * vp)?, n, vp).t(),
+            op(sub(dlogits, 0, n * vp)?, n, vp)
+                .rounded(dl16.as_ref())
+                .t(),
             op(sub(xf, row0 * c, n * c)?, n, c),
             true,
             None,

@@ -95,12 +95,13 @@ impl CudaBackend {
         }
     }
 
-    /// `dst (+)= a·b` on bf16 operands (fp32 accumulation): pinned weights where the operand
-    /// is one, else rounded now.
+    /// `dst (+)= a·b` on bf16 operands (fp32 accumulation): each operand's rounding made
+    /// beforehand where given, else the pinned weights where the operand is one, else rounded
+    /// now.
     pub(super) fn with_bf16_operands<R>(
         &self,
-        a: &CudaView<f32>,
-        b: &CudaView<f32>,
+        a: (&CudaView<f32>, Option<&CudaSlice<bf16>>),
+        b: (&CudaView<f32>, Option<&CudaSlice<bf16>>),
         f: impl FnOnce(&dyn DevicePtr<bf16>, &dyn DevicePtr<bf16>) -> Result<R>,
     ) -> Result<R> {
         let slot = self
@@ -108,18 +109,32 @@ impl CudaBackend {
             .lock()
             .map_err(|_| anyhow!("bf16 weights: lock poisoned"))?;
         let pinned = slot.as_ref().filter(|p| p.active);
-        let (oa, ob) = (self.bf16_operand(a, pinned)?, self.bf16_operand(b, pinned)?);
+        let oa = self.bf16_operand(a.0, a.1, pinned)?;
+        let ob = self.bf16_operand(b.0, b.1, pinned)?;
         f(oa.buf(), ob.buf())
     }
 
     fn bf16_operand<'a>(
         &self,
         v: &CudaView<f32>,
+        rounded: Option<&'a CudaSlice<bf16>>,
         pinned: Option<&'a Pinned>,
     ) -> Result<Bf16Op<'a>> {
+        if let Some(r) = rounded {
+            anyhow::ensure!(
+                r.len() >= v.len(),
+                "bf16 operand: a rounding of {} for {} floats",
+                r.len(),
+                v.len()
+            );
+            return Ok(Bf16Op::Pinned(r.slice(0..v.len())));
+        }
         if let Some(p) = pinned {
             let ptr = v.device_ptr(&self.stream).0;
-            if let Some(off) = offset_within(p.base, p.len, ptr, v.len()) {
+            // Only 16-byte aligned views of the copy (offsets in multiples of 8 bf16): the
+            // per-GEMM rounding's fresh buffers always are, and cuBLASLt may have no bf16
+            // kernel for less (GPT-2's tensors all start at multiples of C = 768).
+            if let Some(off) = offset_within(p.base, p.len, ptr, v.len()).filter(|o| o % 8 == 0) {
                 return Ok(Bf16Op::Pinned(p.copy.slice(off..off + v.len())));
             }
         }
