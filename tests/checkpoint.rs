@@ -177,7 +177,7 @@ fn h5py_reads_the_documented_layout() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/checkpoint_h5py.py");
     let o = run_timeout(
         120,
-        "python3",
+        h5py_python(),
         &[script.to_str().unwrap(), ck.to_str().unwrap()],
         &[],
         &dir,
@@ -189,6 +189,22 @@ fn h5py_reads_the_documented_layout() {
         o.all()
     );
     assert!(o.stdout.contains("h5py: ok"), "{}", o.all());
+}
+
+/// A Python that imports h5py: `python3` on PATH, else Debian's `/usr/bin/python3` (where
+/// `python3-h5py` installs it; a pyenv or venv `python3` earlier on PATH does not see it).
+fn h5py_python() -> &'static str {
+    for py in ["python3", "/usr/bin/python3"] {
+        let ok = std::process::Command::new(py)
+            .args(["-c", "import h5py"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return py;
+        }
+    }
+    "python3"
 }
 
 /// Spawns mpirun, its output going to a log file in `dir`.

@@ -26,6 +26,16 @@ fn no_gpu() -> bool {
     }
 }
 
+/// On a GPU machine NCCL is part of what is tested: its absence is a failure that says so, not
+/// a panic inside cudarc in a child process.
+fn need_nccl() {
+    assert!(
+        ferrotron::comm::link::nccl_loadable(),
+        "libnccl.so cannot be loaded: put NCCL's lib directory on LD_LIBRARY_PATH (with a \
+         libnccl.so -> libnccl.so.2 link; .carry/gpu_env.sh makes one on the lent machine)"
+    );
+}
+
 fn run(
     np: usize,
     dir: &Path,
@@ -118,6 +128,7 @@ fn nccl_one_rank_groups_and_the_shared_gpu_rule() {
     if no_gpu() {
         return;
     }
+    need_nccl();
     let dir = scratch("cuda-nccl");
     let cfg = tiny_config(&dir, "");
     let (nccl, _) = run(1, &dir, &cfg, "nccl", &["comm.backend=\"nccl\"".into()]);
@@ -160,6 +171,7 @@ fn backend_comm_on_gpu() {
     if no_gpu() {
         return;
     }
+    need_nccl();
     let dir = scratch("cuda-comm");
     let mut cases = vec![("nccl", 1), ("staged", 1), ("staged", 2)];
     if std::env::var("FERROTRON_TEST_CUDA_AWARE").is_ok_and(|v| v == "1") {
