@@ -6,7 +6,10 @@
 # fortunes text the tests tokenise, and gpu_env.sh, which sets the paths there:
 #
 #   bash scripts/gpu-carry.sh
-#   device: run(carry=[".carry"], command="source .carry/gpu_env.sh && .carry/run_gpu_tests.sh")
+#   device: run(carry=[".carry"], timeout_s=600, command="bash scripts/gpu-session.sh 540")
+#
+# (scripts/gpu-session.sh runs the GPU tests, then the benchmark, inside a time budget;
+# `source .carry/gpu_env.sh && .carry/run_gpu_tests.sh` runs just the tests.)
 #
 # Checked in a minimal Debian chroot without OpenMPI (see the closing notes of the CUDA work).
 set -euo pipefail

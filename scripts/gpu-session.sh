@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Everything a lent GPU machine should run, in one device call, inside a time budget: the GPU
+# tests (most valuable first), then the gpu_gpt2 benchmark with the time left. Logs and
+# results go to $OUT (the device tool brings them back). Prepare with `bash scripts/gpu-carry.sh`,
+# then:
+#
+#   device: run(carry=[".carry"], timeout_s=600, command="bash scripts/gpu-session.sh 540")
+#
+# $1: seconds this script may take in all (default 540). Device time is scarce (15 minutes a
+# session, start-up included): nothing here waits past the budget, and a test binary that hangs
+# is cut at its share, not allowed to eat the benchmark's time.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BUDGET=${1:-540}
+END=$(( $(date +%s) + BUDGET ))
+O=${OUT:-/tmp/gpu-session}
+mkdir -p "$O"
+source .carry/gpu_env.sh
+left() { echo $(( END - $(date +%s) )); }
+{ nvidia-smi; echo; nvidia-smi -L; } > "$O/nvidia-smi.txt" 2>&1
+summary="$O/summary.txt"
+: > "$summary"
+# Test binaries, most valuable first, each with at most the given seconds: the kernels against
+# their twins (flash attention, vocab-parallel, adamw_multi have never run on a GPU), the model
+# (HF parity, 20 steps vs CPU with and without flash, bf16), the multi-rank runs sharing the GPU,
+# then the cuBLASLt wrapper (passed on an H100 before and unchanged since).
+for spec in cuda_kernels:90 cuda_model:150 cuda_parallel:200 cuda_gemm:60; do
+  t=${spec%%:*}; cap=${spec##*:}; l=$(left)
+  (( l - 200 < cap )) && cap=$(( l - 200 ))   # keep 200 s for the benchmark
+  if (( cap < 20 )); then echo "$t: not run (budget)" >> "$summary"; continue; fi
+  s0=$(date +%s)
+  timeout "$cap" ".carry/$t" --nocapture --test-threads=1 > "$O/$t.log" 2>&1
+  rc=$?
+  res=$(grep -h "^test result" "$O/$t.log" | tail -1)
+  echo "$t: rc=$rc in $(( $(date +%s) - s0 )) s (cap $cap) ${res:-no result line}" >> "$summary"
+  grep -h "^test .* FAILED\|^test .* ok$" "$O/$t.log" >> "$summary"
+done
+cat "$summary"
+# The benchmark with what is left: the flash variants (never measured) first.
+l=$(left)
+if (( l > 60 )); then
+  DEADLINE=$(( END - 5 )) VARIANTS="${VARIANTS:-bf16+flash tf32+flash bf16 tf32}" PYTORCH="${PYTORCH-eager compile}" \
+    bash benchmarks/gpu_gpt2/run_device.sh > "$O/bench.log" 2>&1
+  cat "$O/bench.log"
+else
+  echo "benchmark: not run (budget, $l s left)" | tee -a "$summary"
+fi
+exit 0
