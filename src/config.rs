@@ -235,6 +235,11 @@ pub struct LogConfig {
     /// Write the final weights as a Hugging Face directory `<out_dir>/final`.
     #[serde(default = "yes")]
     pub save_final: bool,
+    /// Time every backend op (`backend::profile`): each step's metrics get `ops` (ms and calls
+    /// per op on this rank; on a GPU, time on the compute stream) and the log a summary at the
+    /// end. Off by default: on a GPU it records two events per op.
+    #[serde(default)]
+    pub profile_ops: bool,
 }
 
 fn default_vocab() -> usize {
@@ -342,6 +347,7 @@ impl Default for LogConfig {
             every: 1,
             plot: true,
             save_final: true,
+            profile_ops: false,
         }
     }
 }

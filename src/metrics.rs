@@ -34,6 +34,9 @@ pub struct StepMetrics {
     pub compute_ms: f64,
     /// Time a pipeline stage waited for its neighbours (0 until pipeline parallelism runs).
     pub bubble_ms: f64,
+    /// With `log.profile_ops`: milliseconds and calls per backend op in this step (rank 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<crate::backend::profile::Profile>,
 }
 
 /// Appends JSON lines to a file, flushing each line (so a crash loses nothing written).

@@ -250,3 +250,45 @@ fn grid_mismatch_is_a_clear_error() {
     )
     .assert_clean_failure("world size 1");
 }
+
+/// `log.profile_ops`: each step's metrics name every op the step ran with its calls (here one
+/// rank, 2 layers, 2 micro-batches: 4 GEMMs per layer and micro-batch, 2 LayerNorms per layer
+/// plus the final one), the log sums it up, and the losses are those of the unprofiled run.
+#[test]
+fn op_profile_counts_every_op() {
+    let dir = scratch("profile");
+    let plain = tiny_config(&dir, "");
+    let m0 = dir.join("plain.jsonl");
+    ferrotron(&["train", "--config", s(&plain), "--metrics", s(&m0)], &dir).assert_ok();
+    let line0 = std::fs::read_to_string(&m0).unwrap();
+    assert!(!line0.contains("\"ops\""), "no profile unless asked");
+    let cfg = tiny_config(&dir, "profile_ops = true");
+    let m1 = dir.join("profiled.jsonl");
+    let o = ferrotron(&["train", "--config", s(&cfg), "--metrics", s(&m1)], &dir);
+    o.assert_ok();
+    assert_eq!(losses(&m0), losses(&m1), "profiling changes nothing");
+    assert!(o.all().contains("op profile (rank 0"), "{}", o.all());
+    let text = std::fs::read_to_string(&m1).unwrap();
+    let steps: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .collect();
+    assert_eq!(steps.len(), 6);
+    for v in &steps {
+        let ops = &v["ops"];
+        let calls = |op: &str| ops[op]["calls"].as_u64().unwrap_or(0);
+        assert_eq!(calls("linear_forward"), 4 * 2 * 2, "{ops}");
+        assert_eq!(calls("linear_backward"), 4 * 2 * 2, "{ops}");
+        assert_eq!(calls("layernorm_forward"), (2 * 2 + 1) * 2, "{ops}");
+        assert_eq!(calls("attention_backward"), 2 * 2, "{ops}");
+        assert_eq!(calls("embedding_backward"), 2, "{ops}");
+        let ms: f64 = ops
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|s| s["ms"].as_f64().unwrap())
+            .sum();
+        assert!(ms.is_finite() && ms >= 0.0, "{ops}");
+    }
+}

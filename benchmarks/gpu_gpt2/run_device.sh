@@ -8,9 +8,12 @@
 #   DEADLINE  a time (seconds since the epoch) after which nothing new starts; every run is
 #             also cut at the deadline (default: none). Device time is scarce: one call
 #             should do as much as fits, most valuable first.
+#   PROFILE   1 (default): after the first variant that runs, 6 more steps of it with
+#             log.profile_ops, its per-op table saved as $OUT/op_profile_<variant>_B<batch>.txt
 set -uo pipefail
 source .carry/gpu_env.sh
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+mkdir -p "${OUT:-/tmp}"
 out=${OUT:-/tmp}/gpu_gpt2.jsonl
 : > "$out"
 VARIANTS=${VARIANTS:-"bf16+flash tf32+flash bf16 tf32 fp32"}
@@ -21,6 +24,8 @@ cap() { local l=$(( DEADLINE - $(date +%s) )); (( l < 0 )) && l=0; echo $(( l < 
 peak_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.log & echo $!; }
 # Variants: GEMM precision, optionally with flash attention (train.flash_attention), which
 # stores no [T, T] probabilities and so may fit a larger micro-batch.
+PROFILE=${PROFILE:-1}
+profiled=0
 for v in $VARIANTS; do
   prec=${v%%+*}; flash=false; label=$prec; sizes="32 16 8"
   if [[ $v == *+flash ]]; then flash=true; label=$prec-flash; sizes="64 32 16 8"; fi
@@ -46,10 +51,22 @@ print(json.dumps({"impl": f"ferrotron-cuda-{prec}", "batch": B, "seq": T, "token
                   "losses": [r["loss"] for r in rows],
                   "peak_mem_note": "nvidia-smi memory.used (whole process incl. CUDA context)"}))
 PY
+      if [[ $PROFILE == 1 && $profiled == 0 ]] && t=$(cap 120) && (( t >= 30 )); then
+        profiled=1
+        timeout "$t" .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.precision=$prec \
+          --set train.flash_attention=$flash --set train.micro_batch_size=$B --set train.global_batch_size=$B --set train.steps=6 --set optim.warmup_steps=0 \
+          --set train.val_every=0 --set train.val_batches=0 --set log.plot=false --set log.save_final=false --set log.profile_ops=true \
+          --set 'data.train=".carry/data/fortunes/train_*.bin"' --set 'data.val=".carry/data/fortunes/val_*.bin"' \
+          --set "log.out_dir=\"/tmp/ft-prof-$label-$B\"" > /tmp/ft-prof.log 2>&1
+        sed -n '/op profile/,$p' /tmp/ft-prof.log | grep -v '^trained\|^metrics' > "${OUT:-/tmp}/op_profile_${label}_B$B.txt"
+        cat "${OUT:-/tmp}/op_profile_${label}_B$B.txt"
+      fi
       break
     else
       kill $pid; echo "ferrotron $label B=$B failed:"; tail -3 /tmp/ft.log
       cp /tmp/ft.log "${OUT:-/tmp}/ft-$label-$B.log" 2>/dev/null
+      # Only running out of memory is a reason to try a smaller micro-batch.
+      grep -qi "out of memory\|OUT_OF_MEMORY" /tmp/ft.log || { echo "($label: not a memory failure; next variant)"; break; }
     fi
   done
 done

@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod profile;
 pub mod staged;
 
 use crate::comm::mpi::{MpiComm, Pending};
@@ -360,6 +361,16 @@ pub trait Backend: Send + Sync {
 
     /// Ends [`Backend::pin_weights`]; anything derived from the weights is stale from here.
     fn unpin_weights(&self) {}
+
+    /// Turns the per-op time profile on or off (`log.profile_ops`, see [`profile`]).
+    /// Default: the backend keeps none.
+    fn set_profiling(&self, _on: bool) {}
+
+    /// Milliseconds and calls per op since the last call (waiting for the device), or None
+    /// when the profile is off.
+    fn take_profile(&self) -> Result<Option<profile::Profile>> {
+        Ok(None)
+    }
 
     /// A unique id of the device this rank computes on (a GPU's UUID), to find ranks that share
     /// one; None for host memory.

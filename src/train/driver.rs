@@ -63,6 +63,7 @@ fn run_on<B: Backend>(
             plan.p2p.name()
         );
     }
+    tr.model.be.set_profiling(cfg.log.profile_ops);
     let first_val = if start == 0 { tr.validate(&gr)? } else { None };
     take_stats(&gr);
     if let (Some(v), Some(w)) = (first_val, writer.as_mut()) {
@@ -309,10 +310,14 @@ fn train_loop<B: Backend>(
         b.set_position(run.start.min(steps) as u64);
     }
     let (mut last_val, mut final_loss, mut stopped_at) = (first_val, f32::NAN, None);
+    let mut profile = ProfileSummary::default();
     for s in run.start..steps {
+        // The step's own ops only (not the validation or saving before it).
+        tr.model.be.take_profile()?;
         let t0 = Instant::now();
         let out = tr.step(s, gr)?;
         let dt = t0.elapsed().as_secs_f64();
+        let ops = tr.model.be.take_profile()?;
         let (comm_bytes, comm_ms, bubble_ms, compute_ms) = step_comm(gr, dt, out.idle_s);
         let is_val =
             (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;
@@ -335,7 +340,9 @@ fn train_loop<B: Backend>(
             comm_ms,
             compute_ms,
             bubble_ms,
+            ops,
         };
+        profile.add(&m);
         if let Some(w) = writer.as_deref_mut() {
             w.write(&m)?;
             report_step(&bar, &m, steps, cfg.log.every);
@@ -353,6 +360,9 @@ fn train_loop<B: Backend>(
     }
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if writer.is_some() {
+        profile.log();
     }
     Ok(TrainSummary {
         steps: stopped_at.unwrap_or(steps),
@@ -399,5 +409,56 @@ fn report_step(bar: &Option<indicatif::ProgressBar>, m: &StepMetrics, steps: usi
             log::info!("{line}")
         }
         None => {}
+    }
+}
+
+/// The per-op profile summed over the steps after the first (which includes one-time work:
+/// allocations, cuBLASLt's algorithm choice), logged at the end of a profiled run.
+#[derive(Default)]
+struct ProfileSummary {
+    steps: usize,
+    step_ms: f64,
+    ops: crate::backend::profile::Profile,
+}
+
+impl ProfileSummary {
+    fn add(&mut self, m: &StepMetrics) {
+        let Some(ops) = &m.ops else { return };
+        self.steps += 1;
+        if self.steps == 1 {
+            return;
+        }
+        self.step_ms += m.step_ms;
+        for (name, s) in ops {
+            let t = self.ops.entry(name).or_default();
+            t.ms += s.ms;
+            t.calls += s.calls;
+        }
+    }
+
+    /// One line per op, most time first: ms per step, share of the step, calls per step.
+    fn log(&self) {
+        let n = self.steps.saturating_sub(1);
+        if n == 0 {
+            return;
+        }
+        let mut v: Vec<_> = self.ops.iter().collect();
+        v.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms));
+        let total: f64 = v.iter().map(|(_, s)| s.ms).sum();
+        let per = |x: f64| x / n as f64;
+        let mut out = format!(
+            "op profile (rank 0, mean of {n} steps after the first): ops {:.2} ms of a {:.2} ms step",
+            per(total),
+            per(self.step_ms)
+        );
+        for (name, s) in v {
+            out.push_str(&format!(
+                "\n  {name:<24} {:>10.3} ms {:>5.1}%  {:>6.0} calls",
+                per(s.ms),
+                100.0 * s.ms / self.step_ms.max(1e-9),
+                per(s.calls as f64)
+            ));
+        }
+        log::info!("{out}");
     }
 }

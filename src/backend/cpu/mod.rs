@@ -37,6 +37,7 @@ fn online_cpus() -> usize {
         .unwrap_or(0)
 }
 
+use super::profile::{HostClock, OpProfiler, Profile};
 use super::{AdamStep, Backend, Region};
 use crate::model::gpt2::attention::{self, AttnDims};
 use crate::model::gpt2::{embedding, head, layernorm, linear, loss, mlp, vocab_parallel};
@@ -44,16 +45,18 @@ use crate::optim::{adamw, clip};
 use anyhow::{ensure, Result};
 
 /// The CPU backend: host `Vec<f32>` buffers, rayon threads, the `gemm` crate.
-#[derive(Debug, Clone, Copy)]
 pub struct Cpu {
     /// Worker threads GEMMs may use (the process-wide rayon pool should have as many).
     pub threads: usize,
+    /// Per-op times (`log.profile_ops`), on the host clock.
+    prof: OpProfiler<std::time::Instant>,
 }
 
 impl Cpu {
     pub fn new(threads: usize) -> Self {
         Self {
             threads: threads.max(1),
+            prof: OpProfiler::default(),
         }
     }
 }
@@ -100,22 +103,33 @@ impl Backend for Cpu {
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
     }
+    fn set_profiling(&self, on: bool) {
+        self.prof.set(on);
+    }
+    fn take_profile(&self) -> Result<Option<Profile>> {
+        self.prof.take(&HostClock)
+    }
     fn buf_len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
     }
     fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&HostClock, "zeros");
         Ok(vec![0.0; n])
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&HostClock, "upload");
         Ok(host.to_vec())
     }
     fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&HostClock, "download");
         Ok(buf.clone())
     }
     fn tokens(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        let _op = self.prof.span(&HostClock, "tokens");
         Ok(ids.to_vec())
     }
     fn zero(&self, buf: &mut Vec<f32>) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "zero");
         buf.fill(0.0);
         Ok(())
     }
@@ -129,6 +143,7 @@ impl Backend for Cpu {
         t: usize,
         c: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "embedding_forward");
         embedding::forward(out, tok, &p[wte.range()], &p[wpe.range()], t, c);
         Ok(())
     }
@@ -142,6 +157,7 @@ impl Backend for Cpu {
         t: usize,
         c: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "embedding_backward");
         let (a, b) = two_mut(g, dwte, dwpe);
         embedding::backward(a, b, dx, tok, t, c);
         Ok(())
@@ -156,6 +172,7 @@ impl Backend for Cpu {
         w: Region,
         b: Region,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "layernorm_forward");
         layernorm::forward(out, mean, rstd, x, &p[w.range()], &p[b.range()]);
         Ok(())
     }
@@ -172,6 +189,7 @@ impl Backend for Cpu {
         mean: &Vec<f32>,
         rstd: &Vec<f32>,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "layernorm_backward");
         let (gw, gb) = two_mut(g, dw, db);
         layernorm::backward(dx, gw, gb, dy, x, &p[w.range()], mean, rstd);
         Ok(())
@@ -187,6 +205,7 @@ impl Backend for Cpu {
         ic: usize,
         oc: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "linear_forward");
         linear::forward(
             out,
             x,
@@ -213,6 +232,7 @@ impl Backend for Cpu {
         ic: usize,
         oc: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "linear_backward");
         let (gw, gb) = two_mut(g, dw, db);
         linear::backward(dx, gw, gb, dy, x, &p[w.range()], n, ic, oc, self.threads);
         Ok(())
@@ -224,6 +244,7 @@ impl Backend for Cpu {
         qkv: &Vec<f32>,
         d: AttnDims,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "attention_forward");
         attention::forward(out, att, qkv, d);
         Ok(())
     }
@@ -236,18 +257,22 @@ impl Backend for Cpu {
         att: &Vec<f32>,
         d: AttnDims,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "attention_backward");
         attention::backward(dqkv, dout, qkv, att, d);
         Ok(())
     }
     fn gelu_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "gelu_forward");
         mlp::gelu_forward(out, x);
         Ok(())
     }
     fn gelu_backward(&self, dx: &mut Vec<f32>, x: &Vec<f32>, dy: &Vec<f32>) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "gelu_backward");
         mlp::gelu_backward(dx, x, dy);
         Ok(())
     }
     fn add_inplace(&self, y: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "add_inplace");
         crate::model::gpt2::block::add_inplace(y, x);
         Ok(())
     }
@@ -262,6 +287,7 @@ impl Backend for Cpu {
         c: usize,
         vp: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "logits_forward");
         let (rows, z) = (rows_of(xf, row0, n, c)?, prefix_mut(logits, n * vp)?);
         head::logits_forward(z, rows, &p[wte.range()], n, c, vp, self.threads);
         Ok(())
@@ -280,6 +306,7 @@ impl Backend for Cpu {
         c: usize,
         vp: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "logits_backward");
         rows_of(dxf, row0, n, c)?;
         head::logits_backward(
             &mut dxf[row0 * c..(row0 + n) * c],
@@ -304,6 +331,7 @@ impl Backend for Cpu {
         v: usize,
         grad_scale: Option<f32>,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "softmax_xent");
         ensure!(
             targets.len() == n,
             "softmax_xent: {} targets for {n} rows",
@@ -314,20 +342,25 @@ impl Backend for Cpu {
         Ok(())
     }
     fn sum(&self, x: &Vec<f32>) -> Result<f64> {
+        let _op = self.prof.span(&HostClock, "sum");
         Ok(x.iter().map(|&v| v as f64).sum())
     }
     fn upload_vec(&self, host: Vec<f32>) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&HostClock, "upload_vec");
         Ok(host)
     }
     fn download_into(&self, buf: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "download_into");
         out.clear();
         out.extend_from_slice(buf);
         Ok(())
     }
     fn download_region(&self, buf: &Vec<f32>, r: Region) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&HostClock, "download_region");
         Ok(buf[r.range()].to_vec())
     }
     fn upload_region(&self, buf: &mut Vec<f32>, off: usize, host: &[f32]) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "upload_region");
         buf[off..off + host.len()].copy_from_slice(host);
         Ok(())
     }
@@ -335,6 +368,7 @@ impl Backend for Cpu {
         Some(buf)
     }
     fn sum_squares_ranges(&self, x: &Vec<f32>, ranges: &[Region]) -> Result<f64> {
+        let _op = self.prof.span(&HostClock, "sum_squares_ranges");
         Ok(ranges
             .iter()
             .map(|r| clip::sum_squares(&x[r.range()]))
@@ -351,6 +385,7 @@ impl Backend for Cpu {
         c: usize,
         v0: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "embedding_forward_shard");
         let wpe = wpe.map(|r| &p[r.range()]);
         vocab_parallel::embedding_forward(out, tok, &p[wte.range()], wpe, t, c, v0);
         Ok(())
@@ -366,6 +401,7 @@ impl Backend for Cpu {
         c: usize,
         v0: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "embedding_backward_shard");
         let (a, b) = two_mut(g, dwte, dwpe);
         embedding::backward_shard(a, b, dx, tok, t, c, v0);
         Ok(())
@@ -379,6 +415,7 @@ impl Backend for Cpu {
         v0: usize,
         v: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "xent_partial");
         let n = targets.len();
         let (z, st) = (rows_of(logits, 0, n, vl)?, prefix_mut(stats, 3 * n)?);
         vocab_parallel::xent_partial(z, st, targets, vl, v0, v);
@@ -394,15 +431,18 @@ impl Backend for Cpu {
         v: usize,
         scale: f32,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "xent_grad");
         let n = targets.len();
         let (z, ms) = (prefix_mut(logits, n * vl)?, rows_of(ms, 0, n, 2)?);
         vocab_parallel::xent_grad(z, ms, targets, vl, v0, v, scale);
         Ok(())
     }
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
+        let _op = self.prof.span(&HostClock, "sum_squares");
         Ok(clip::sum_squares(x))
     }
     fn scale(&self, x: &mut Vec<f32>, k: f32) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "scale");
         clip::scale(x, k);
         Ok(())
     }
@@ -415,6 +455,7 @@ impl Backend for Cpu {
         r: Region,
         s: AdamStep,
     ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "adamw");
         adamw::update(
             &mut p[r.range()],
             &g[r.range()],

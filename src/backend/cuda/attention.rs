@@ -2,8 +2,9 @@
 //! Y = P·V (and their backward), the softmax kernels between them, probabilities
 //! `[B, NH, T, T]` kept for the backward. (`train.flash_attention` uses `flash.rs` instead.)
 
-use super::backend::{op, shape, CudaBackend};
+use super::backend::{shape, CudaBackend};
 use super::gemm::Batch;
+use super::matmul::op;
 use crate::model::gpt2::attention::AttnDims;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;

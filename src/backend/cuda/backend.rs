@@ -9,18 +9,17 @@
 //! (fp32 accumulation and outputs). Master weights, gradients and AdamW state are always fp32.
 
 use super::device_count;
-use super::gemm::{Batch, GMat, Gemm, Opts};
+use super::gemm::Gemm;
 use super::kernels::{self, AttnShape, Kernels, SUMSQ_PARTS};
+use super::matmul::op;
+use crate::backend::profile::{OpProfiler, Profile};
 use crate::backend::{AdamStep, Backend, Region, Started};
 use crate::comm::mpi::{MpiComm, Pending};
 use crate::comm::Communicator;
 use crate::config::Precision;
 use crate::model::gpt2::attention::AttnDims;
 use anyhow::{ensure, Context, Result};
-use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
-};
-use half::bf16;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
 use std::sync::Arc;
 
 /// One GPU with its stream, kernels and cuBLASLt handle.
@@ -34,9 +33,11 @@ pub struct CudaBackend {
     /// Where the data-parallel NCCL reductions run, overlapping the backward on `stream`.
     pub(super) comm_stream: Arc<CudaStream>,
     pub(super) k: Kernels,
-    gemm: Gemm,
+    pub(super) gemm: Gemm,
     device: String,
     pub(super) ctx: Arc<CudaContext>,
+    /// Per-op times (`log.profile_ops`), by events on `stream`.
+    prof: OpProfiler<cudarc::driver::CudaEvent>,
 }
 
 /// Token ids of a micro-batch on the device, with the host-side grouping by id that the
@@ -96,6 +97,7 @@ impl CudaBackend {
             gemm,
             device,
             ctx,
+            prof: OpProfiler::default(),
         })
     }
 
@@ -137,82 +139,7 @@ impl CudaBackend {
     }
 }
 
-/// A GEMM operand: a whole f32 buffer (or parameter region) read as `[rows, cols]` (per batch
-/// element), optionally transposed.
-pub(super) struct Op<'a> {
-    v: CudaView<'a, f32>,
-    rows: usize,
-    cols: usize,
-    t: bool,
-    /// With bf16 GEMMs: `v` already rounded to bf16 (an operand two GEMMs share, rounded once).
-    r16: Option<&'a CudaSlice<bf16>>,
-}
-
-pub(super) fn op(v: CudaView<'_, f32>, rows: usize, cols: usize) -> Op<'_> {
-    Op {
-        v,
-        rows,
-        cols,
-        t: false,
-        r16: None,
-    }
-}
-
-impl<'a> Op<'a> {
-    pub(super) fn t(self) -> Self {
-        Self { t: !self.t, ..self }
-    }
-
-    /// The operand with its bf16 rounding made beforehand ([`CudaBackend::round_shared`]).
-    pub(super) fn rounded(self, r16: Option<&'a CudaSlice<bf16>>) -> Self {
-        Self { r16, ..self }
-    }
-}
-
-fn gmat<'a, T>(buf: &'a dyn DevicePtr<T>, o: &Op) -> GMat<'a, T> {
-    let g = GMat::new(buf, o.rows, o.cols);
-    if o.t {
-        g.t()
-    } else {
-        g
-    }
-}
-
 impl CudaBackend {
-    /// `dst (+)= a·b (+ bias)` with fp32 accumulation. `Bf16`: both operands are rounded to
-    /// bf16 first (as PyTorch's autocast does per op); `Tf32`/`Fp32`: fp32 inputs, tensor-core
-    /// TF32 or exact products.
-    pub(super) fn mm<D: DevicePtrMut<f32>>(
-        &self,
-        dst: &mut D,
-        dst_rs: usize,
-        a: Op,
-        b: Op,
-        acc: bool,
-        batch: Option<Batch>,
-        bias: Option<&CudaView<f32>>,
-    ) -> Result<()> {
-        let bias = bias.map(|x| x as &dyn DevicePtr<f32>);
-        if self.precision == Precision::Bf16 {
-            let opts = Opts {
-                accumulate: acc,
-                batch,
-                bias,
-            };
-            return self.with_bf16_operands((&a.v, a.r16), (&b.v, b.r16), |ab, bb| {
-                self.gemm
-                    .matmul::<bf16, f32>(dst, dst_rs, gmat(ab, &a), gmat(bb, &b), opts)
-            });
-        }
-        let opts = Opts {
-            accumulate: acc,
-            batch,
-            bias,
-        };
-        self.gemm
-            .matmul::<f32, f32>(dst, dst_rs, gmat(&a.v, &a), gmat(&b.v, &b), opts)
-    }
-
     /// Q, K, V of `qkv [B, T, 3C]` as three `[B, NH, T, hd]` buffers.
     pub(super) fn split_qkv(
         &self,
@@ -229,24 +156,6 @@ impl CudaBackend {
             shape(d),
         )?;
         Ok((q, k, v))
-    }
-
-    /// With bf16 GEMMs, `x` rounded to bf16 once for the GEMMs that share it (a backward's
-    /// output gradient feeds both the input- and the weight-gradient GEMM); None otherwise.
-    pub(super) fn round_shared(&self, x: &CudaView<f32>) -> Result<Option<CudaSlice<bf16>>> {
-        if self.precision == Precision::Bf16 {
-            self.to_bf16(x).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
-    pub(super) fn to_bf16(&self, x: &CudaView<f32>) -> Result<CudaSlice<bf16>> {
-        // SAFETY: the cast kernel writes every element the GEMM reads (0 .. x.len()); the
-        // extra element of an empty input is never read.
-        let mut out = unsafe { self.stream.alloc::<bf16>(x.len().max(1))? };
-        self.k.f32_to_bf16(&mut out.slice_mut(0..x.len()), x)?;
-        Ok(out)
     }
 }
 
@@ -309,6 +218,7 @@ impl Backend for CudaBackend {
         c: usize,
         v0: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "embedding_forward_shard");
         self.vp_embedding_forward(out, tok, p, wte, wpe, t, c, v0)
     }
     fn embedding_backward_shard(
@@ -322,6 +232,7 @@ impl Backend for CudaBackend {
         c: usize,
         v0: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "embedding_backward_shard");
         self.vp_embedding_backward(g, dwte, dwpe, dx, tok, t, c, v0)
     }
     fn xent_partial(
@@ -333,6 +244,7 @@ impl Backend for CudaBackend {
         v0: usize,
         v: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "xent_partial");
         self.vp_xent_partial(logits, stats, targets, vl, v0, v)
     }
     fn xent_grad(
@@ -345,6 +257,7 @@ impl Backend for CudaBackend {
         v: usize,
         scale: f32,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "xent_grad");
         self.vp_xent_grad(logits, ms, targets, vl, v0, v, scale)
     }
     fn all_reduce_region(
@@ -353,6 +266,7 @@ impl Backend for CudaBackend {
         buf: &mut CudaSlice<f32>,
         r: Region,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "all_reduce_region");
         self.comm_all_reduce(comm, buf, r)
     }
     fn start_all_reduce(
@@ -361,6 +275,7 @@ impl Backend for CudaBackend {
         grads: &mut CudaSlice<f32>,
         r: Region,
     ) -> Result<Started> {
+        let _op = self.prof.span(&*self.stream, "start_all_reduce");
         self.comm_start_all_reduce(comm, grads, r)
     }
     fn send_buf(
@@ -370,6 +285,7 @@ impl Backend for CudaBackend {
         dest: usize,
         tag: i32,
     ) -> Result<Pending> {
+        let _op = self.prof.span(&*self.stream, "send_buf");
         self.comm_send(comm, buf, dest, tag)
     }
     fn recv_buf(
@@ -380,6 +296,7 @@ impl Backend for CudaBackend {
         src: usize,
         tag: i32,
     ) -> Result<f64> {
+        let _op = self.prof.span(&*self.stream, "recv_buf");
         self.comm_recv(comm, buf, len, src, tag)
     }
     fn cuda_stream(&self) -> Option<Arc<CudaStream>> {
@@ -389,12 +306,20 @@ impl Backend for CudaBackend {
         Some(self.comm_stream.clone())
     }
     fn finish_all_reduce(&self, grads: &mut CudaSlice<f32>, r: Region, s: Started) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "finish_all_reduce");
         self.comm_finish_all_reduce(grads, r, s)
+    }
+    fn set_profiling(&self, on: bool) {
+        self.prof.set(on);
+    }
+    fn take_profile(&self) -> Result<Option<Profile>> {
+        self.prof.take(&*self.stream)
     }
     fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
         self.uuid().map(Some)
     }
     fn pin_weights(&self, params: &CudaSlice<f32>) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "pin_weights");
         self.pin(params)
     }
     fn unpin_weights(&self) {
@@ -404,28 +329,35 @@ impl Backend for CudaBackend {
         buf.len()
     }
     fn zeros(&self, n: usize) -> Result<CudaSlice<f32>> {
+        let _op = self.prof.span(&*self.stream, "zeros");
         self.scratch(n)
     }
     fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
+        let _op = self.prof.span(&*self.stream, "upload");
         Ok(self.stream.clone_htod(host)?)
     }
     fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&*self.stream, "download");
         Ok(self.stream.clone_dtoh(buf)?)
     }
     fn download_into(&self, buf: &CudaSlice<f32>, out: &mut Vec<f32>) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "download_into");
         out.resize(buf.len(), 0.0);
         self.stream.memcpy_dtoh(buf, out.as_mut_slice())?;
         Ok(())
     }
     fn download_region(&self, buf: &CudaSlice<f32>, r: Region) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&*self.stream, "download_region");
         Ok(self.stream.clone_dtoh(&buf.slice(r.range()))?)
     }
     fn upload_region(&self, buf: &mut CudaSlice<f32>, off: usize, host: &[f32]) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "upload_region");
         let mut dst = buf.slice_mut(off..off + host.len());
         self.stream.memcpy_htod(host, &mut dst)?;
         Ok(())
     }
     fn tokens(&self, ids: &[u32]) -> Result<DevTokens> {
+        let _op = self.prof.span(&*self.stream, "tokens");
         let as_i32: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
         let (order, start, token) = segments(ids);
         let s = &self.stream;
@@ -438,6 +370,7 @@ impl Backend for CudaBackend {
         })
     }
     fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "zero");
         Ok(self.stream.memset_zeros(buf)?)
     }
 
@@ -451,6 +384,7 @@ impl Backend for CudaBackend {
         t: usize,
         c: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "embedding_forward");
         let n = tok.ids.len();
         self.k.embedding_forward(
             &mut out.as_view_mut(),
@@ -472,6 +406,7 @@ impl Backend for CudaBackend {
         t: usize,
         c: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "embedding_backward");
         let b = tok.ids.len() / t;
         self.k
             .embedding_backward_wpe(&mut g.slice_mut(dwpe.range()), &dx.as_view(), b, t, c)?;
@@ -495,6 +430,7 @@ impl Backend for CudaBackend {
         w: Region,
         b: Region,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "layernorm_forward");
         let (n, c) = (mean.len(), w.len);
         self.k.layernorm_forward(
             &mut out.as_view_mut(),
@@ -520,6 +456,7 @@ impl Backend for CudaBackend {
         mean: &CudaSlice<f32>,
         rstd: &CudaSlice<f32>,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "layernorm_backward");
         let (n, c) = (mean.len(), w.len);
         let mut scratch = self.scratch(Kernels::layernorm_scratch_len(n, c))?;
         let wv = p.slice(w.range());
@@ -550,6 +487,7 @@ impl Backend for CudaBackend {
         ic: usize,
         oc: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "linear_forward");
         let bias = p.slice(b.range());
         self.mm(
             out,
@@ -575,6 +513,7 @@ impl Backend for CudaBackend {
         ic: usize,
         oc: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "linear_backward");
         let dy16 = self.round_shared(&dy.as_view())?;
         self.mm(
             dx,
@@ -617,6 +556,7 @@ impl Backend for CudaBackend {
         qkv: &CudaSlice<f32>,
         d: AttnDims,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "attention_forward");
         if self.flash_for(d) {
             return self.k.flash_forward(out, att, qkv, shape(d));
         }
@@ -631,6 +571,7 @@ impl Backend for CudaBackend {
         att: &CudaSlice<f32>,
         d: AttnDims,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "attention_backward");
         if self.flash_for(d) {
             let mut dd = self.scratch(d.b * d.nh * d.t)?;
             return self
@@ -640,6 +581,7 @@ impl Backend for CudaBackend {
         self.attention_backward_materialised(dqkv, dout, qkv, att, d)
     }
     fn gelu_forward(&self, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "gelu_forward");
         self.k.gelu_forward(&mut out.as_view_mut(), &x.as_view())
     }
     fn gelu_backward(
@@ -648,10 +590,12 @@ impl Backend for CudaBackend {
         x: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "gelu_backward");
         self.k
             .gelu_backward(&mut dx.as_view_mut(), &x.as_view(), &dy.as_view())
     }
     fn add_inplace(&self, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "add_inplace");
         self.k.add_inplace(&mut y.as_view_mut(), &x.as_view())
     }
     fn logits_forward(
@@ -665,6 +609,7 @@ impl Backend for CudaBackend {
         c: usize,
         vp: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "logits_forward");
         self.mm(
             &mut sub_mut(logits, 0, n * vp)?,
             vp,
@@ -689,6 +634,7 @@ impl Backend for CudaBackend {
         c: usize,
         vp: usize,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "logits_backward");
         let dl16 = self.round_shared(&sub(dlogits, 0, n * vp)?)?;
         self.mm(
             &mut sub_mut(dxf, row0 * c, n * c)?,
@@ -721,6 +667,7 @@ impl Backend for CudaBackend {
         v: usize,
         grad_scale: Option<f32>,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "softmax_xent");
         self.k.softmax_xent(
             &mut sub_mut(logits, 0, n * vp)?,
             &mut sub_mut(losses, 0, n)?,
@@ -732,9 +679,11 @@ impl Backend for CudaBackend {
         )
     }
     fn sum(&self, x: &CudaSlice<f32>) -> Result<f64> {
+        let _op = self.prof.span(&*self.stream, "sum");
         Ok(self.download(x)?.iter().map(|&v| v as f64).sum())
     }
     fn sum_squares(&self, x: &CudaSlice<f32>) -> Result<f64> {
+        let _op = self.prof.span(&*self.stream, "sum_squares");
         let mut out = self.stream.alloc_zeros::<f64>(1)?;
         let mut parts = self.stream.alloc_zeros::<f64>(SUMSQ_PARTS)?;
         self.k.sum_squares(
@@ -745,6 +694,7 @@ impl Backend for CudaBackend {
         Ok(self.stream.clone_dtoh(&out)?[0])
     }
     fn scale(&self, x: &mut CudaSlice<f32>, k: f32) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "scale");
         if k == 1.0 {
             return Ok(());
         }
@@ -759,6 +709,7 @@ impl Backend for CudaBackend {
         ranges: &[(Region, bool)],
         s: AdamStep,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "adamw_multi");
         self.k.adamw_multi(p, g, m, v, ranges, s)
     }
     fn adamw(
@@ -770,6 +721,7 @@ impl Backend for CudaBackend {
         r: Region,
         s: AdamStep,
     ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "adamw");
         self.k.adamw(
             &mut p.slice_mut(r.range()),
             &g.slice(r.range()),

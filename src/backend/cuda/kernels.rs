@@ -164,20 +164,8 @@ impl Kernels {
     /// `arch` (e.g. from [`device_arch`]); launches go to `stream`.
     pub fn load(ctx: &Arc<CudaContext>, stream: Arc<CudaStream>, arch: &str) -> Result<Self> {
         let include = nvrtc::find_cuda_include()?;
-        let (nv, drv) = (nvrtc::nvrtc_version()?, nvrtc::driver_version()?);
-        log::info!(
-            "NVRTC {}.{} (driver CUDA {}.{}): compiling kernels for {arch}, CUDA headers from {}",
-            nv.0,
-            nv.1,
-            drv.0,
-            drv.1,
-            include.display()
-        );
         // Named up front; the load below is what decides (it fails on PTX it cannot take).
-        let mismatch = nvrtc::ptx_mismatch(nv, drv);
-        if let Some(m) = &mismatch {
-            log::warn!("{m}");
-        }
+        let mismatch = nvrtc::log_versions(arch, &include)?;
         let mut funcs = HashMap::new();
         for (file, names) in FUNCTIONS {
             let src = KERNELS

@@ -34,8 +34,21 @@ mod comm;
 mod flash;
 pub mod gemm;
 pub mod kernels;
+mod matmul;
 pub mod nvrtc;
 mod vocab;
 pub mod weights;
 
 pub use backend::CudaBackend;
+
+/// Marks of the per-op profile on a stream: timing events recorded into its work.
+impl crate::backend::profile::Clock for cudarc::driver::CudaStream {
+    type Mark = cudarc::driver::CudaEvent;
+    fn mark(&self) -> anyhow::Result<Self::Mark> {
+        let timed = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        Ok(self.record_event(Some(timed))?)
+    }
+    fn ms(&self, a: &Self::Mark, b: &Self::Mark) -> anyhow::Result<f64> {
+        Ok(f64::from(a.elapsed_ms(b)?))
+    }
+}

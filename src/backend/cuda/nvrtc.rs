@@ -91,6 +91,25 @@ pub fn ptx_mismatch(nvrtc: (i32, i32), driver: (i32, i32)) -> Option<String> {
     })
 }
 
+/// Logs NVRTC's and the driver's CUDA versions before compiling for `arch`, warning when the
+/// driver may refuse the PTX; returns that warning ([`ptx_mismatch`]).
+pub fn log_versions(arch: &str, include: &Path) -> Result<Option<String>> {
+    let (nv, drv) = (nvrtc_version()?, driver_version()?);
+    log::info!(
+        "NVRTC {}.{} (driver CUDA {}.{}): compiling kernels for {arch}, CUDA headers from {}",
+        nv.0,
+        nv.1,
+        drv.0,
+        drv.1,
+        include.display()
+    );
+    let mismatch = ptx_mismatch(nv, drv);
+    if let Some(m) = &mismatch {
+        log::warn!("{m}");
+    }
+    Ok(mismatch)
+}
+
 /// Directories searched for `cuda_bf16.h`, in order: `$FERROTRON_CUDA_INCLUDE` (a
 /// `:`-separated list; when set, nothing else is searched), `$CUDA_HOME/include`,
 /// `$CUDA_PATH/include`, `/usr/local/cuda/include`, then the pip wheel layouts
