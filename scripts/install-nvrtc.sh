@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs NVRTC (libnvrtc.so) and the CUDA headers NVRTC needs (cuda_bf16.h, ...) from PyPI
+# Installs NVRTC (libnvrtc.so) and the CUDA headers NVRTC needs (cuda_bf16.h, and mma.h with
+# its crt/ part for the tensor-core kernels, ...) from PyPI
 # into <repo>/.cache/nvrtc, without a virtual environment and without a GPU, so that
 # `cargo test --test cuda_kernels` can compile every kernels/*.cu on any machine.
 #
@@ -25,7 +26,8 @@ find_lib_dir() {
 find_inc_dir() {
   local f
   f="$(find "$dest" -name cuda_bf16.h -path '*/include/*' 2>/dev/null | sort | head -n1)"
-  [[ -n "$f" ]] && dirname "$f"
+  # mma.h includes crt/mma.h, which comes in its own wheel (nvidia-cuda-crt).
+  [[ -n "$f" && -f "$(dirname "$f")/crt/mma.h" ]] && dirname "$f"
 }
 
 lib_dir="$(find_lib_dir || true)"
@@ -36,7 +38,7 @@ if [[ -z "$lib_dir" || -z "$inc_dir" ]]; then
   mkdir -p "$dest"
   # Keep the download out of git without touching the repository's .gitignore.
   [[ -f "$repo/.cache/.gitignore" ]] || echo '*' > "$repo/.cache/.gitignore"
-  pkgs=("nvidia-cuda-nvrtc==13.*" "nvidia-cuda-runtime==13.*")
+  pkgs=("nvidia-cuda-nvrtc==13.*" "nvidia-cuda-runtime==13.*" "nvidia-cuda-crt==13.*")
   args=(install --quiet --disable-pip-version-check --no-deps --upgrade --target "$dest" "${pkgs[@]}")
   # pip does not apply PEP 668's externally-managed check to --target installs; older pips on
   # Debian may still refuse, so retry with --break-system-packages (still only into --target).
@@ -51,7 +53,7 @@ if [[ -z "$lib_dir" || -z "$inc_dir" ]]; then
   lib_dir="$(find_lib_dir || true)"
   inc_dir="$(find_inc_dir || true)"
   [[ -n "$lib_dir" ]] || die "libnvrtc.so not found under $dest after install"
-  [[ -n "$inc_dir" ]] || die "cuda_bf16.h not found under $dest after install"
+  [[ -n "$inc_dir" ]] || die "cuda_bf16.h with crt/mma.h not found under $dest after install"
 fi
 
 # cudarc looks for libnvrtc.so / libnvrtc.so.12 / ..., not the wheel's libnvrtc.so.13:

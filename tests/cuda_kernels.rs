@@ -427,20 +427,42 @@ fn attention_case(g: &Gpu, d: AttnShape, seed: u64) {
 }
 
 /// Flash attention (fp32) against the materialised CPU attention: output within 1e-5 and dqkv
-/// within 1e-4 relative (as the materialised backward), lse against the flash CPU twin. Head sizes 8 (one thread per row), 64 (four)
-/// and 128 (eight); T not a multiple of the 64-row blocks or 32-row tiles.
+/// within 1e-4 relative (as the materialised backward), lse against the flash CPU twin. Head
+/// sizes 8 (one thread per row), 64 (four) and 128 (eight); T not a multiple of the 64-row
+/// blocks or 32-row tiles.
 #[test]
 fn flash_attention_matches_cpu() {
     let Some(g) = gpu() else { return };
-    for (i, (b, t, c, nh)) in [
+    let shapes = [
         (2, 100, 128, 2),
         (1, 70, 24, 3),
         (1, 65, 256, 2),
         (1, 1, 64, 1),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ];
+    flash_case(&g, false, &shapes, [1e-5, 1e-5, 1e-4]);
+}
+
+/// The tensor-core flash attention (bf16 WMMA, fp32 accumulation) against the same fp32
+/// references within bf16 tolerances (as `tests/kernel_emu.rs`, which runs these kernels on the
+/// CPU): head sizes 16, 48 and 64, odd T, and GPT-2 124M's shape (T = 1024, 12 heads of 64).
+#[test]
+fn flash_attention_tc_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    if !g.k.has("flash_tc_forward") {
+        eprintln!("no bf16 MMA on this GPU (before sm_80): skipping");
+        return;
+    }
+    let shapes = [
+        (2, 100, 128, 2),
+        (1, 70, 48, 3),
+        (1, 1, 64, 1),
+        (2, 1024, 768, 12),
+    ];
+    flash_case(&g, true, &shapes, [1e-2, 1e-2, 2e-2]);
+}
+
+fn flash_case(g: &Gpu, tc: bool, shapes: &[(usize, usize, usize, usize)], tol: [f64; 3]) {
+    for (i, &(b, t, c, nh)) in shapes.iter().enumerate() {
         let ad = attention::AttnDims { b, t, c, nh };
         let mut r = Rng(80 + i as u64);
         let qkv = r.vec(3 * b * t * c, 1.5);
@@ -456,17 +478,17 @@ fn flash_attention_matches_cpu() {
         let qkv_d = g.up(&qkv);
         let mut out_d = g.up(&vec![0.0; b * t * c]);
         let mut lse_d = g.up(&vec![0.0; b * nh * t]);
-        g.k.flash_forward(&mut out_d, &mut lse_d, &qkv_d, s)
+        g.k.flash_forward(&mut out_d, &mut lse_d, &qkv_d, s, tc)
             .unwrap();
-        let name = format!("flash b{b} t{t} c{c} nh{nh}");
-        check(&format!("{name} out"), &g.down(&out_d), &out, 1e-5);
-        check(&format!("{name} lse"), &g.down(&lse_d), &lse, 1e-5);
+        let name = format!("flash{} b{b} t{t} c{c} nh{nh}", if tc { " tc" } else { "" });
+        check(&format!("{name} out"), &g.down(&out_d), &out, tol[0]);
+        check(&format!("{name} lse"), &g.down(&lse_d), &lse, tol[1]);
         let mut dqkv_d = g.up(&vec![f32::NAN; 3 * b * t * c]);
         let mut dd = g.up(&vec![0.0; b * nh * t]);
         let dout_d = g.up(&dout);
-        g.k.flash_backward(&mut dqkv_d, &mut dd, &dout_d, &out_d, &qkv_d, &lse_d, s)
+        g.k.flash_backward(&mut dqkv_d, &mut dd, &dout_d, &out_d, &qkv_d, &lse_d, s, tc)
             .unwrap();
-        check(&format!("{name} dqkv"), &g.down(&dqkv_d), &dqkv, 1e-4);
+        check(&format!("{name} dqkv"), &g.down(&dqkv_d), &dqkv, tol[2]);
     }
 }
 

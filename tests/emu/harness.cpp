@@ -3,6 +3,7 @@
 // directory (little-endian f32 / i32 / i64). Driven by tests/kernel_emu.rs, which compares the
 // outputs with the CPU twins.
 //   harness flash B T C NH DIR      qkv, dout -> out, lse, dqkv
+//   harness flashtc B T C NH DIR    the same with the tensor-core (WMMA, bf16) kernels
 //   harness vp N T C VL V0 V DIR    rows, wte, wpe, z, targets, ms -> emb, stats, zgrad
 //   harness adamw N CHUNKS DIR      p, g, m, v, table, scalars -> p, m, v
 #include "cuda_emu.h"
@@ -14,6 +15,7 @@
 
 #include "../../kernels/adamw.cu"
 #include "../../kernels/flash_attention.cu"
+#include "../../kernels/flash_attention_tc.cu"
 #include "../../kernels/vocab_parallel.cu"
 
 template <class T>
@@ -68,6 +70,32 @@ static int flash(int B, int T, int C, int NH, const std::string& d) {
     return 0;
 }
 
+static int flash_tc(int B, int T, int C, int NH, const std::string& d) {
+    const int hd = C / NH;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const size_t n = (size_t)B * T * C, rows = (size_t)B * NH * T;
+    auto qkv = load<float>(d + "/qkv", 3 * n);
+    auto dout = load<float>(d + "/dout", n);
+    std::vector<float> out(n, NAN), lse(rows, NAN), dd(rows, NAN), dqkv(3 * n, NAN);
+    const unsigned gx = (T + TC_ROWS - 1) / TC_ROWS, gy = B * NH;
+    emu_launch(gx, gy, 128, [&] { flash_tc_forward(qkv.data(), out.data(), lse.data(), T, C, NH, scale); });
+    emu_launch((rows + 255) / 256, 1, 256, [&] {
+        flash_attn_backward_dot(dout.data(), out.data(), dd.data(), B, T, C, NH);
+    });
+    emu_launch(gx, gy, 128, [&] {
+        flash_tc_backward_dq(qkv.data(), dout.data(), lse.data(), dd.data(), dqkv.data(), T, C,
+                             NH, scale);
+    });
+    emu_launch(gx, gy, 128, [&] {
+        flash_tc_backward_dkv(qkv.data(), dout.data(), lse.data(), dd.data(), dqkv.data(), T,
+                              C, NH, scale);
+    });
+    save(d + "/out", out);
+    save(d + "/lse", lse);
+    save(d + "/dqkv", dqkv);
+    return 0;
+}
+
 static int vp(int N, int T, int C, int VL, int V0, int V, const std::string& d) {
     const int valid = std::max(0, std::min(VL, V - V0));
     auto rows = load<int32_t>(d + "/rows", N);
@@ -113,6 +141,8 @@ int main(int argc, char** argv) {
     std::string mode = argc > 1 ? argv[1] : "";
     if (mode == "flash" && argc == 7)
         return flash(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6]);
+    if (mode == "flashtc" && argc == 7)
+        return flash_tc(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6]);
     if (mode == "vp" && argc == 9)
         return vp(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]),
                   atoi(argv[7]), argv[8]);

@@ -108,6 +108,14 @@ impl CudaBackend {
         self
     }
 
+    /// Flash attention on tensor cores: with bf16 GEMMs (attention then computes in bf16 as
+    /// well, as PyTorch's bf16 attention does), a head size they take, and a GPU with bf16 MMA.
+    fn flash_tc_for(&self, d: AttnDims) -> bool {
+        self.precision == Precision::Bf16
+            && super::flash::supports_tc(d.c / d.nh)
+            && self.k.has("flash_tc_forward")
+    }
+
     fn flash_for(&self, d: AttnDims) -> bool {
         self.flash && super::flash::supports(d.c / d.nh)
     }
@@ -558,7 +566,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let _op = self.prof.span(&*self.stream, "attention_forward");
         if self.flash_for(d) {
-            return self.k.flash_forward(out, att, qkv, shape(d));
+            return self
+                .k
+                .flash_forward(out, att, qkv, shape(d), self.flash_tc_for(d));
         }
         self.attention_forward_materialised(out, att, qkv, d)
     }
@@ -574,9 +584,16 @@ impl Backend for CudaBackend {
         let _op = self.prof.span(&*self.stream, "attention_backward");
         if self.flash_for(d) {
             let mut dd = self.scratch(d.b * d.nh * d.t)?;
-            return self
-                .k
-                .flash_backward(dqkv, &mut dd, dout, out, qkv, att, shape(d));
+            return self.k.flash_backward(
+                dqkv,
+                &mut dd,
+                dout,
+                out,
+                qkv,
+                att,
+                shape(d),
+                self.flash_tc_for(d),
+            );
         }
         self.attention_backward_materialised(dqkv, dout, qkv, att, d)
     }

@@ -19,13 +19,45 @@ pub fn supports(hd: usize) -> bool {
     (1..=HD_MAX).contains(&hd)
 }
 
-fn grid(s: AttnShape, tpr: usize) -> Result<LaunchConfig> {
+/// Rows per block and the largest head size of the tensor-core kernels (`TC_ROWS`, `TC_HD`).
+const TC_ROWS: usize = 64;
+pub const TC_HD_MAX: usize = 64;
+
+/// Whether the tensor-core kernels (`kernels/flash_attention_tc.cu`, bf16 WMMA) handle head
+/// size `hd`: a multiple of 16 up to 64 (every GPT-2 size has 64).
+pub fn supports_tc(hd: usize) -> bool {
+    hd > 0 && hd.is_multiple_of(16) && hd <= TC_HD_MAX
+}
+
+/// Whether a GPU of architecture `arch` (`"sm_XY"`) has bf16 WMMA (compute capability 8.0+).
+pub fn arch_has_bf16_mma(arch: &str) -> bool {
+    arch.strip_prefix("sm_")
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|v| v >= 80)
+}
+
+/// The tensor-core kernels' launch: 4 warps per 64 rows, one block row per (batch, head).
+fn tc_grid(s: AttnShape) -> Result<LaunchConfig> {
+    let bh = u32::try_from(s.b * s.nh)?;
+    ensure!(
+        bh <= 65_535,
+        "flash attention: B·NH = {bh} exceeds the grid's 65535"
+    );
     Ok(LaunchConfig {
-        grid_dim: (
-            u32::try_from(s.t.div_ceil(ROWS))?,
-            u32::try_from(s.b * s.nh)?,
-            1,
-        ),
+        grid_dim: (u32::try_from(s.t.div_ceil(TC_ROWS))?, bh, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+fn grid(s: AttnShape, tpr: usize) -> Result<LaunchConfig> {
+    let bh = u32::try_from(s.b * s.nh)?;
+    ensure!(
+        bh <= 65_535,
+        "flash attention: B·NH = {bh} exceeds the grid's 65535"
+    );
+    Ok(LaunchConfig {
+        grid_dim: (u32::try_from(s.t.div_ceil(ROWS))?, bh, 1),
         block_dim: (u32::try_from(ROWS * tpr)?, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -49,17 +81,35 @@ fn dims(s: AttnShape) -> Result<(i32, i32, i32, usize, f32)> {
 }
 
 impl Kernels {
-    /// `out [B, T, C]` and `lse [B, NH, T]` from `qkv [B, T, 3C]`.
+    /// `out [B, T, C]` and `lse [B, NH, T]` from `qkv [B, T, 3C]`; `tc`: with the tensor-core
+    /// kernels (bf16 operands, [`supports_tc`]).
     pub fn flash_forward(
         &self,
         out: &mut CudaSlice<f32>,
         lse: &mut CudaSlice<f32>,
         qkv: &CudaSlice<f32>,
         s: AttnShape,
+        tc: bool,
     ) -> Result<()> {
         let (t, c, nh, tpr, scale) = dims(s)?;
         ensure!(qkv.len() == 3 * s.b * s.t * s.c && out.len() == s.b * s.t * s.c);
         ensure!(lse.len() == s.b * s.nh * s.t, "lse must hold [B, NH, T]");
+        if tc {
+            ensure!(
+                supports_tc(s.c / s.nh),
+                "tensor-core flash attention: head size"
+            );
+            let mut l = self.stream.launch_builder(self.f("flash_tc_forward")?);
+            l.arg(qkv)
+                .arg(out)
+                .arg(lse)
+                .arg(&t)
+                .arg(&c)
+                .arg(&nh)
+                .arg(&scale);
+            unsafe { l.launch(tc_grid(s)?) }?;
+            return Ok(());
+        }
         let tpr_i = i32::try_from(tpr)?;
         let mut l = self.stream.launch_builder(self.f("flash_attn_forward")?);
         l.arg(qkv).arg(out).arg(lse).arg(&t).arg(&c).arg(&nh);
@@ -69,7 +119,7 @@ impl Kernels {
     }
 
     /// `dqkv [B, T, 3C]` (overwritten) from `dout [B, T, C]`, the forward's `out` and `lse`, and
-    /// `qkv`; `dd [B, NH, T]` is scratch (D_i = dout_i · out_i).
+    /// `qkv`; `dd [B, NH, T]` is scratch (D_i = dout_i · out_i); `tc` as in the forward.
     #[allow(clippy::too_many_arguments)]
     pub fn flash_backward(
         &self,
@@ -80,6 +130,7 @@ impl Kernels {
         qkv: &CudaSlice<f32>,
         lse: &CudaSlice<f32>,
         s: AttnShape,
+        tc: bool,
     ) -> Result<()> {
         let (t, c, nh, tpr, scale) = dims(s)?;
         let n = s.b * s.t * s.c;
@@ -104,6 +155,19 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         unsafe { l.launch(cfg) }?;
+        if tc {
+            ensure!(
+                supports_tc(s.c / s.nh),
+                "tensor-core flash attention: head size"
+            );
+            for name in ["flash_tc_backward_dq", "flash_tc_backward_dkv"] {
+                let mut l = self.stream.launch_builder(self.f(name)?);
+                l.arg(qkv).arg(dout).arg(lse).arg(&*dd).arg(&mut *dqkv);
+                l.arg(&t).arg(&c).arg(&nh).arg(&scale);
+                unsafe { l.launch(tc_grid(s)?) }?;
+            }
+            return Ok(());
+        }
         let tpr_i = i32::try_from(tpr)?;
         for name in ["flash_attn_backward_dq", "flash_attn_backward_dkv"] {
             let mut l = self.stream.launch_builder(self.f(name)?);
@@ -135,5 +199,17 @@ mod tests {
             assert!(tpr * 16 >= hd && tpr <= 8);
         }
         assert!(!supports(129) && !supports(0));
+        for (hd, ok) in [
+            (16, true),
+            (48, true),
+            (64, true),
+            (8, false),
+            (24, false),
+            (80, false),
+        ] {
+            assert_eq!(supports_tc(hd), ok, "hd {hd}");
+        }
+        assert!(arch_has_bf16_mma("sm_80") && arch_has_bf16_mma("sm_90"));
+        assert!(!arch_has_bf16_mma("sm_75") && !arch_has_bf16_mma("nonsense"));
     }
 }

@@ -14,7 +14,7 @@
 //!   second pass — results do not depend on the device or on timing.
 
 use super::chunks::adam_chunks;
-use super::nvrtc::{self, KERNELS};
+use super::nvrtc;
 use crate::backend::{AdamStep, Region};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{
@@ -36,23 +36,7 @@ pub const ROWS_PER_PART: usize = 64;
 /// Threads per block of `softmax_xent` (one block per row).
 const XENT_THREADS: u32 = 512;
 
-/// Every kernel function, by file (the file stem of `kernels/<file>.cu`).
-#[rustfmt::skip]
-pub const FUNCTIONS: &[(&str, &[&str])] = &[
-    ("embedding", &["embedding_forward", "embedding_backward_wpe", "embedding_backward_wte"]),
-    ("layernorm", &["layernorm_forward", "layernorm_backward"]),
-    ("gelu", &["gelu_forward", "gelu_backward"]),
-    ("attention", &["attn_split_qkv", "attn_merge_heads", "attn_split_heads", "attn_merge_dqkv",
-                    "causal_softmax_forward", "causal_softmax_backward"]),
-    ("crossentropy", &["softmax_xent"]),
-    ("adamw", &["adamw", "adamw_multi"]),
-    ("reduce", &["sum_squares_partial", "sum_squares_final", "scale", "add_inplace",
-                 "bias_grad_partial", "column_reduce"]),
-    ("cast", &["f32_to_bf16", "bf16_to_f32"]),
-    ("vocab_parallel", &["vp_embedding_forward", "vp_xent_partial", "vp_xent_grad"]),
-    ("flash_attention", &["flash_attn_forward", "flash_attn_backward_dot",
-                          "flash_attn_backward_dq", "flash_attn_backward_dkv"]),
-];
+pub use super::nvrtc::FUNCTIONS;
 
 /// `"sm_XY"` for the context's device (compute capability X.Y).
 pub fn device_arch(ctx: &Arc<CudaContext>) -> Result<String> {
@@ -168,21 +152,23 @@ impl Kernels {
         let mismatch = nvrtc::log_versions(arch, &include)?;
         let mut funcs = HashMap::new();
         for (file, names) in FUNCTIONS {
-            let src = KERNELS
-                .iter()
-                .find(|k| k.name == *file)
-                .with_context(|| format!("kernel file {file}.cu not embedded"))?;
-            let ptx = nvrtc::compile(src, arch, std::slice::from_ref(&include))?;
-            let module = ctx.load_module(ptx).with_context(|| {
-                let why = mismatch.as_deref().unwrap_or("the driver rejected it");
-                format!("loading the PTX of {file}.cu ({why})")
-            })?;
-            for &name in names.iter() {
-                let f = module
-                    .load_function(name)
-                    .with_context(|| format!("kernel {name} in {file}.cu"))?;
-                funcs.insert(name, f);
+            let load = || nvrtc::load_file(ctx, file, names, arch, &include, mismatch.as_deref());
+            if *file == "flash_attention_tc" {
+                // Optional: without bf16 MMA (before sm_80) or its headers, flash attention
+                // keeps its fp32 kernels.
+                if !super::flash::arch_has_bf16_mma(arch) {
+                    continue;
+                }
+                match load() {
+                    Ok(v) => funcs.extend(v),
+                    Err(e) => log::warn!(
+                        "tensor-core flash attention unavailable ({e:#}); mma.h needs crt/mma.h \
+                         (pip: nvidia-cuda-crt)"
+                    ),
+                }
+                continue;
             }
+            funcs.extend(load()?);
         }
         Ok(Self { funcs, stream })
     }
@@ -190,6 +176,11 @@ impl Kernels {
     /// The stream every launch goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Whether kernel `name` was loaded (some need a newer GPU).
+    pub fn has(&self, name: &str) -> bool {
+        self.funcs.contains_key(name)
     }
 
     pub(super) fn f(&self, name: &str) -> Result<&CudaFunction> {

@@ -39,7 +39,28 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("reduce"),
     kernel!("cast"),
     kernel!("flash_attention"),
+    kernel!("flash_attention_tc"),
     kernel!("vocab_parallel"),
+];
+
+/// Every kernel function, by file (the file stem of `kernels/<file>.cu`).
+#[rustfmt::skip]
+pub const FUNCTIONS: &[(&str, &[&str])] = &[
+    ("embedding", &["embedding_forward", "embedding_backward_wpe", "embedding_backward_wte"]),
+    ("layernorm", &["layernorm_forward", "layernorm_backward"]),
+    ("gelu", &["gelu_forward", "gelu_backward"]),
+    ("attention", &["attn_split_qkv", "attn_merge_heads", "attn_split_heads", "attn_merge_dqkv",
+                    "causal_softmax_forward", "causal_softmax_backward"]),
+    ("crossentropy", &["softmax_xent"]),
+    ("adamw", &["adamw", "adamw_multi"]),
+    ("reduce", &["sum_squares_partial", "sum_squares_final", "scale", "add_inplace",
+                 "bias_grad_partial", "column_reduce"]),
+    ("cast", &["f32_to_bf16", "bf16_to_f32"]),
+    ("vocab_parallel", &["vp_embedding_forward", "vp_xent_partial", "vp_xent_grad"]),
+    ("flash_attention", &["flash_attn_forward", "flash_attn_backward_dot",
+                          "flash_attn_backward_dq", "flash_attn_backward_dkv"]),
+    // bf16 WMMA: sm_80 and newer only (not loaded on older GPUs; see `flash::supports_tc`).
+    ("flash_attention_tc", &["flash_tc_forward", "flash_tc_backward_dq", "flash_tc_backward_dkv"]),
 ];
 
 /// Errors unless NVRTC's shared library can be loaded (checked before any NVRTC call, because
@@ -89,6 +110,35 @@ pub fn ptx_mismatch(nvrtc: (i32, i32), driver: (i32, i32)) -> Option<String> {
             nvrtc.0, nvrtc.1, driver.0, driver.1, driver.0, driver.1
         )
     })
+}
+
+/// Compiles kernel file `file` (through the cache) for `arch` and loads its functions `names`
+/// into `ctx`; `mismatch` explains a load the driver refuses ([`ptx_mismatch`]).
+pub fn load_file(
+    ctx: &std::sync::Arc<cudarc::driver::CudaContext>,
+    file: &str,
+    names: &[&'static str],
+    arch: &str,
+    include: &Path,
+    mismatch: Option<&str>,
+) -> Result<Vec<(&'static str, cudarc::driver::CudaFunction)>> {
+    let src = KERNELS
+        .iter()
+        .find(|k| k.name == file)
+        .with_context(|| format!("kernel file {file}.cu not embedded"))?;
+    let ptx = compile(src, arch, &[include.to_path_buf()])?;
+    let module = ctx.load_module(ptx).with_context(|| {
+        let why = mismatch.unwrap_or("the driver rejected it");
+        format!("loading the PTX of {file}.cu ({why})")
+    })?;
+    let f = |name: &'static str| {
+        let f = module.load_function(name);
+        Ok((
+            name,
+            f.with_context(|| format!("kernel {name} in {file}.cu"))?,
+        ))
+    };
+    names.iter().map(|&name| f(name)).collect()
 }
 
 /// Logs NVRTC's and the driver's CUDA versions before compiling for `arch`, warning when the
@@ -177,12 +227,15 @@ fn sorted_subdirs(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     v
 }
 
-/// The first include directory holding `cuda_bf16.h` (see [`include_candidates`]).
+/// The first include directory holding `cuda_bf16.h` and `crt/mma.h` (the tensor-core kernels'
+/// WMMA), else the first holding `cuda_bf16.h` (see [`include_candidates`]).
 pub fn find_cuda_include() -> Result<PathBuf> {
     let cands = include_candidates();
+    let has = |d: &PathBuf, f: &str| d.join(f).is_file();
     cands
         .iter()
-        .find(|d| d.join("cuda_bf16.h").is_file())
+        .find(|d| has(d, "cuda_bf16.h") && has(d, "crt/mma.h"))
+        .or_else(|| cands.iter().find(|d| has(d, "cuda_bf16.h")))
         .cloned()
         .with_context(|| {
             format!(
