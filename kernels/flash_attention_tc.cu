@@ -108,6 +108,34 @@ __device__ __forceinline__ void tc_write_rows(float* dst, long rowlen, const tc_
     __syncwarp();
 }
 
+// Indices of a thread: block (row block, batch b, head h), warp and lane; `mine` = row0 +
+// 16·warp + lane/2, the row this lane pair handles; base / dbase: head h of batch b in qkv
+// (row stride 3C) and dout (row stride C).
+struct tc_idx {
+    int hd, bh, b, h, warp, lane, r, half, row0, mine;
+    long row3;
+    const float* base;
+    const float* dbase;
+};
+__device__ __forceinline__ tc_idx tc_index(const float* qkv, const float* dout, int T, int C,
+                                           int NH) {
+    tc_idx x;
+    x.hd = C / NH;
+    x.bh = blockIdx.y;
+    x.b = x.bh / NH;
+    x.h = x.bh % NH;
+    x.warp = threadIdx.x / 32;
+    x.lane = threadIdx.x % 32;
+    x.r = x.lane / 2;
+    x.half = x.lane % 2;
+    x.row0 = blockIdx.x * TC_ROWS;
+    x.mine = x.row0 + x.warp * 16 + x.r;
+    x.row3 = 3L * C;
+    x.base = qkv + (long)x.b * T * x.row3 + (long)x.h * x.hd;
+    x.dbase = dout ? dout + (long)x.b * T * C + (long)x.h * x.hd : nullptr;
+    return x;
+}
+
 // Forward: out [B, T, C] and lse [B, NH, T] from qkv [B, T, 3C].
 extern "C" __global__ void __launch_bounds__(128)
     flash_tc_forward(const float* qkv, float* out, float* lse, int T, int C, int NH, float scale) {
@@ -117,11 +145,11 @@ extern "C" __global__ void __launch_bounds__(128)
     float* sc = (float*)(sm + 2 * TC_TILE_B);
     tc_bf16* pb = (tc_bf16*)(sm + 2 * TC_TILE_B + TC_S_B);
     float* os = (float*)(sm + 2 * TC_TILE_B + TC_S_B + TC_P_B);  // O; first stages q
-    const int hd = C / NH, bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 2, half = lane % 2;
-    const int row0 = blockIdx.x * TC_ROWS, i = row0 + warp * 16 + r;
-    const long row3 = 3L * C;
-    const float* base = qkv + (long)b * T * row3 + (long)h * hd;
+    const tc_idx x = tc_index(qkv, nullptr, T, C, NH);
+    const int hd = x.hd, bh = x.bh, b = x.b, h = x.h, warp = x.warp, r = x.r, half = x.half;
+    const int row0 = x.row0, i = x.mine;
+    const long row3 = x.row3;
+    const float* base = x.base;
     tc_a qa[TC_HD / 16];
     tc_stage((tc_bf16*)os, base, row0, TC_ROWS, T, hd, row3);
     __syncthreads();
@@ -199,12 +227,11 @@ extern "C" __global__ void __launch_bounds__(128)
     float* dp = (float*)(sm + 2 * TC_TILE_B + TC_S_B);
     tc_bf16* gb = (tc_bf16*)(sm + 2 * TC_TILE_B + 2 * TC_S_B);
     tc_bf16* st = (tc_bf16*)(sm + 2 * TC_TILE_B + 2 * TC_S_B + TC_P_B);
-    const int hd = C / NH, bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 2, half = lane % 2;
-    const int row0 = blockIdx.x * TC_ROWS, i = row0 + warp * 16 + r;
-    const long row3 = 3L * C;
-    const float* base = qkv + (long)b * T * row3 + (long)h * hd;
-    const float* dbase = dout + (long)b * T * C + (long)h * hd;
+    const tc_idx x = tc_index(qkv, dout, T, C, NH);
+    const int hd = x.hd, bh = x.bh, b = x.b, h = x.h, warp = x.warp, lane = x.lane, r = x.r;
+    const int half = x.half, row0 = x.row0, i = x.mine;
+    const long row3 = x.row3;
+    const float *base = x.base, *dbase = x.dbase;
     tc_a qa[TC_HD / 16], da[TC_HD / 16];
     tc_stage(st, base, row0, TC_ROWS, T, hd, row3);
     __syncthreads();
@@ -261,12 +288,11 @@ extern "C" __global__ void __launch_bounds__(128)
     tc_bf16* pb = (tc_bf16*)(rest + 2 * TC_S_B);               // P^T
     tc_bf16* gb = (tc_bf16*)(rest + 2 * TC_S_B + TC_P_B);      // dS^T
     tc_bf16* st = (tc_bf16*)(rest + 2 * TC_S_B + 2 * TC_P_B);  // stages k, v
-    const int hd = C / NH, bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 2, half = lane % 2;
-    const int row0 = blockIdx.x * TC_ROWS, j = row0 + warp * 16 + r;
-    const long row3 = 3L * C;
-    const float* base = qkv + (long)b * T * row3 + (long)h * hd;
-    const float* dbase = dout + (long)b * T * C + (long)h * hd;
+    const tc_idx x = tc_index(qkv, dout, T, C, NH);
+    const int hd = x.hd, bh = x.bh, b = x.b, h = x.h, warp = x.warp, lane = x.lane, r = x.r;
+    const int half = x.half, row0 = x.row0, j = x.mine;
+    const long row3 = x.row3;
+    const float *base = x.base, *dbase = x.dbase;
     tc_a ka[TC_HD / 16], va[TC_HD / 16];
     tc_stage(st, base + C, row0, TC_ROWS, T, hd, row3);
     __syncthreads();

@@ -36,31 +36,23 @@ pub fn arch_has_bf16_mma(arch: &str) -> bool {
         .is_some_and(|v| v >= 80)
 }
 
-/// The tensor-core kernels' launch: 4 warps per 64 rows, one block row per (batch, head).
-fn tc_grid(s: AttnShape) -> Result<LaunchConfig> {
+/// Launch of `rows` rows per block with `threads` threads: grid (ceil(T / rows), B·NH).
+fn grid(s: AttnShape, rows: usize, threads: usize) -> Result<LaunchConfig> {
     let bh = u32::try_from(s.b * s.nh)?;
     ensure!(
         bh <= 65_535,
         "flash attention: B·NH = {bh} exceeds the grid's 65535"
     );
     Ok(LaunchConfig {
-        grid_dim: (u32::try_from(s.t.div_ceil(TC_ROWS))?, bh, 1),
-        block_dim: (128, 1, 1),
+        grid_dim: (u32::try_from(s.t.div_ceil(rows))?, bh, 1),
+        block_dim: (u32::try_from(threads)?, 1, 1),
         shared_mem_bytes: 0,
     })
 }
 
-fn grid(s: AttnShape, tpr: usize) -> Result<LaunchConfig> {
-    let bh = u32::try_from(s.b * s.nh)?;
-    ensure!(
-        bh <= 65_535,
-        "flash attention: B·NH = {bh} exceeds the grid's 65535"
-    );
-    Ok(LaunchConfig {
-        grid_dim: (u32::try_from(s.t.div_ceil(ROWS))?, bh, 1),
-        block_dim: (u32::try_from(ROWS * tpr)?, 1, 1),
-        shared_mem_bytes: 0,
-    })
+/// The tensor-core kernels: 4 warps per 64 rows.
+fn tc_grid(s: AttnShape) -> Result<LaunchConfig> {
+    grid(s, TC_ROWS, 128)
 }
 
 fn dims(s: AttnShape) -> Result<(i32, i32, i32, usize, f32)> {
@@ -114,7 +106,7 @@ impl Kernels {
         let mut l = self.stream.launch_builder(self.f("flash_attn_forward")?);
         l.arg(qkv).arg(out).arg(lse).arg(&t).arg(&c).arg(&nh);
         l.arg(&tpr_i).arg(&scale);
-        unsafe { l.launch(grid(s, tpr)?) }?;
+        unsafe { l.launch(grid(s, ROWS, ROWS * tpr)?) }?;
         Ok(())
     }
 
@@ -173,7 +165,7 @@ impl Kernels {
             let mut l = self.stream.launch_builder(self.f(name)?);
             l.arg(qkv).arg(dout).arg(lse).arg(&*dd).arg(&mut *dqkv);
             l.arg(&t).arg(&c).arg(&nh).arg(&tpr_i).arg(&scale);
-            unsafe { l.launch(grid(s, tpr)?) }?;
+            unsafe { l.launch(grid(s, ROWS, ROWS * tpr)?) }?;
         }
         Ok(())
     }
