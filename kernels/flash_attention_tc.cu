@@ -39,6 +39,9 @@ typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> tc_c;
 #define TC_P_B (4 * 16 * TC_LDP * 2)      // the warps' [16, TC_TILE] bf16 tiles
 #define TC_O_B (TC_ROWS * TC_LDO * 4)     // [TC_ROWS, hd] float accumulators / staging
 #define TC_VEC_B 128                      // TC_TILE floats
+// Static shared memory is limited to 48 KB; the dk/dv kernel (the largest) uses 47,360 bytes.
+static_assert(2 * TC_TILE_B + 2 * TC_VEC_B + 2 * TC_S_B + 2 * TC_P_B + TC_BLOCK_B <= 48 * 1024,
+              "flash_tc_backward_dkv: static shared memory over 48 KB");
 
 // dst[rr][c] (row stride TC_LDB) = bf16(src[row0 + rr][c]) for rr < rows, c < hd; rows past T
 // are zero. `rowlen` is src's row stride in floats.
@@ -179,11 +182,14 @@ extern "C" __global__ void __launch_bounds__(128)
             tmax = fmaxf(tmax, x[u]);
         }
         tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-        const float mn = fmaxf(m, tmax), alpha = expf(m - mn);
+        // A row with no key yet (only padding rows past T) keeps m = -inf: exponents relative
+        // to 0 then give 0, not exp(-inf + inf) = NaN.
+        const float mn = fmaxf(m, tmax), mref = mn == ninf ? 0.0f : mn;
+        const float alpha = expf(m - mref);
         float sum = 0.0f;
 #pragma unroll
         for (int u = 0; u < 16; u++) {
-            float p = expf(x[u] - mn);
+            float p = expf(x[u] - mref);
             sum += p;
             pw[r * TC_LDP + half * 16 + u] = __float2bfloat16(p);
         }

@@ -64,9 +64,10 @@ for f in $NV/*/lib/lib*.so.*; do b=$(basename $f); ln -sf $f /tmp/nvlib/${b%%.so
 export OPAL_PREFIX=$PWD/.carry/ompi
 export PATH=$OPAL_PREFIX/bin:$PATH
 export LD_LIBRARY_PATH=$PWD/.carry/lib:/tmp/nvlib:$(ls -d $NV/*/lib 2>/dev/null | tr '\n' ':')
-# Headers with crt/mma.h (the tensor-core kernels' WMMA) first.
-for d in $NV/cu13/include $NV/cuda_runtime/include /usr/local/cuda/include; do [ -f $d/cuda_bf16.h ] && [ -f $d/crt/mma.h ] && export FERROTRON_CUDA_INCLUDE=$d && break; done
-[ -n "${FERROTRON_CUDA_INCLUDE:-}" ] || for d in $NV/cu13/include $NV/cuda_runtime/include /usr/local/cuda/include; do [ -f $d/cuda_bf16.h ] && export FERROTRON_CUDA_INCLUDE=$d && break; done
+# The headers of torch's NVRTC first; crt/mma.h (the tensor-core kernels' WMMA) from wherever it is.
+inc=; mma=
+for d in $NV/cu13/include $NV/cuda_runtime/include /usr/local/cuda/include; do [ -z "$inc" ] && [ -f $d/cuda_bf16.h ] && inc=$d; [ -z "$mma" ] && [ -f $d/crt/mma.h ] && mma=$d; done
+export FERROTRON_CUDA_INCLUDE=$inc${mma:+:$mma}
 [ "$PWD" = /work/main ] || { mkdir -p /work && ln -sfn $PWD /work/main; }
 mkdir -p target/release && ln -sf $PWD/.carry/ferrotron target/release/ferrotron
 export FERROTRON_TEST_FORTUNES=$PWD/.carry/fortunes

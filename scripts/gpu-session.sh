@@ -16,6 +16,7 @@ END=$(( $(date +%s) + BUDGET ))
 O=${OUT:-/tmp/gpu-session}
 mkdir -p "$O"
 source .carry/gpu_env.sh
+export PATH=$PATH:/usr/local/cuda/bin
 left() { echo $(( END - $(date +%s) )); }
 { nvidia-smi; echo; nvidia-smi -L; } > "$O/nvidia-smi.txt" 2>&1
 summary="$O/summary.txt"
@@ -45,4 +46,14 @@ if (( l > 60 )); then
 else
   echo "benchmark: not run (budget, $l s left)" | tee -a "$summary"
 fi
+# With any time left: the kernels not yet run on a GPU under compute-sanitizer (races between
+# lanes and warps, barrier misuse, out-of-bounds accesses), each tool capped.
+for tool in racecheck synccheck memcheck; do
+  l=$(( $(left) - 5 )); (( l < 20 )) && { echo "sanitizer $tool: not run (budget)" >> "$summary"; continue; }
+  cap=$(( l < 90 ? l : 90 ))
+  timeout "$cap" compute-sanitizer --tool "$tool" --error-exitcode 3 .carry/cuda_kernels flash vocab adamw_multi \
+    --test-threads=1 > "$O/sanitizer-$tool.log" 2>&1
+  echo "sanitizer $tool: rc=$? (cap $cap s) $(grep -h 'ERROR SUMMARY' "$O/sanitizer-$tool.log" | tail -1)" >> "$summary"
+done
+cat "$summary"
 exit 0

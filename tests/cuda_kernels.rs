@@ -34,10 +34,12 @@ fn compile_all_kernels_with_nvrtc() {
     let (major, minor) = nvrtc::nvrtc_version().expect("nvrtc version");
     let inc = nvrtc::find_cuda_include().unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("NVRTC {major}.{minor}, CUDA headers from {}", inc.display());
+    // As `Kernels::load`: crt/mma.h may live in another directory (a later include path).
+    let mut incs = vec![inc.clone()];
+    incs.extend(nvrtc::find_mma_include().filter(|d| *d != inc));
     for arch in ["sm_80", "sm_90"] {
         for k in nvrtc::KERNELS {
-            let ptx = nvrtc::compile_uncached(k, arch, std::slice::from_ref(&inc))
-                .unwrap_or_else(|e| panic!("{e:#}"));
+            let ptx = nvrtc::compile_uncached(k, arch, &incs).unwrap_or_else(|e| panic!("{e:#}"));
             let (_, names) = FUNCTIONS
                 .iter()
                 .find(|(f, _)| *f == k.name)
@@ -49,7 +51,7 @@ fn compile_all_kernels_with_nvrtc() {
                     k.name
                 );
             }
-            registers_fit(k, arch, &inc, &ptx);
+            registers_fit(k, names, arch, &incs, &ptx);
         }
     }
 }
@@ -58,10 +60,21 @@ fn compile_all_kernels_with_nvrtc() {
 /// out per warp in steps of 256, i.e. per thread in steps of 8): blocks of up to 1024 threads,
 /// or of its `__launch_bounds__` (`.maxntid` in the PTX). Otherwise the launch fails on the GPU
 /// with "too many resources requested", which no CPU test would show.
-fn registers_fit(k: &nvrtc::KernelSource, arch: &str, inc: &std::path::Path, ptx: &str) {
-    let regs = nvrtc::registers(k, arch, std::slice::from_ref(&inc.to_path_buf()))
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(!regs.is_empty(), "{}.cu ({arch}): no ptxas report", k.name);
+fn registers_fit(
+    k: &nvrtc::KernelSource,
+    names: &[&str],
+    arch: &str,
+    incs: &[std::path::PathBuf],
+    ptx: &str,
+) {
+    let regs = nvrtc::registers(k, arch, incs).unwrap_or_else(|e| panic!("{e:#}"));
+    for name in names {
+        assert!(
+            regs.iter().any(|(n, _)| n == name),
+            "{}.cu ({arch}): no ptxas register report for {name}",
+            k.name
+        );
+    }
     for (name, r) in regs {
         let head = ptx
             .split(&format!(".entry {name}("))

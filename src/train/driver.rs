@@ -63,7 +63,6 @@ fn run_on<B: Backend>(
             plan.p2p.name()
         );
     }
-    tr.model.be.set_profiling(cfg.log.profile_ops);
     let first_val = if start == 0 { tr.validate(&gr)? } else { None };
     take_stats(&gr);
     if let (Some(v), Some(w)) = (first_val, writer.as_mut()) {
@@ -312,12 +311,15 @@ fn train_loop<B: Backend>(
     let (mut last_val, mut final_loss, mut stopped_at) = (first_val, f32::NAN, None);
     let mut profile = ProfileSummary::default();
     for s in run.start..steps {
-        // The step's own ops only (not the validation or saving before it).
-        tr.model.be.take_profile()?;
+        // The profile records the step's own ops only (not validation or saving). Taking it
+        // waits for the device, so a profiled step's time includes its last kernels (an
+        // unprofiled one leaves them to overlap the next step's start).
+        tr.model.be.set_profiling(cfg.log.profile_ops);
         let t0 = Instant::now();
         let out = tr.step(s, gr)?;
-        let dt = t0.elapsed().as_secs_f64();
         let ops = tr.model.be.take_profile()?;
+        tr.model.be.set_profiling(false);
+        let dt = t0.elapsed().as_secs_f64();
         let (comm_bytes, comm_ms, bubble_ms, compute_ms) = step_comm(gr, dt, out.idle_s);
         let is_val =
             (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;

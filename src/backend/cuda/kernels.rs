@@ -151,24 +151,32 @@ impl Kernels {
         // Named up front; the load below is what decides (it fails on PTX it cannot take).
         let mismatch = nvrtc::log_versions(arch, &include)?;
         let mut funcs = HashMap::new();
+        let core = [include];
         for (file, names) in FUNCTIONS {
-            let load = || nvrtc::load_file(ctx, file, names, arch, &include, mismatch.as_deref());
-            if *file == "flash_attention_tc" {
-                // Optional: without bf16 MMA (before sm_80) or its headers, flash attention
-                // keeps its fp32 kernels.
-                if !super::flash::arch_has_bf16_mma(arch) {
-                    continue;
-                }
-                match load() {
-                    Ok(v) => funcs.extend(v),
-                    Err(e) => log::warn!(
-                        "tensor-core flash attention unavailable ({e:#}); mma.h needs crt/mma.h \
-                         (pip: nvidia-cuda-crt)"
-                    ),
-                }
+            if *file != "flash_attention_tc" {
+                let why = mismatch.as_deref();
+                funcs.extend(nvrtc::load_file(ctx, file, names, arch, &core, why)?);
                 continue;
             }
-            funcs.extend(load()?);
+            // Optional: without bf16 MMA (before sm_80) or mma.h's crt/ part, flash attention
+            // keeps its fp32 kernels. crt/ may come from another directory than the core
+            // headers (a later include path, for this file only).
+            if !super::flash::arch_has_bf16_mma(arch) {
+                continue;
+            }
+            let mut inc = core.to_vec();
+            inc.extend(nvrtc::find_mma_include().filter(|d| *d != core[0]));
+            match nvrtc::load_file(ctx, file, names, arch, &inc, mismatch.as_deref()) {
+                Ok(v) => funcs.extend(v),
+                Err(e) => {
+                    let hint = if format!("{e:#}").contains("mma.h") {
+                        "; mma.h needs crt/mma.h (pip: nvidia-cuda-crt)"
+                    } else {
+                        ""
+                    };
+                    log::warn!("tensor-core flash attention unavailable ({e:#}){hint}");
+                }
+            }
         }
         Ok(Self { funcs, stream })
     }

@@ -16,7 +16,15 @@ pub(super) struct Op<'a> {
     cols: usize,
     t: bool,
     /// With bf16 GEMMs: `v` already rounded to bf16 (an operand two GEMMs share, rounded once).
-    r16: Option<&'a CudaSlice<bf16>>,
+    r16: Option<&'a Rounded>,
+}
+
+/// An f32 view rounded to bf16 once ([`CudaBackend::round_shared`]), with the device address
+/// and length of the view it came from: it stands in only for that same view.
+pub(super) struct Rounded {
+    pub(super) src: u64,
+    pub(super) len: usize,
+    pub(super) buf: CudaSlice<bf16>,
 }
 
 pub(super) fn op(v: CudaView<'_, f32>, rows: usize, cols: usize) -> Op<'_> {
@@ -35,7 +43,7 @@ impl<'a> Op<'a> {
     }
 
     /// The operand with its bf16 rounding made beforehand ([`CudaBackend::round_shared`]).
-    pub(super) fn rounded(self, r16: Option<&'a CudaSlice<bf16>>) -> Self {
+    pub(super) fn rounded(self, r16: Option<&'a Rounded>) -> Self {
         Self { r16, ..self }
     }
 }
@@ -86,12 +94,15 @@ impl CudaBackend {
 
     /// With bf16 GEMMs, `x` rounded to bf16 once for the GEMMs that share it (a backward's
     /// output gradient feeds both the input- and the weight-gradient GEMM); None otherwise.
-    pub(super) fn round_shared(&self, x: &CudaView<f32>) -> Result<Option<CudaSlice<bf16>>> {
-        if self.precision == Precision::Bf16 {
-            self.to_bf16(x).map(Some)
-        } else {
-            Ok(None)
+    pub(super) fn round_shared(&self, x: &CudaView<f32>) -> Result<Option<Rounded>> {
+        if self.precision != Precision::Bf16 {
+            return Ok(None);
         }
+        Ok(Some(Rounded {
+            src: x.device_ptr(&self.stream).0,
+            len: x.len(),
+            buf: self.to_bf16(x)?,
+        }))
     }
 
     pub(super) fn to_bf16(&self, x: &CudaView<f32>) -> Result<CudaSlice<bf16>> {

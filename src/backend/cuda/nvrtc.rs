@@ -119,14 +119,14 @@ pub fn load_file(
     file: &str,
     names: &[&'static str],
     arch: &str,
-    include: &Path,
+    include: &[PathBuf],
     mismatch: Option<&str>,
 ) -> Result<Vec<(&'static str, cudarc::driver::CudaFunction)>> {
     let src = KERNELS
         .iter()
         .find(|k| k.name == file)
         .with_context(|| format!("kernel file {file}.cu not embedded"))?;
-    let ptx = compile(src, arch, &[include.to_path_buf()])?;
+    let ptx = compile(src, arch, include)?;
     let module = ctx.load_module(ptx).with_context(|| {
         let why = mismatch.unwrap_or("the driver rejected it");
         format!("loading the PTX of {file}.cu ({why})")
@@ -227,15 +227,20 @@ fn sorted_subdirs(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     v
 }
 
-/// The first include directory holding `cuda_bf16.h` and `crt/mma.h` (the tensor-core kernels'
-/// WMMA), else the first holding `cuda_bf16.h` (see [`include_candidates`]).
+/// The first directory holding `crt/mma.h` (what `mma.h` includes for the tensor-core kernels'
+/// WMMA; pip ships it apart from `cuda_bf16.h`, in nvidia-cuda-crt), if any.
+pub fn find_mma_include() -> Option<PathBuf> {
+    include_candidates()
+        .into_iter()
+        .find(|d| d.join("crt/mma.h").is_file())
+}
+
+/// The first include directory holding `cuda_bf16.h` (see [`include_candidates`]).
 pub fn find_cuda_include() -> Result<PathBuf> {
     let cands = include_candidates();
-    let has = |d: &PathBuf, f: &str| d.join(f).is_file();
     cands
         .iter()
-        .find(|d| has(d, "cuda_bf16.h") && has(d, "crt/mma.h"))
-        .or_else(|| cands.iter().find(|d| has(d, "cuda_bf16.h")))
+        .find(|d| d.join("cuda_bf16.h").is_file())
         .cloned()
         .with_context(|| {
             format!(

@@ -15,6 +15,7 @@
 //! same kernel the per-GEMM path uses, so pinned and unpinned GEMMs read identical bf16 values.
 
 use super::backend::CudaBackend;
+use super::matmul::Rounded;
 use crate::config::Precision;
 use anyhow::{anyhow, Result};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr};
@@ -100,8 +101,8 @@ impl CudaBackend {
     /// now.
     pub(super) fn with_bf16_operands<R>(
         &self,
-        a: (&CudaView<f32>, Option<&CudaSlice<bf16>>),
-        b: (&CudaView<f32>, Option<&CudaSlice<bf16>>),
+        a: (&CudaView<f32>, Option<&Rounded>),
+        b: (&CudaView<f32>, Option<&Rounded>),
         f: impl FnOnce(&dyn DevicePtr<bf16>, &dyn DevicePtr<bf16>) -> Result<R>,
     ) -> Result<R> {
         let slot = self
@@ -117,17 +118,19 @@ impl CudaBackend {
     fn bf16_operand<'a>(
         &self,
         v: &CudaView<f32>,
-        rounded: Option<&'a CudaSlice<bf16>>,
+        rounded: Option<&'a Rounded>,
         pinned: Option<&'a Pinned>,
     ) -> Result<Bf16Op<'a>> {
         if let Some(r) = rounded {
+            let ptr = v.device_ptr(&self.stream).0;
             anyhow::ensure!(
-                r.len() >= v.len(),
-                "bf16 operand: a rounding of {} for {} floats",
-                r.len(),
+                (r.src, r.len) == (ptr, v.len()),
+                "bf16 operand: a rounding of {} floats at {:#x} given for {} at {ptr:#x}",
+                r.len,
+                r.src,
                 v.len()
             );
-            return Ok(Bf16Op::Pinned(r.slice(0..v.len())));
+            return Ok(Bf16Op::Pinned(r.buf.slice(0..v.len())));
         }
         if let Some(p) = pinned {
             let ptr = v.device_ptr(&self.stream).0;
