@@ -53,11 +53,26 @@ __device__ __forceinline__ void tc_stage(tc_bf16* dst, const float* src, int row
     }
 }
 
-// The warp's 16 rows of a [TC_ROWS, hd] staged tile as hd/16 A fragments.
-__device__ __forceinline__ void tc_load_rows(tc_a* f, const tc_bf16* tile, int warp, int hd) {
+// The warp's 16 rows of src rows row0 .. row0 + TC_ROWS as hd/16 A fragments, staged as bf16
+// through `st` [TC_ROWS, TC_LDB] (free again on return).
+__device__ __forceinline__ void tc_rows_to_frags(tc_a* f, tc_bf16* st, const float* src, int row0,
+                                                 int T, int hd, long rowlen, int warp) {
+    tc_stage(st, src, row0, TC_ROWS, T, hd, rowlen);
+    __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < TC_HD / 16; kk++)
-        if (kk < hd / 16) wmma::load_matrix_sync(f[kk], tile + (warp * 16) * TC_LDB + kk * 16, TC_LDB);
+        if (kk < hd / 16) wmma::load_matrix_sync(f[kk], st + (warp * 16) * TC_LDB + kk * 16, TC_LDB);
+    __syncthreads();
+}
+
+// Stages the key and value tiles of key rows j0 .. j0 + TC_TILE (after every warp is done with
+// the previous ones).
+__device__ __forceinline__ void tc_stage_kv(tc_bf16* ks, tc_bf16* vs, const float* base, int j0,
+                                            int T, int C, int hd) {
+    __syncthreads();
+    tc_stage(ks, base + C, j0, TC_TILE, T, hd, 3L * C);
+    tc_stage(vs, base + 2 * C, j0, TC_TILE, T, hd, 3L * C);
+    __syncthreads();
 }
 
 // dst [16, TC_TILE] (stride TC_LDS) = A [16, hd] . tile^T, tile = [TC_TILE, hd] staged rows.
@@ -154,10 +169,7 @@ extern "C" __global__ void __launch_bounds__(128)
     const long row3 = x.row3;
     const float* base = x.base;
     tc_a qa[TC_HD / 16];
-    tc_stage((tc_bf16*)os, base, row0, TC_ROWS, T, hd, row3);
-    __syncthreads();
-    tc_load_rows(qa, (const tc_bf16*)os, warp, hd);
-    __syncthreads();
+    tc_rows_to_frags(qa, (tc_bf16*)os, base, row0, T, hd, row3, warp);
     for (int e = threadIdx.x; e < TC_ROWS * TC_LDO; e += blockDim.x) os[e] = 0.0f;
     float* sw = sc + warp * 16 * TC_LDS;
     tc_bf16* pw = pb + warp * 16 * TC_LDP;
@@ -166,10 +178,7 @@ extern "C" __global__ void __launch_bounds__(128)
     float m = ninf, l = 0.0f;
     const int last = min(T - 1, row0 + TC_ROWS - 1);
     for (int j0 = 0; j0 <= last; j0 += TC_TILE) {
-        __syncthreads();
-        tc_stage(ks, base + C, j0, TC_TILE, T, hd, row3);
-        tc_stage(vs, base + 2 * C, j0, TC_TILE, T, hd, row3);
-        __syncthreads();
+        tc_stage_kv(ks, vs, base, j0, T, C, hd);
         tc_times_tile_t(sw, qa, ks, hd);
         __syncwarp();
         // Online softmax of row i over this lane's 16 keys; key 0 is in the first tile, so m is
@@ -239,13 +248,8 @@ extern "C" __global__ void __launch_bounds__(128)
     const long row3 = x.row3;
     const float *base = x.base, *dbase = x.dbase;
     tc_a qa[TC_HD / 16], da[TC_HD / 16];
-    tc_stage(st, base, row0, TC_ROWS, T, hd, row3);
-    __syncthreads();
-    tc_load_rows(qa, st, warp, hd);
-    __syncthreads();
-    tc_stage(st, dbase, row0, TC_ROWS, T, hd, C);
-    __syncthreads();
-    tc_load_rows(da, st, warp, hd);
+    tc_rows_to_frags(qa, st, base, row0, T, hd, row3, warp);
+    tc_rows_to_frags(da, st, dbase, row0, T, hd, C, warp);
     tc_c dq[TC_HD / 16];
 #pragma unroll
     for (int n = 0; n < TC_HD / 16; n++) wmma::fill_fragment(dq[n], 0.0f);
@@ -256,10 +260,7 @@ extern "C" __global__ void __launch_bounds__(128)
     tc_bf16* gw = gb + warp * 16 * TC_LDP;
     const int last = min(T - 1, row0 + TC_ROWS - 1);
     for (int j0 = 0; j0 <= last; j0 += TC_TILE) {
-        __syncthreads();
-        tc_stage(ks, base + C, j0, TC_TILE, T, hd, row3);
-        tc_stage(vs, base + 2 * C, j0, TC_TILE, T, hd, row3);
-        __syncthreads();
+        tc_stage_kv(ks, vs, base, j0, T, C, hd);
         tc_times_tile_t(sw, qa, ks, hd);  // S = Q K^T
         tc_times_tile_t(dw, da, vs, hd);  // dP = dout V^T
         __syncwarp();
@@ -300,13 +301,8 @@ extern "C" __global__ void __launch_bounds__(128)
     const long row3 = x.row3;
     const float *base = x.base, *dbase = x.dbase;
     tc_a ka[TC_HD / 16], va[TC_HD / 16];
-    tc_stage(st, base + C, row0, TC_ROWS, T, hd, row3);
-    __syncthreads();
-    tc_load_rows(ka, st, warp, hd);
-    __syncthreads();
-    tc_stage(st, base + 2 * C, row0, TC_ROWS, T, hd, row3);
-    __syncthreads();
-    tc_load_rows(va, st, warp, hd);
+    tc_rows_to_frags(ka, st, base + C, row0, T, hd, row3, warp);
+    tc_rows_to_frags(va, st, base + 2 * C, row0, T, hd, row3, warp);
     tc_c dk[TC_HD / 16], dv[TC_HD / 16];
 #pragma unroll
     for (int n = 0; n < TC_HD / 16; n++) {
