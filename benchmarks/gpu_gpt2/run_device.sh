@@ -26,17 +26,22 @@ peak_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -l
 # stores no [T, T] probabilities and so may fit a larger micro-batch.
 PROFILE=${PROFILE:-1}
 profiled=0
+# ft SECONDS PREC FLASH B STEPS OUTDIR [--set k=v ...]: one GPT-2 124M training run, log to stdout.
+ft() {
+  local t=$1 prec=$2 flash=$3 b=$4 steps=$5 dir=$6; shift 6
+  timeout "$t" .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.precision=$prec \
+    --set train.flash_attention=$flash --set train.micro_batch_size=$b --set train.global_batch_size=$b --set train.steps=$steps --set optim.warmup_steps=0 \
+    --set train.val_every=0 --set train.val_batches=0 --set log.plot=false --set log.save_final=false \
+    --set 'data.train=".carry/data/fortunes/train_*.bin"' --set 'data.val=".carry/data/fortunes/val_*.bin"' \
+    --set "log.out_dir=\"$dir\"" "$@" 2>&1
+}
 for v in $VARIANTS; do
   prec=${v%%+*}; flash=false; label=$prec; sizes="32 16 8"
   if [[ $v == *+flash ]]; then flash=true; label=$prec-flash; sizes="64 32 16 8"; fi
   for B in $sizes; do
     t=$(cap 240); (( t < 30 )) && { echo "deadline: $label B=$B not run"; break 2; }
     pid=$(peak_mem)
-    if timeout "$t" .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.precision=$prec \
-        --set train.flash_attention=$flash --set train.micro_batch_size=$B --set train.global_batch_size=$B --set train.steps=10 --set optim.warmup_steps=0 \
-        --set train.val_every=0 --set train.val_batches=0 --set log.plot=false --set log.save_final=false \
-        --set 'data.train=".carry/data/fortunes/train_*.bin"' --set 'data.val=".carry/data/fortunes/val_*.bin"' \
-        --set "log.out_dir=\"/tmp/ft-$label-$B\"" > /tmp/ft.log 2>&1; then
+    if ft "$t" $prec $flash $B 10 "/tmp/ft-$label-$B" > /tmp/ft.log; then
       kill $pid
       python3 - "$label" "$B" "/tmp/ft-$label-$B/metrics.jsonl" >> "$out" <<'PY'
 import json, statistics, sys
@@ -53,11 +58,7 @@ print(json.dumps({"impl": f"ferrotron-cuda-{prec}", "batch": B, "seq": T, "token
 PY
       if [[ $PROFILE == 1 && $profiled == 0 ]] && t=$(cap 120) && (( t >= 30 )); then
         profiled=1
-        timeout "$t" .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.precision=$prec \
-          --set train.flash_attention=$flash --set train.micro_batch_size=$B --set train.global_batch_size=$B --set train.steps=6 --set optim.warmup_steps=0 \
-          --set train.val_every=0 --set train.val_batches=0 --set log.plot=false --set log.save_final=false --set log.profile_ops=true \
-          --set 'data.train=".carry/data/fortunes/train_*.bin"' --set 'data.val=".carry/data/fortunes/val_*.bin"' \
-          --set "log.out_dir=\"/tmp/ft-prof-$label-$B\"" > /tmp/ft-prof.log 2>&1
+        ft "$t" $prec $flash $B 6 "/tmp/ft-prof-$label-$B" --set log.profile_ops=true > /tmp/ft-prof.log
         sed -n '/op profile/,$p' /tmp/ft-prof.log | grep -v '^trained\|^metrics' > "${OUT:-/tmp}/op_profile_${label}_B$B.txt"
         cat "${OUT:-/tmp}/op_profile_${label}_B$B.txt"
       fi
