@@ -39,7 +39,8 @@ fn compile_all_kernels_with_nvrtc() {
     incs.extend(nvrtc::find_mma_include().filter(|d| *d != inc));
     for arch in ["sm_80", "sm_90"] {
         for k in nvrtc::KERNELS {
-            let ptx = nvrtc::compile_uncached(k, arch, &incs).unwrap_or_else(|e| panic!("{e:#}"));
+            let (ptx, regs) =
+                nvrtc::compile_with_registers(k, arch, &incs).unwrap_or_else(|e| panic!("{e:#}"));
             let (_, names) = FUNCTIONS
                 .iter()
                 .find(|(f, _)| *f == k.name)
@@ -51,7 +52,7 @@ fn compile_all_kernels_with_nvrtc() {
                     k.name
                 );
             }
-            registers_fit(k, names, arch, &incs, &ptx);
+            registers_fit(k, names, arch, &regs, &ptx);
         }
     }
 }
@@ -64,10 +65,9 @@ fn registers_fit(
     k: &nvrtc::KernelSource,
     names: &[&str],
     arch: &str,
-    incs: &[std::path::PathBuf],
+    regs: &[(String, u32)],
     ptx: &str,
 ) {
-    let regs = nvrtc::registers(k, arch, incs).unwrap_or_else(|e| panic!("{e:#}"));
     for name in names {
         assert!(
             regs.iter().any(|(n, _)| n == name),
@@ -75,7 +75,7 @@ fn registers_fit(
             k.name
         );
     }
-    for (name, r) in regs {
+    for &(ref name, r) in regs {
         let head = ptx
             .split(&format!(".entry {name}("))
             .nth(1)

@@ -274,15 +274,15 @@ pub fn compile_uncached(
     compile_logged(src, arch, include_dirs, &[]).map(|(ptx, _)| ptx)
 }
 
-/// Registers per thread of each kernel of `src` for `arch`, from ptxas's report
-/// (`--ptxas-options=-v`): (kernel name, registers).
-pub fn registers(
+/// [`compile_uncached`] with ptxas's report (`--ptxas-options=-v`): the PTX and the registers
+/// per thread of each kernel (kernel name, registers).
+pub fn compile_with_registers(
     src: &KernelSource,
     arch: &str,
     include_dirs: &[PathBuf],
-) -> Result<Vec<(String, u32)>> {
-    let (_, log) = compile_logged(src, arch, include_dirs, &["--ptxas-options=-v"])?;
-    Ok(parse_registers(&log))
+) -> Result<(String, Vec<(String, u32)>)> {
+    let (ptx, log) = compile_logged(src, arch, include_dirs, &["--ptxas-options=-v"])?;
+    Ok((ptx, parse_registers(&log)))
 }
 
 /// (kernel, registers) pairs of a ptxas `-v` log: "Compiling entry function 'k' for 'sm_90'"
