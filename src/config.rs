@@ -83,6 +83,12 @@ pub struct TrainConfig {
     /// default until its kernels have been checked on a GPU.
     #[serde(default)]
     pub flash_attention: bool,
+    /// CUDA: the MLP's GELU in cuBLASLt GEMM epilogues (`c_fc` writes `gelu(pre)` and `pre`;
+    /// the projection's input gradient comes out multiplied by `gelu'(pre)`). Off by default
+    /// until checked on a GPU; where cuBLASLt refuses the epilogue, a warning and the separate
+    /// GELU kernels.
+    #[serde(default)]
+    pub fuse_gelu: bool,
     /// Rows of the LM head (logits, cross-entropy and their backward) computed at once on the
     /// last stage; 0 = automatic (a logits chunk of about 512 MiB).
     #[serde(default)]
@@ -490,6 +496,9 @@ impl Config {
         if self.train.flash_attention && self.train.backend != BackendKind::Cuda {
             bail!("train.flash_attention = true needs train.backend = \"cuda\" (the CPU backend materialises attention)");
         }
+        if self.train.fuse_gelu && self.train.backend != BackendKind::Cuda {
+            bail!("train.fuse_gelu = true needs train.backend = \"cuda\" (it fuses GELU into cuBLASLt GEMMs)");
+        }
         let mb = self.parallel.bucket_mb;
         if !(mb.is_finite() && mb > 0.0) {
             bail!("parallel.bucket_mb = {mb} must be a number > 0 (MiB per gradient bucket)");
@@ -605,6 +614,8 @@ seq_len = 16
         }
         let e = err(BASE, &["train.flash_attention=true"]);
         assert!(e.contains("train.flash_attention"), "{e}");
+        let e = err(BASE, &["train.fuse_gelu=true"]);
+        assert!(e.contains("train.fuse_gelu"), "{e}");
         let e = err(BASE, &["comm.backend=\"gloo\""]);
         assert!(e.contains("comm") && e.contains("mpi-staged"), "{e}");
     }

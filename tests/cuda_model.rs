@@ -164,23 +164,24 @@ fn gpu_training_matches_cpu_for_20_steps() {
     cpu.layout.init(&cfg, 42, &mut init);
     let (b, t) = (4, 64);
     let want = train_losses(&cpu, &init, 20, b, t);
-    // The materialised attention, then flash attention (fp32 throughout: the same 1e-4).
-    for flash in [false, true] {
-        let be = if flash {
-            CudaBackend::new(0).unwrap().with_flash_attention(true)
-        } else {
-            CudaBackend::new(0).unwrap()
-        };
+    // The materialised attention, then flash attention, then flash attention with the GELU
+    // epilogues (fp32 throughout: the same 1e-4).
+    for (flash, fuse) in [(false, false), (true, false), (true, true)] {
+        let be = CudaBackend::new(0)
+            .unwrap()
+            .with_flash_attention(flash)
+            .with_fused_gelu(fuse);
         let got = train_losses(&Gpt2::with_backend(cfg, be), &init, 20, b, t);
         for (s, (g, w)) in got.iter().zip(&want).enumerate() {
             let r = ((g - w) / w).abs();
             assert!(
                 r <= 1e-4,
-                "flash {flash} step {s}: GPU loss {g} vs CPU {w} (rel {r})"
+                "flash {flash} fuse_gelu {fuse} step {s}: GPU loss {g} vs CPU {w} (rel {r})"
             );
         }
         eprintln!(
-            "GPU (flash {flash}) vs CPU losses over 20 steps: first {} / {}, last {} / {}",
+            "GPU (flash {flash}, fuse_gelu {fuse}) vs CPU losses over 20 steps: first {} / {}, \
+             last {} / {}",
             got[0], want[0], got[19], want[19]
         );
     }
@@ -206,9 +207,11 @@ fn gpu_reduced_precision_tracks_cpu() {
         (Precision::Bf16, false, 2e-2),
         (Precision::Bf16, true, 2e-2),
     ] {
+        // bf16 with flash attention also fuses GELU into the GEMMs (the benchmark's setting).
         let be = CudaBackend::with_options(0, prec)
             .unwrap()
-            .with_flash_attention(flash);
+            .with_flash_attention(flash)
+            .with_fused_gelu(flash);
         let got = train_losses(&Gpt2::with_backend(cfg, be), &init, 20, b, t);
         let worst = got
             .iter()

@@ -148,6 +148,42 @@ pub trait Backend: Send + Sync {
         ic: usize,
         oc: usize,
     ) -> Result<()>;
+    /// The MLP's `c_fc` and its activation: `pre[N, OC] = x · W + b` and `out = gelu(pre)`,
+    /// both kept (`pre` for the backward). One GEMM with a GELU epilogue where the backend has
+    /// one (CUDA, `train.fuse_gelu`); otherwise the two ops.
+    fn linear_gelu_forward(
+        &self,
+        pre: &mut Self::Buf,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        p: &Self::Buf,
+        w: Region,
+        b: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.linear_forward(pre, x, p, w, b, n, ic, oc)?;
+        self.gelu_forward(out, pre)
+    }
+    /// [`Backend::linear_backward`] of a layer whose input is `x = gelu(pre)` (the MLP's
+    /// projection), passing the gradient on through the GELU:
+    /// `dpre = (dy·Wᵀ) ⊙ gelu'(pre)` (overwritten, `[N, IC]`), `dW += xᵀ·dy`, `db += Σ_rows dy`.
+    fn linear_backward_dgelu(
+        &self,
+        dpre: &mut Self::Buf,
+        g: &mut Self::Buf,
+        dw: Region,
+        db: Region,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        pre: &Self::Buf,
+        p: &Self::Buf,
+        w: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()>;
     /// Floats attention keeps for its backward ([`Backend::attention_saved_len`]'s `att`): the
     /// probabilities `[B, NH, T, T]`, or with flash attention the row statistics `[B, NH, T]`.
     fn attention_saved_len(&self, d: AttnDims) -> usize {

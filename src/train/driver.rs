@@ -29,7 +29,10 @@ pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSumma
         BackendKind::Cuda => {
             let be = rt.agree(
                 crate::backend::cuda::CudaBackend::with_options(rt.local_rank, cfg.train.precision)
-                    .map(|b| b.with_flash_attention(cfg.train.flash_attention)),
+                    .map(|b| {
+                        b.with_flash_attention(cfg.train.flash_attention)
+                            .with_fused_gelu(cfg.train.fuse_gelu)
+                    }),
             )?;
             run_on(rt, cfg, opts, be)
         }

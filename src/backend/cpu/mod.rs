@@ -237,6 +237,26 @@ impl Backend for Cpu {
         linear::backward(dx, gw, gb, dy, x, &p[w.range()], n, ic, oc, self.threads);
         Ok(())
     }
+    fn linear_backward_dgelu(
+        &self,
+        dpre: &mut Vec<f32>,
+        g: &mut Vec<f32>,
+        dw: Region,
+        db: Region,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        pre: &Vec<f32>,
+        p: &Vec<f32>,
+        w: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.linear_backward(dpre, g, dw, db, dy, x, p, w, n, ic, oc)?;
+        let _op = self.prof.span(&HostClock, "gelu_backward");
+        mlp::gelu_backward_inplace(dpre, pre);
+        Ok(())
+    }
     fn attention_forward(
         &self,
         out: &mut Vec<f32>,

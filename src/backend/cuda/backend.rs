@@ -20,6 +20,7 @@ use crate::config::Precision;
 use crate::model::gpt2::attention::AttnDims;
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// One GPU with its stream, kernels and cuBLASLt handle.
@@ -29,6 +30,9 @@ pub struct CudaBackend {
     pub(super) pinned: std::sync::Mutex<Option<super::weights::Pinned>>,
     /// Flash attention (`train.flash_attention`) where the head size allows it.
     flash: bool,
+    /// GELU in the MLP's GEMM epilogues (`train.fuse_gelu`; `mlp.rs`); cleared if cuBLASLt
+    /// refuses them.
+    pub(super) fuse_gelu: AtomicBool,
     pub(super) stream: Arc<CudaStream>,
     /// Where the data-parallel NCCL reductions run, overlapping the backward on `stream`.
     pub(super) comm_stream: Arc<CudaStream>,
@@ -37,7 +41,7 @@ pub struct CudaBackend {
     device: String,
     pub(super) ctx: Arc<CudaContext>,
     /// Per-op times (`log.profile_ops`), by events on `stream`.
-    prof: OpProfiler<cudarc::driver::CudaEvent>,
+    pub(super) prof: OpProfiler<cudarc::driver::CudaEvent>,
 }
 
 /// Token ids of a micro-batch on the device, with the host-side grouping by id that the
@@ -91,6 +95,7 @@ impl CudaBackend {
             precision,
             pinned: std::sync::Mutex::new(None),
             flash: false,
+            fuse_gelu: AtomicBool::new(false),
             stream,
             comm_stream,
             k,
@@ -209,11 +214,14 @@ impl Backend for CudaBackend {
     type Tokens = DevTokens;
 
     fn name(&self) -> String {
+        let mut s = self.device.clone();
         if self.flash {
-            format!("{}, flash attention", self.device)
-        } else {
-            self.device.clone()
+            s += ", flash attention";
         }
+        if self.fused_gelu_active() {
+            s += ", GELU epilogues";
+        }
+        s
     }
     fn embedding_forward_shard(
         &self,
@@ -532,23 +540,38 @@ impl Backend for CudaBackend {
             None,
             None,
         )?;
-        self.mm(
-            &mut g.slice_mut(dw.range()),
-            oc,
-            op(x.as_view(), n, ic).t(),
-            op(dy.as_view(), n, oc).rounded(dy16.as_ref()),
-            true,
-            None,
-            None,
-        )?;
-        let mut scratch = self.scratch(Kernels::bias_scratch_len(n, oc))?;
-        self.k.bias_grad(
-            &mut g.slice_mut(db.range()),
-            &mut scratch.as_view_mut(),
-            &dy.as_view(),
-            n,
-            oc,
-        )
+        self.weight_grads(g, dw, db, dy, dy16.as_ref(), x, n, ic, oc)
+    }
+    fn linear_gelu_forward(
+        &self,
+        pre: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        w: Region,
+        b: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.fc_gelu_forward(pre, out, x, p, w, b, n, ic, oc)
+    }
+    fn linear_backward_dgelu(
+        &self,
+        dpre: &mut CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        dw: Region,
+        db: Region,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        pre: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        w: Region,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.proj_backward_dgelu(dpre, g, dw, db, dy, x, pre, p, w, n, ic, oc)
     }
     fn attention_saved_len(&self, d: AttnDims) -> usize {
         if self.flash_for(d) {

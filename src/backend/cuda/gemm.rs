@@ -33,8 +33,17 @@
 //! allocated, and its heuristic query assumes 256-byte aligned pointers (which strided views
 //! break). This module builds the descriptors itself from `cudarc::cublaslt::result`, which
 //! allows: f32 with exact fp32 compute or opt-in TF32; bf16/f16 inputs with f32 *or* bf16/f16
-//! output (fp32 accumulation); the bias epilogue; strided batches; and true pointer
+//! output (fp32 accumulation); the bias and GELU epilogues; strided batches; and true pointer
 //! alignments passed to the heuristic.
+//!
+//! # GELU epilogues
+//!
+//! [`GeluAux`] fuses the MLP's activation into its GEMMs (as llm.c does on Hopper): the
+//! forward `CUBLASLT_EPILOGUE_GELU_AUX(_BIAS)` writes `pre = a·b (+ bias)` to the auxiliary
+//! buffer and `dst = gelu(pre)`; the backward `CUBLASLT_EPILOGUE_DGELU` reads `pre` and writes
+//! `dst = (a·b) ⊙ gelu'(pre)`. cuBLASLt's GELU is the tanh approximation (GPT-2's `gelu_new`).
+//! The auxiliary matrix has dst's logical shape `[m, n]`, rows `n` apart (cuBLASLt: `[n, m]`,
+//! `ld = n`), and dst's element type.
 
 use std::ffi::c_void;
 use std::mem::size_of;
@@ -181,6 +190,8 @@ pub struct Opts<'a, C> {
     /// Bias epilogue: `dst[i, j] (+)= … + bias[j]` (length n, broadcast over rows and batch
     /// elements, same element type as dst).
     pub bias: Option<&'a dyn DevicePtr<C>>,
+    /// GELU epilogue (single, non-accumulating products only; see the module docs).
+    pub gelu: Option<GeluAux<'a, C>>,
 }
 
 impl<C> Default for Opts<'_, C> {
@@ -189,6 +200,24 @@ impl<C> Default for Opts<'_, C> {
             accumulate: false,
             batch: None,
             bias: None,
+            gelu: None,
+        }
+    }
+}
+
+/// The auxiliary matrix of a GELU epilogue: `[m, n]` row-major, rows `n` apart, dst's type.
+pub enum GeluAux<'a, C> {
+    /// `pre ← a·b (+ bias)` is written here and `dst = gelu(pre)`.
+    Forward(&'a mut dyn DevicePtrMut<C>),
+    /// `pre` is read from here and `dst = (a·b) ⊙ gelu'(pre)` (no bias).
+    Backward(&'a dyn DevicePtr<C>),
+}
+
+impl<C> GeluAux<'_, C> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Forward(p) => p.len(),
+            Self::Backward(p) => p.len(),
         }
     }
 }
@@ -294,7 +323,7 @@ impl Gemm {
         let opts = Opts {
             accumulate,
             batch: Some(batch),
-            bias: None,
+            ..Opts::default()
         };
         self.matmul(dst, dst_rs, a, b, opts)
     }
@@ -309,9 +338,10 @@ impl Gemm {
         dst_rs: usize,
         a: GMat<'_, A>,
         b: GMat<'_, A>,
-        opts: Opts<'_, C>,
+        mut opts: Opts<'_, C>,
     ) -> Result<()> {
         let (m, k, n) = (a.rows, a.cols, b.cols);
+        let count = opts.batch.map(|bt| bt.count);
         let shape = || {
             format!(
                 "gemm {}x{}x{} ({}→{}, a{} b{}, batch {:?})",
@@ -322,7 +352,7 @@ impl Gemm {
                 C::NAME,
                 if a.transposed { "ᵀ" } else { "" },
                 if b.transposed { "ᵀ" } else { "" },
-                opts.batch.map(|bt| bt.count)
+                count
             )
         };
         ensure!(
@@ -370,7 +400,15 @@ impl Gemm {
                 bias.len()
             );
         }
+        if let Some(g) = &opts.gelu {
+            Self::check_gelu(g, m, n, &opts).with_context(shape)?;
+        }
         if k == 0 {
+            ensure!(
+                opts.gelu.is_none(),
+                "{}: a GELU epilogue with k = 0",
+                shape()
+            );
             return self
                 .zero_or_bias(dst, dst_rs, m, n, batch, &opts)
                 .with_context(shape);
@@ -382,7 +420,26 @@ impl Gemm {
         };
         // SAFETY: every view was checked to lie inside its buffer above; dst is uniquely
         // borrowed; the guards returned by device_ptr live until the launch is queued.
-        unsafe { self.launch(dst, dst_rs, a, b, &opts, batch, compute) }.with_context(shape)
+        unsafe { self.launch(dst, dst_rs, a, b, &mut opts, batch, compute) }.with_context(shape)
+    }
+
+    /// What the GELU epilogues take here: one product that overwrites dst, an auxiliary
+    /// matrix of `m·n` elements, no bias in the backward.
+    fn check_gelu<C>(g: &GeluAux<'_, C>, m: usize, n: usize, opts: &Opts<'_, C>) -> Result<()> {
+        ensure!(
+            !opts.accumulate && opts.batch.is_none_or(|b| b.count <= 1),
+            "GELU epilogues take single products that overwrite dst"
+        );
+        ensure!(
+            g.len() >= m * n,
+            "GELU auxiliary matrix has {} elements, needs {}",
+            g.len(),
+            m * n
+        );
+        if let GeluAux::Backward(_) = g {
+            ensure!(opts.bias.is_none(), "the DGELU epilogue takes no bias");
+        }
+        Ok(())
     }
 
     /// k = 0: the product is zero, so dst becomes 0 (+ bias) or stays (+ bias).
@@ -431,7 +488,7 @@ impl Gemm {
         dst_rs: usize,
         a: GMat<'_, A>,
         b: GMat<'_, A>,
-        opts: &Opts<'_, C>,
+        opts: &mut Opts<'_, C>,
         batch: Batch,
         compute: sys::cublasComputeType_t,
     ) -> Result<()> {
@@ -462,15 +519,32 @@ impl Gemm {
         let (pc, _gc) = dst.device_ptr_mut(stream);
         let (pw, _gw) = self.workspace.device_ptr(stream);
 
+        use sys::cublasLtEpilogue_t as E;
+        use sys::cublasLtMatmulDescAttributes_t as D;
         if let Some((pbias, _)) = &bias {
-            desc.set(
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                pbias,
-            )?;
-            desc.set(
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                &sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
-            )?;
+            desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, pbias)?;
+        }
+        let (aux, epilogue) = match opts.gelu.as_mut() {
+            None => (None, bias.is_some().then_some(E::CUBLASLT_EPILOGUE_BIAS)),
+            Some(GeluAux::Forward(pre)) => (
+                Some(pre.device_ptr_mut(stream)),
+                Some(if bias.is_some() {
+                    E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                } else {
+                    E::CUBLASLT_EPILOGUE_GELU_AUX
+                }),
+            ),
+            Some(GeluAux::Backward(pre)) => (
+                Some(pre.device_ptr(stream)),
+                Some(E::CUBLASLT_EPILOGUE_DGELU),
+            ),
+        };
+        if let Some((paux, _)) = &aux {
+            desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, paux)?;
+            desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(n as i64))?;
+        }
+        if let Some(e) = epilogue {
+            desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE, &e)?;
         }
 
         let pref = Pref::new()?;

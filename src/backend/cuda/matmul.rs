@@ -2,7 +2,7 @@
 //! precision (exact fp32, TF32, or bf16 operands with fp32 accumulation; `train.precision`).
 
 use super::backend::CudaBackend;
-use super::gemm::{Batch, GMat, Opts};
+use super::gemm::{Batch, GMat, GeluAux, Opts};
 use crate::config::Precision;
 use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
@@ -61,6 +61,7 @@ impl CudaBackend {
     /// `dst (+)= a·b (+ bias)` with fp32 accumulation. `Bf16`: both operands are rounded to
     /// bf16 first (as PyTorch's autocast does per op); `Tf32`/`Fp32`: fp32 inputs, tensor-core
     /// TF32 or exact products.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn mm<D: DevicePtrMut<f32>>(
         &self,
         dst: &mut D,
@@ -71,23 +72,48 @@ impl CudaBackend {
         batch: Option<Batch>,
         bias: Option<&CudaView<f32>>,
     ) -> Result<()> {
-        let bias = bias.map(|x| x as &dyn DevicePtr<f32>);
+        let opts = Opts {
+            accumulate: acc,
+            batch,
+            bias: bias.map(|x| x as &dyn DevicePtr<f32>),
+            gelu: None,
+        };
+        self.run(dst, dst_rs, a, b, opts)
+    }
+
+    /// `dst = a·b (+ bias)` with a GELU epilogue ([`GeluAux`]): forward `pre ← a·b + bias`,
+    /// `dst = gelu(pre)`; backward `dst = (a·b) ⊙ gelu'(pre)`. Precision as [`Self::mm`].
+    pub(super) fn mm_gelu<'a, D: DevicePtrMut<f32>>(
+        &self,
+        dst: &mut D,
+        dst_rs: usize,
+        a: Op,
+        b: Op,
+        bias: Option<&'a CudaView<'_, f32>>,
+        gelu: GeluAux<'a, f32>,
+    ) -> Result<()> {
+        let opts = Opts {
+            bias: bias.map(|x| x as &dyn DevicePtr<f32>),
+            gelu: Some(gelu),
+            ..Opts::default()
+        };
+        self.run(dst, dst_rs, a, b, opts)
+    }
+
+    fn run<D: DevicePtrMut<f32>>(
+        &self,
+        dst: &mut D,
+        dst_rs: usize,
+        a: Op,
+        b: Op,
+        opts: Opts<'_, f32>,
+    ) -> Result<()> {
         if self.precision == Precision::Bf16 {
-            let opts = Opts {
-                accumulate: acc,
-                batch,
-                bias,
-            };
             return self.with_bf16_operands((&a.v, a.r16), (&b.v, b.r16), |ab, bb| {
                 self.gemm
                     .matmul::<bf16, f32>(dst, dst_rs, gmat(ab, &a), gmat(bb, &b), opts)
             });
         }
-        let opts = Opts {
-            accumulate: acc,
-            batch,
-            bias,
-        };
         self.gemm
             .matmul::<f32, f32>(dst, dst_rs, gmat(&a.v, &a), gmat(&b.v, &b), opts)
     }

@@ -35,6 +35,7 @@ mod flash;
 pub mod gemm;
 pub mod kernels;
 mod matmul;
+mod mlp;
 pub mod nvrtc;
 mod vocab;
 pub mod weights;

@@ -100,9 +100,10 @@ pub struct BlockScratch<B: Backend> {
     dqkv: B::Buf,  // [N, 3C]
     datty: B::Buf, // [N, C]
     /// `[N, 4C]`: `gelu(fch)` — in the forward, and recomputed in the backward for the MLP
-    /// projection's weight gradient — then `∂L/∂fch`.
+    /// projection's weight gradient.
     fch4: B::Buf,
-    dgelu: B::Buf, // [N, 4C]
+    /// `[N, 4C]`: `∂L/∂fch` (through the GELU, [`Backend::linear_backward_dgelu`]).
+    dgelu: B::Buf,
 }
 
 impl<B: Backend> BlockScratch<B> {
@@ -179,8 +180,17 @@ pub fn forward<B: Backend>(
         p.ln2_b,
     )?;
     // Copy to TP (identity) → column-parallel c_fc → GELU → row-parallel c_proj → reduce.
-    be.linear_forward(&mut a.fch, &a.ln2, params, p.fc_w, p.fc_b, n, c, 4 * cl)?;
-    be.gelu_forward(&mut s.fch4, &a.fch)?;
+    be.linear_gelu_forward(
+        &mut a.fch,
+        &mut s.fch4,
+        &a.ln2,
+        params,
+        p.fc_w,
+        p.fc_b,
+        n,
+        c,
+        4 * cl,
+    )?;
     let fb = row_bias(tp, p.fcproj_b);
     be.linear_forward(&mut a.out, &s.fch4, params, p.fcproj_w, fb, n, 4 * cl, c)?;
     tp.all_reduce(be, &mut a.out)?;
@@ -206,26 +216,26 @@ pub fn backward<B: Backend>(
     let (n, c, cl) = (d.b * d.t, d.c, d.c / tp.size);
     // MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))); gelu(fch) recomputed.
     be.gelu_forward(&mut s.fch4, &a.fch)?;
-    be.linear_backward(
+    be.linear_backward_dgelu(
         &mut s.dgelu,
         grads,
         p.fcproj_w,
         p.fcproj_b,
         dres,
         &s.fch4,
+        &a.fch,
         params,
         p.fcproj_w,
         n,
         4 * cl,
         c,
     )?;
-    be.gelu_backward(&mut s.fch4, &a.fch, &s.dgelu)?;
     be.linear_backward(
         &mut s.dln,
         grads,
         p.fc_w,
         p.fc_b,
-        &s.fch4,
+        &s.dgelu,
         &a.ln2,
         params,
         p.fc_w,
