@@ -22,10 +22,11 @@ left() { echo $(( END - $(date +%s) )); }
 summary="$O/summary.txt"
 : > "$summary"
 # Test binaries, most valuable first, each with at most the given seconds: the kernels against
-# their twins (flash attention, vocab-parallel, adamw_multi have never run on a GPU), the model
-# (HF parity, 20 steps vs CPU with and without flash, bf16), the multi-rank runs sharing the GPU,
-# then the cuBLASLt wrapper (passed on an H100 before and unchanged since).
-for spec in cuda_kernels:90 cuda_model:150 cuda_parallel:200 cuda_gemm:60; do
+# their twins (flash attention, vocab-parallel, adamw_multi have never run on a GPU), the
+# cuBLASLt wrapper (passed on an H100 before; the GELU epilogues are new), the model (HF parity,
+# 20 steps vs CPU with and without flash and fused GELU, bf16), the multi-rank runs sharing the
+# GPU.
+for spec in cuda_kernels:90 cuda_gemm:60 cuda_model:150 cuda_parallel:200; do
   t=${spec%%:*}; cap=${spec##*:}; l=$(left)
   (( l - 200 < cap )) && cap=$(( l - 200 ))   # keep 200 s for the benchmark
   if (( cap < 20 )); then echo "$t: not run (budget)" >> "$summary"; continue; fi
@@ -37,10 +38,10 @@ for spec in cuda_kernels:90 cuda_model:150 cuda_parallel:200 cuda_gemm:60; do
   grep -h "^test .* FAILED\|^test .* ok$" "$O/$t.log" >> "$summary"
 done
 cat "$summary"
-# The benchmark with what is left: the flash variants (never measured) first.
+# The benchmark with what is left: the flash and fused-GELU variants (never measured) first.
 l=$(left)
 if (( l > 60 )); then
-  DEADLINE=$(( END - 5 )) VARIANTS="${VARIANTS:-bf16+flash tf32+flash bf16 tf32}" PYTORCH="${PYTORCH-eager compile}" \
+  DEADLINE=$(( END - 5 )) VARIANTS="${VARIANTS:-bf16+flash+gelu bf16+flash tf32+flash bf16 tf32}" PYTORCH="${PYTORCH-eager compile}" \
     bash benchmarks/gpu_gpt2/run_device.sh > "$O/bench.log" 2>&1
   cat "$O/bench.log"
 else

@@ -3,7 +3,9 @@
 # GPT-2 124M, T=1024, one GPU. Expects the carried binary and libraries in .carry/ (see
 # benchmarks/README.md) and writes JSON lines to $OUT/gpu_gpt2.jsonl.
 #
-#   VARIANTS  which ferrotron variants, in order (default "bf16+flash tf32+flash bf16 tf32 fp32")
+#   VARIANTS  which ferrotron variants, in order (default "bf16+flash+gelu bf16+flash tf32+flash
+#             bf16 tf32 fp32"): a GEMM precision, then +flash (train.flash_attention) and/or
+#             +gelu (train.fuse_gelu, GELU in the cuBLASLt epilogues)
 #   PYTORCH   which PyTorch runs (default "eager compile"; "" for none)
 #   DEADLINE  a time (seconds since the epoch) after which nothing new starts; every run is
 #             also cut at the deadline (default: none). Device time is scarce: one call
@@ -16,32 +18,34 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 mkdir -p "${OUT:-/tmp}"
 out=${OUT:-/tmp}/gpu_gpt2.jsonl
 : > "$out"
-VARIANTS=${VARIANTS:-"bf16+flash tf32+flash bf16 tf32 fp32"}
+VARIANTS=${VARIANTS:-"bf16+flash+gelu bf16+flash tf32+flash bf16 tf32 fp32"}
 PYTORCH=${PYTORCH-"eager compile"}
 DEADLINE=${DEADLINE:-$(( $(date +%s) + 100000 ))}
 # Seconds a run may take: at most $1, and never past the deadline (0 when it has passed).
 cap() { local l=$(( DEADLINE - $(date +%s) )); (( l < 0 )) && l=0; echo $(( l < $1 ? l : $1 )); }
 peak_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.log & echo $!; }
 # Variants: GEMM precision, optionally with flash attention (train.flash_attention), which
-# stores no [T, T] probabilities and so may fit a larger micro-batch.
+# stores no [T, T] probabilities and so may fit a larger micro-batch, and fused GELU.
 PROFILE=${PROFILE:-1}
 profiled=0
-# ft SECONDS PREC FLASH B STEPS OUTDIR [--set k=v ...]: one GPT-2 124M training run, log to stdout.
+# ft SECONDS PREC FLASH GELU B STEPS OUTDIR [--set k=v ...]: one GPT-2 124M training run, log
+# to stdout.
 ft() {
-  local t=$1 prec=$2 flash=$3 b=$4 steps=$5 dir=$6; shift 6
+  local t=$1 prec=$2 flash=$3 gelu=$4 b=$5 steps=$6 dir=$7; shift 7
   timeout "$t" .carry/ferrotron train --config inputs/gpt2-124m.toml --set train.backend=cuda --set train.precision=$prec \
-    --set train.flash_attention=$flash --set train.micro_batch_size=$b --set train.global_batch_size=$b --set train.steps=$steps --set optim.warmup_steps=0 \
+    --set train.flash_attention=$flash --set train.fuse_gelu=$gelu --set train.micro_batch_size=$b --set train.global_batch_size=$b --set train.steps=$steps --set optim.warmup_steps=0 \
     --set train.val_every=0 --set train.val_batches=0 --set log.plot=false --set log.save_final=false \
     --set 'data.train=".carry/data/fortunes/train_*.bin"' --set 'data.val=".carry/data/fortunes/val_*.bin"' \
     --set "log.out_dir=\"$dir\"" "$@" 2>&1
 }
 for v in $VARIANTS; do
-  prec=${v%%+*}; flash=false; label=$prec; sizes="32 16 8"
-  if [[ $v == *+flash ]]; then flash=true; label=$prec-flash; sizes="64 32 16 8"; fi
+  prec=${v%%+*}; flash=false; gelu=false; label=$prec; sizes="32 16 8"
+  if [[ $v == *+flash* ]]; then flash=true; label=$label-flash; sizes="64 32 16 8"; fi
+  if [[ $v == *+gelu* ]]; then gelu=true; label=$label-gelu; fi
   for B in $sizes; do
     t=$(cap 240); (( t < 30 )) && { echo "deadline: $label B=$B not run"; break 2; }
     pid=$(peak_mem)
-    if ft "$t" $prec $flash $B 10 "/tmp/ft-$label-$B" > /tmp/ft.log; then
+    if ft "$t" $prec $flash $gelu $B 10 "/tmp/ft-$label-$B" > /tmp/ft.log; then
       kill $pid
       python3 - "$label" "$B" "/tmp/ft-$label-$B/metrics.jsonl" >> "$out" <<'PY'
 import json, statistics, sys
@@ -58,7 +62,7 @@ print(json.dumps({"impl": f"ferrotron-cuda-{prec}", "batch": B, "seq": T, "token
 PY
       if [[ $PROFILE == 1 && $profiled == 0 ]] && t=$(cap 120) && (( t >= 30 )); then
         profiled=1
-        ft "$t" $prec $flash $B 6 "/tmp/ft-prof-$label-$B" --set log.profile_ops=true > /tmp/ft-prof.log
+        ft "$t" $prec $flash $gelu $B 6 "/tmp/ft-prof-$label-$B" --set log.profile_ops=true > /tmp/ft-prof.log
         sed -n '/op profile/,$p' /tmp/ft-prof.log | grep -v '^trained\|^metrics' > "${OUT:-/tmp}/op_profile_${label}_B$B.txt"
         cat "${OUT:-/tmp}/op_profile_${label}_B$B.txt"
       fi
