@@ -9,6 +9,9 @@
 //! Tolerances (‖emu − twin‖ / ‖twin‖): 1e-5 for forwards and lse, 1e-4 for the attention
 //! backward (as on the GPU), 1e-6 for the embedding and AdamW.
 
+mod common;
+
+use common::scratch;
 use ferrotron::backend::cpu::Cpu;
 use ferrotron::backend::cuda::chunks::{adam_chunks, shard_rows};
 use ferrotron::backend::{AdamStep, Backend, Region};
@@ -69,13 +72,6 @@ fn run(bin: &Path, args: &[String]) {
         "harness {args:?} failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferrotron-emu-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {

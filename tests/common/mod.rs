@@ -41,12 +41,45 @@ impl Out {
     }
 }
 
-/// A fresh scratch folder for one test (tests run in parallel).
-pub fn scratch(name: &str) -> PathBuf {
+/// A fresh scratch folder for one test (tests run in parallel), removed when the test passes
+/// and kept (for a look at its logs) when it fails.
+pub fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("ferrotron-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
+}
+
+/// A test's scratch folder; derefs to its path.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept the failed test's folder {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// The environment every test command gets: MPI as root, oversubscription, no CMA (containers),
