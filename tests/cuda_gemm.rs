@@ -568,6 +568,28 @@ fn edge_cases_and_errors() {
         )
         .unwrap_err();
     assert!(format!("{err:#}").contains("row stride"), "{err:#}");
+    // GELU epilogues: an auxiliary matrix smaller than dst, or an accumulating product.
+    use ferrotron::backend::cuda::gemm::GeluAux;
+    let mut short = g.stream.alloc_zeros::<f32>(3).unwrap();
+    let opts = Opts {
+        gelu: Some(GeluAux::Forward(&mut short)),
+        ..Opts::default()
+    };
+    let err = g
+        .gemm
+        .matmul(&mut d, 2, GMat::new(&a, 2, 3), GMat::new(&a, 3, 2), opts)
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("auxiliary"), "{err:#}");
+    let opts = Opts {
+        accumulate: true,
+        gelu: Some(GeluAux::Backward(&a)),
+        ..Opts::default()
+    };
+    let err = g
+        .gemm
+        .matmul(&mut d, 2, GMat::new(&a, 2, 3), GMat::new(&a, 3, 2), opts)
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("overwrite"), "{err:#}");
 }
 
 /// The MLP's GELU epilogues through the backend (`train.fuse_gelu`): `linear_gelu_forward`
