@@ -44,10 +44,15 @@ impl Out {
 /// A fresh scratch folder for one test (tests run in parallel), removed when the test passes
 /// and kept (for a look at its logs) when it fails.
 pub fn scratch(name: &str) -> Scratch {
+    Scratch(fresh_dir(name))
+}
+
+/// A fresh folder under the temp dir for this test process, left in place.
+fn fresh_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ferrotron-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    Scratch(d)
+    d
 }
 
 /// A test's scratch folder; derefs to its path.
@@ -149,7 +154,8 @@ pub fn corpus() -> &'static Path {
             src.is_dir(),
             "{dir} is missing: run scripts/install-deps.sh (Debian package `fortunes`)"
         );
-        let root = scratch("corpus");
+        // Shared by the whole test process, so it outlives every test: not removed (a few MB).
+        let root = fresh_dir("corpus");
         let text = root.join("text");
         std::fs::create_dir_all(&text).unwrap();
         for f in ["fortunes", "literature", "riddles", "science", "wisdom"] {
