@@ -3,6 +3,8 @@
 
 use super::backend::CudaBackend;
 use super::gemm::{Batch, GMat, GeluAux, Opts};
+use super::kernels::Kernels;
+use crate::backend::Region;
 use crate::config::Precision;
 use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
@@ -61,7 +63,6 @@ impl CudaBackend {
     /// `dst (+)= a·b (+ bias)` with fp32 accumulation. `Bf16`: both operands are rounded to
     /// bf16 first (as PyTorch's autocast does per op); `Tf32`/`Fp32`: fp32 inputs, tensor-core
     /// TF32 or exact products.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn mm<D: DevicePtrMut<f32>>(
         &self,
         dst: &mut D,
@@ -137,5 +138,39 @@ impl CudaBackend {
         let mut out = unsafe { self.stream.alloc::<bf16>(x.len().max(1))? };
         self.k.f32_to_bf16(&mut out.slice_mut(0..x.len()), x)?;
         Ok(out)
+    }
+
+    /// The parameter half of a linear layer's backward: `dW += xᵀ·dy`, `db += Σ_rows dy`
+    /// (`dy16`: `dy` already rounded to bf16, with bf16 GEMMs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn weight_grads(
+        &self,
+        g: &mut CudaSlice<f32>,
+        dw: Region,
+        db: Region,
+        dy: &CudaSlice<f32>,
+        dy16: Option<&Rounded>,
+        x: &CudaSlice<f32>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.mm(
+            &mut g.slice_mut(dw.range()),
+            oc,
+            op(x.as_view(), n, ic).t(),
+            op(dy.as_view(), n, oc).rounded(dy16),
+            true,
+            None,
+            None,
+        )?;
+        let mut scratch = self.scratch(Kernels::bias_scratch_len(n, oc))?;
+        self.k.bias_grad(
+            &mut g.slice_mut(db.range()),
+            &mut scratch.as_view_mut(),
+            &dy.as_view(),
+            n,
+            oc,
+        )
     }
 }

@@ -12,8 +12,7 @@
 
 use super::backend::CudaBackend;
 use super::gemm::GeluAux;
-use super::kernels::Kernels;
-use super::matmul::{op, Rounded};
+use super::matmul::op;
 use crate::backend::{Backend, Region};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
@@ -112,39 +111,5 @@ impl CudaBackend {
         let mut dx = self.scratch(n * ic)?;
         self.linear_backward(&mut dx, g, dw, db, dy, x, p, w, n, ic, oc)?;
         self.gelu_backward(dpre, pre, &dx)
-    }
-
-    /// The parameter half of a linear layer's backward: `dW += xᵀ·dy`, `db += Σ_rows dy`
-    /// (`dy16`: `dy` already rounded to bf16, with bf16 GEMMs).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn weight_grads(
-        &self,
-        g: &mut CudaSlice<f32>,
-        dw: Region,
-        db: Region,
-        dy: &CudaSlice<f32>,
-        dy16: Option<&Rounded>,
-        x: &CudaSlice<f32>,
-        n: usize,
-        ic: usize,
-        oc: usize,
-    ) -> Result<()> {
-        self.mm(
-            &mut g.slice_mut(dw.range()),
-            oc,
-            op(x.as_view(), n, ic).t(),
-            op(dy.as_view(), n, oc).rounded(dy16),
-            true,
-            None,
-            None,
-        )?;
-        let mut scratch = self.scratch(Kernels::bias_scratch_len(n, oc))?;
-        self.k.bias_grad(
-            &mut g.slice_mut(db.range()),
-            &mut scratch.as_view_mut(),
-            &dy.as_view(),
-            n,
-            oc,
-        )
     }
 }
