@@ -13,6 +13,7 @@ use crate::metrics::{MetricsWriter, StepMetrics};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::parallel::groups::{gather_facts, gather_weights, Groups};
 use crate::parallel::shard::repad;
+use crate::placement;
 use crate::runtime::Runtime;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -55,6 +56,7 @@ fn run_on<B: Backend>(
     let facts = gather_facts(&rt.world, &tr.model.be)?;
     let (plan, why) = rt.agree(link::resolve(cfg.comm.backend, &facts))?;
     let mut gr = rt.agree(Groups::new(&rt.world, tr.grid, rt.rank))?;
+    record_placement(rt, cfg, &tr, opts.threads)?;
     // Not agreed: a failure aborts the job (see `Groups::connect`).
     gr.connect(plan, &tr.model.be)
         .context("setting up the communicators")?;
@@ -111,6 +113,29 @@ fn run_on<B: Backend>(
         out_dir,
         ..summary
     })
+}
+
+/// Gathers every rank's place; rank 0 logs one line per host and writes
+/// `<log.out_dir>/run.json` (see [`placement`]). Collective over the world.
+fn record_placement<B: Backend>(
+    rt: &Runtime,
+    cfg: &Config,
+    tr: &Trainer<B>,
+    threads: usize,
+) -> Result<()> {
+    let device = placement::planned_device(cfg, rt.local_rank);
+    let places = placement::gather(rt, tr.grid, threads, &device)?;
+    let res = if rt.rank == 0 {
+        for line in placement::host_lines(&places) {
+            log::info!("{line}");
+        }
+        placement::run_record(cfg, tr.grid, &places)
+            .and_then(|r| placement::write_run_json(&cfg.log.out_dir, &r))
+            .map(|_| ())
+    } else {
+        Ok(())
+    };
+    rt.agree(res)
 }
 
 /// Everything before the first step that can fail on bad input: the checkpoint to resume

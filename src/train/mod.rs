@@ -28,8 +28,10 @@ use std::sync::Arc;
 
 mod ckpt;
 mod driver;
+mod dry_run;
 
 pub use driver::run;
+pub use dry_run::dry_run;
 
 /// Command-line options of `ferrotron train` that are not in the config.
 #[derive(Debug, Clone, Default)]

@@ -73,7 +73,7 @@ impl CudaBackend {
     /// As [`CudaBackend::new`] with the GEMM precision (`train.precision`).
     pub fn with_options(local_rank: usize, precision: Precision) -> Result<Self> {
         let count = device_count()?;
-        let ordinal = local_rank % count;
+        let ordinal = super::device_for_local_rank(local_rank, count);
         let ctx =
             CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
         // SAFETY: set before any allocation. Work runs on `stream`; the only other stream,

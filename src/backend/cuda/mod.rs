@@ -5,6 +5,12 @@
 
 use anyhow::{bail, Result};
 
+/// The device a rank with node-local rank `local_rank` uses among the `count` it sees:
+/// `local_rank mod count` (one rank per GPU when a node runs as many ranks as it has GPUs).
+pub fn device_for_local_rank(local_rank: usize, count: usize) -> usize {
+    local_rank % count.max(1)
+}
+
 /// Number of CUDA devices, or an error "no CUDA device found" when the driver library is
 /// absent or reports none. Never panics (cudarc panics if libcuda cannot be loaded, so the
 /// library's presence is checked first).
