@@ -213,6 +213,7 @@ pub enum CommBackend {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
+    /// Checkpoint directory; unset or empty: no checkpoints.
     #[serde(default)]
     pub dir: Option<PathBuf>,
     /// Save every this many steps; 0 saves only at the end (when `dir` is set).
@@ -404,7 +405,11 @@ impl Config {
         for o in overrides {
             apply_override(&mut doc, o)?;
         }
-        let cfg: Config = Config::deserialize(toml::Value::Table(doc)).map_err(one_line)?;
+        let mut cfg: Config = Config::deserialize(toml::Value::Table(doc)).map_err(one_line)?;
+        // `checkpoint.dir = ""` (e.g. `--set checkpoint.dir=""`) turns checkpoints off.
+        if cfg.checkpoint.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            cfg.checkpoint.dir = None;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -565,6 +570,15 @@ seq_len = 16
         assert_eq!(c.parallel.schedule, Schedule::OneFOneB);
         let c = Config::from_str_with_overrides(BASE, &["parallel.schedule=gpipe".into()]).unwrap();
         assert_eq!(c.parallel.schedule, Schedule::Gpipe);
+    }
+
+    #[test]
+    fn empty_checkpoint_dir_turns_checkpoints_off() {
+        let set = |v: &str| vec![format!("checkpoint.dir={v}")];
+        let c = Config::from_str_with_overrides(BASE, &set("\"ck\"")).unwrap();
+        assert_eq!(c.checkpoint.dir.as_deref(), Some(Path::new("ck")));
+        let c = Config::from_str_with_overrides(BASE, &set("\"\"")).unwrap();
+        assert_eq!(c.checkpoint.dir, None);
     }
 
     #[test]
