@@ -28,6 +28,8 @@ pub enum Command {
     Plot(PlotArgs),
     /// Inspect, verify or export a sharded HDF5 checkpoint.
     Ckpt(CkptArgs),
+    /// Scaling studies: summarise a study folder into summary.csv and plots.
+    Study(StudyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +51,11 @@ pub struct TrainArgs {
     /// Any grid can resume any checkpoint.
     #[arg(long, value_name = "auto|PATH")]
     pub resume: Option<String>,
+    /// Set-up only: check the config, the grid, the communicators and that the data files
+    /// exist, print one JSON line per rank (host, local rank, grid coordinates, the device it
+    /// would use) and exit 0 without training. Checks an sbatch script before node-hours.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,4 +149,24 @@ pub struct PlotArgs {
     /// Output PNG.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StudyArgs {
+    #[command(subcommand)]
+    pub command: StudyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StudyCommand {
+    /// Summarise a study folder (made by scripts/scaling-study.sh): writes summary.csv,
+    /// throughput.png, efficiency.png and breakdown.png into it; exits non-zero when a run
+    /// failed or is missing (after writing them).
+    Report {
+        /// The study folder (holds study.json and one folder per run).
+        dir: PathBuf,
+        /// Leading steps of each run left out of the timings.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
 }

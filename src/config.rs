@@ -407,7 +407,12 @@ impl Config {
         }
         let mut cfg: Config = Config::deserialize(toml::Value::Table(doc)).map_err(one_line)?;
         // `checkpoint.dir = ""` (e.g. `--set checkpoint.dir=""`) turns checkpoints off.
-        if cfg.checkpoint.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        if cfg
+            .checkpoint
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
             cfg.checkpoint.dir = None;
         }
         cfg.validate()?;

@@ -50,6 +50,11 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
         } else {
             Ok(())
         }),
+        Command::Study(a) => rt.agree(if rt.rank == 0 {
+            ferrotron::study::run(a.command)
+        } else {
+            Ok(())
+        }),
     }?;
     Ok(0)
 }
@@ -60,6 +65,10 @@ fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<i32> {
         overrides.push(format!("train.init_hf={:?}", dir.display().to_string()));
     }
     let cfg = rt.agree(ferrotron::config::Config::load(&a.config, &overrides))?;
+    if a.dry_run {
+        ferrotron::train::dry_run(rt, &cfg, threads)?;
+        return Ok(0);
+    }
     let opts = ferrotron::train::TrainOptions {
         metrics: a.metrics,
         threads,

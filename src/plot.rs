@@ -131,7 +131,7 @@ fn parse_loss_series(text: &str, path: &Path) -> Result<LossSeries> {
 ///
 /// The answer is computed once per process (a function-local [`OnceLock`]), so a font file is
 /// read and leaked at most once.
-fn ensure_font() -> bool {
+pub(crate) fn ensure_font() -> bool {
     static FONT_AVAILABLE: OnceLock<bool> = OnceLock::new();
     *FONT_AVAILABLE.get_or_init(register_system_font)
 }
