@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, stopping at the first failing stage:
 #   cargo fmt --check; cargo clippy --all-targets -D warnings; cargo build --release;
-#   a local Slurm (scripts/slurm-local.sh, for the sbatch template test); cargo test --release.
+#   a local 4-host Slurm cluster (scripts/cluster-local.sh, for the sbatch template tests; taken
+#   down at the end); cargo test --release.
 # Integration tests launch `mpirun` on the release binary ($FERROTRON_BIN). Works from any
 # directory; expects the dependencies of scripts/install-deps.sh.
 set -euo pipefail
@@ -54,9 +55,11 @@ stage() {
 stage "format (cargo fmt --check)" cargo fmt --check
 stage "lint (cargo clippy --all-targets -- -D warnings)" cargo clippy --all-targets -- -D warnings
 stage "build (cargo build --release)" cargo build --release
-# A one-machine Slurm for tests/slurm.rs (installs Debian's Slurm if missing; needs root).
+# A 4-host Slurm cluster of network namespaces on this machine for tests/slurm.rs and
+# tests/cluster.rs (installs Debian's Slurm if missing; needs root), taken down at the end.
 as_root() { if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi; }
-stage "local Slurm (scripts/slurm-local.sh)" as_root bash scripts/slurm-local.sh
+trap 'as_root bash scripts/cluster-local.sh down >/dev/null 2>&1 || true' EXIT
+stage "local 4-host Slurm cluster (scripts/cluster-local.sh up 4)" as_root bash scripts/cluster-local.sh up 4
 stage "tests (cargo test --release)" cargo test --release
 
 printf '\ntest.sh: all stages passed\n'

@@ -1,5 +1,5 @@
-//! The sbatch template under a real Slurm (one machine, started by `scripts/slurm-local.sh`,
-//! which `scripts/test.sh` runs first): a job stopped by SIGUSR1 saves, exits 75, requeues
+//! The single-node sbatch template under a real Slurm (the local cluster of
+//! `scripts/cluster-local.sh`, which `scripts/test.sh` starts first): a job stopped by SIGUSR1 saves, exits 75, requeues
 //! itself, resumes from its checkpoint and finishes with the same losses as an uninterrupted
 //! mpirun run.
 
@@ -32,7 +32,7 @@ fn sbatch_template_requeues_after_the_stop_signal() {
         .is_ok_and(|o| o.status.success());
     assert!(
         up,
-        "Slurm is not running here: scripts/test.sh starts it (scripts/slurm-local.sh)"
+        "Slurm is not running here: scripts/test.sh starts it (scripts/cluster-local.sh up 4)"
     );
     let dir = scratch("slurm");
     let ckpt = dir.join("ckpt");
@@ -77,6 +77,7 @@ fn sbatch_template_requeues_after_the_stop_signal() {
     }
     sh("scancel", &["--signal=USR1", &id]);
     let t0 = Instant::now();
+    let mut held_since: Option<Instant> = None;
     loop {
         let state = job_field(&id, "JobState");
         let log = std::fs::read_to_string(&out).unwrap_or_default();
@@ -85,12 +86,17 @@ fn sbatch_template_requeues_after_the_stop_signal() {
             "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" => {
                 panic!("job {id} ended {state}:\n{log}")
             }
-            // Slurm holds a requeued job for about two minutes; release it now.
+            // Slurm holds a requeued job for about two minutes; release it after a few
+            // seconds (at once, the new step can race the old step's clean-up: PMIx then
+            // finds the old step's socket still bound).
             "PENDING" if job_field(&id, "Restarts") == "1" => {
-                sh(
-                    "scontrol",
-                    &["update", &format!("JobId={id}"), "StartTime=now"],
-                );
+                let since = *held_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    sh(
+                        "scontrol",
+                        &["update", &format!("JobId={id}"), "StartTime=now"],
+                    );
+                }
             }
             _ => {}
         }

@@ -35,11 +35,16 @@ impl Kind {
 }
 
 /// The checkpoint a `--resume` spec names. `auto`: the one `<root>/latest` names, or None when
-/// `root` holds no checkpoint yet (a fresh start). A path: a step directory, or a root whose
+/// `root` holds no checkpoint yet or no `root` is configured (a fresh start). A path: a step directory, or a root whose
 /// `latest` is followed. The result is always a complete checkpoint.
 pub fn resolve(spec: &str, root: Option<&Path>) -> Result<Option<PathBuf>> {
     if spec == "auto" {
-        let root = root.context("--resume auto needs checkpoint.dir in the config")?;
+        let Some(root) = root else {
+            // The job templates always pass `--resume auto`; without checkpoints there is
+            // nothing to resume from.
+            log::warn!("--resume auto without checkpoint.dir: a fresh start (nothing is saved, so a stopped run cannot resume)");
+            return Ok(None);
+        };
         return from_root(root, true);
     }
     let p = PathBuf::from(spec);
