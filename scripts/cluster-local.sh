@@ -13,7 +13,8 @@
 # between hosts never leaves this machine. Jobs therefore really run "on" ftnode1..N: MPI
 # ranks on different hosts see different host names and reach each other over TCP through the
 # bridge (Open MPI cannot use shared memory between them: its locality comes from PMIx, i.e.
-# from the node a rank was started on). The file system is shared, as on a real cluster.
+# from the node a rank was started on). The file system is shared, as on a real cluster, except
+# /dev/shm and a node-local folder, which each host has for itself.
 #
 # Every node also carries a GPU GRES (`Gres=gpu:G`, default 4, placeholder files, no GPUs) so GPU
 # templates can be submitted (`--gpus-per-node`) and their launch logic exercised on CPUs.
@@ -161,9 +162,10 @@ start_slurmd() {
   alive "$(slurmd_pid "$i")" && return 0
   mkdir -p "/var/lib/slurm/d/$name/local" "$NODE_LOCAL"
   # Not `ip netns exec`: it remounts /sys, hiding the cgroup file system slurmd needs. A mount
-  # namespace of our own binds the host's hosts file and its local folder instead.
+  # namespace of our own binds the host's hosts file and its local folder instead, and gives
+  # the host a /dev/shm of its own (shared memory never spans hosts, as on a real cluster).
   nsenter --net="/run/netns/$name" unshare --uts --mount --propagation private sh -c \
-    "mount --bind /etc/netns/$name/hosts /etc/hosts && mount --bind /var/lib/slurm/d/$name/local $NODE_LOCAL && hostname $name && exec /usr/sbin/slurmd -N $name" \
+    "mount --bind /etc/netns/$name/hosts /etc/hosts && mount --bind /var/lib/slurm/d/$name/local $NODE_LOCAL && mount -t tmpfs -o size=4g,mode=1777 shm-$name /dev/shm && hostname $name && exec /usr/sbin/slurmd -N $name" \
     || die "slurmd on $name did not start (see /var/log/slurm/slurmd-$name.log)"
 }
 

@@ -118,12 +118,31 @@ fn multinode_job_keeps_tp_in_a_host_and_matches_one_rank() {
             "--set",
             "parallel.tp=2",
         ],
-        &[],
+        // Open MPI names the transport it picks for each peer.
+        &[("OMPI_MCA_btl_base_verbose", "100")],
         &dir,
     );
     let log = std::fs::read_to_string(&out).unwrap_or_default();
     assert_eq!(o.code, 0, "job failed: {}\n{log}", o.all());
     let crossed = bridge_bytes() - before;
+    // Each rank reaches its host's other rank through shared memory (vader) and the other
+    // host's ranks over TCP.
+    let picks: Vec<&str> = log.lines().filter(|l| l.contains("bml: Using")).collect();
+    for l in &picks {
+        let here = l.split([':', '[']).nth(1).unwrap_or("");
+        let there = l.rsplit("on node ").next().unwrap_or("");
+        let btl = l.split("Using ").nth(1).unwrap_or("");
+        match btl.split(' ').next() {
+            Some("tcp") => assert_ne!(here, there, "{l}"),
+            Some("vader") | Some("self") => assert_eq!(here, there, "{l}"),
+            other => panic!("unexpected transport {other:?}: {l}"),
+        }
+    }
+    assert!(
+        picks.iter().filter(|l| l.contains("Using tcp btl")).count() >= 4,
+        "every rank should pick TCP for the other host:\n{}",
+        picks.join("\n")
+    );
     let run = read_json(&dir.join("run/run.json"));
     assert_eq!(run["nodes"], 2, "{run}");
     assert_eq!(run["world"], 4);
@@ -515,4 +534,55 @@ fn bad_node_counts_and_grids_fail_with_one_message() {
             && log.contains("tasks 2-3: Exited with exit code 1"),
         "{log}"
     );
+}
+
+/// The documented fallback launcher (`FERROTRON_LAUNCH=mpirun`: Open MPI's mpirun inside the
+/// allocation) places the ranks as `srun --mpi=pmix` does: same hosts, same node-local ranks
+/// (both come from MPI, not from launcher variables).
+#[test]
+fn mpirun_inside_the_allocation_places_ranks_like_srun() {
+    let _c = cluster(2);
+    let dir = scratch("cluster-mpirun");
+    let cfg = tiny_config(&dir, "");
+    let template = repo("slurm/train-multinode.sbatch");
+    let place = |launch: &str| {
+        let out = dir.join(format!("{launch}.out"));
+        let o = sbatch_wait(
+            120,
+            &[
+                "--nodes=2",
+                "--ntasks-per-node=2",
+                "-o",
+                s(&out),
+                s(&template),
+                s(&cfg),
+                "--dry-run",
+                "--set",
+                "parallel.tp=2",
+            ],
+            &[("FERROTRON_LAUNCH", launch)],
+            &dir,
+        );
+        let log = std::fs::read_to_string(&out).unwrap_or_default();
+        assert_eq!(o.code, 0, "{launch}: {}\n{log}", o.all());
+        assert!(log.contains(&format!("launcher {launch}")), "{log}");
+        let v: Vec<(String, u64, u64)> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| {
+                let host = v["host"].as_str().unwrap().to_string();
+                (
+                    host,
+                    v["rank"].as_u64().unwrap(),
+                    v["local_rank"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(v.len(), 4, "{log}");
+        v
+    };
+    let srun = place("srun");
+    let mpirun = place("mpirun");
+    assert_eq!(srun, mpirun);
+    assert_ne!(srun[0].0, srun[2].0, "{srun:?}");
 }
