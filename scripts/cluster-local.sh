@@ -135,7 +135,10 @@ EOF
   # The PMIx plugin's client directories would collide in the shared /tmp (their names hold
   # the job and step, not the node, and mpi.conf does not expand %n): a node-local directory,
   # the same path on every host, bound to a folder of its own in each host's mount namespace.
-  echo "PMIxCliTmpDirBase=$NODE_LOCAL" > /etc/slurm/mpi.conf
+  # PMIxEnv: the PMIx clients (Open MPI's MPI_Init) use the hash store, not the ds21
+  # shared-memory store, which now and then segfaults at start-up when several jobs start on
+  # one host (a known PMIx 3/4 problem; PMIX_MCA_gds=hash is the usual site workaround).
+  printf 'PMIxCliTmpDirBase=%s\nPMIxEnv=PMIX_MCA_gds=hash\n' "$NODE_LOCAL" > /etc/slurm/mpi.conf.new
   # Slurm drops a GPU GRES without character-device files, so each node's "GPUs" are
   # placeholders with /dev/null's device numbers (no GPU behind them): enough for Slurm to
   # allocate them and set CUDA_VISIBLE_DEVICES, which is what the GPU templates' launch logic
@@ -146,9 +149,9 @@ EOF
     [[ -c "$STATE/dev/gpu$g" ]] || mknod "$STATE/dev/gpu$g" c 1 3 # /dev/null's numbers
   done
   if ((gpus > 0)); then
-    printf 'NodeName=%s[1-%d] Name=gpu File=%s/dev/gpu[0-%d]\n' "$PREFIX" "$n" "$STATE" $((gpus - 1)) > /etc/slurm/gres.conf
+    printf 'NodeName=%s[1-%d] Name=gpu File=%s/dev/gpu[0-%d]\n' "$PREFIX" "$n" "$STATE" $((gpus - 1)) > /etc/slurm/gres.conf.new
   else
-    : > /etc/slurm/gres.conf
+    : > /etc/slurm/gres.conf.new
   fi
 }
 
@@ -228,12 +231,12 @@ cmd_up() {
   start_munge
   make_network "$n"
   write_conf "$n" "$cpus" "$gpus"
-  if ! cmp -s "$CONF.new" "$CONF"; then
-    mv "$CONF.new" "$CONF"
-    stop_daemons
-  else
-    rm -f "$CONF.new"
-  fi
+  # Any changed file restarts the daemons (slurmd reads gres.conf and mpi.conf at start).
+  local f changed=0
+  for f in "$CONF" /etc/slurm/gres.conf /etc/slurm/mpi.conf; do
+    if cmp -s "$f.new" "$f"; then rm -f "$f.new"; else mv "$f.new" "$f"; changed=1; fi
+  done
+  ((changed)) && stop_daemons
   # A slurmd outside the namespaces (left by an older one-machine set-up) cannot serve them.
   pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld || die "slurmctld did not start (see /var/log/slurm/slurmctld.log)"
   local i

@@ -3,7 +3,7 @@
 #
 #   scripts/scaling-study.sh --config inputs/X.toml --nodes 1,2,4 --mode strong|weak \
 #       --out studies/NAME [--grid-per-node DP,TP,PP] [--cpus-per-task C] [--partition P]
-#       [--steps N] [--set KEY=VALUE]... [--sbatch-arg ARG]... [--wait]
+#       [--steps N] [--set KEY=VALUE]... [--sbatch-arg ARG]... [--one-at-a-time] [--wait]
 #
 # Each node count N runs slurm/study.sbatch on N nodes with DP·TP·PP ranks per node
 # (--grid-per-node, default 1,1,1): the grid is (N·DP, TP, PP) — tensor and pipeline groups
@@ -17,8 +17,9 @@
 #
 # Before submitting anything it checks the partition (sinfo): a node count the partition
 # cannot give, or a global batch that does not split over a run's data-parallel ranks, is
-# refused with one message. --wait blocks until the report is written and exits with the
-# report's status (non-zero when a run failed). $FERROTRON is the binary (default: ferrotron on
+# refused with one message. --one-at-a-time chains the runs (each starts after the previous one
+# ended, --dependency=afterany), so that they never share nodes, network or file system with
+# each other. --wait blocks until the report is written and exits with the report's status (non-zero when a run failed). $FERROTRON is the binary (default: ferrotron on
 # PATH, else this checkout's target/release/ferrotron).
 set -euo pipefail
 
@@ -26,7 +27,7 @@ die() { printf 'scaling-study: error: %s\n' "$*" >&2; exit 1; }
 log() { printf 'scaling-study: %s\n' "$*"; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-config="" nodes="" mode="" out="" grid="1,1,1" cpus=1 partition="" steps="" wait=0
+config="" nodes="" mode="" out="" grid="1,1,1" cpus=1 partition="" steps="" wait=0 serial=0
 sets=() sbatch_args=()
 while (($#)); do
   case "$1" in
@@ -41,7 +42,8 @@ while (($#)); do
     --set) sets+=(--set "${2:?}"); shift 2 ;;
     --sbatch-arg) sbatch_args+=("${2:?}"); shift 2 ;;
     --wait) wait=1; shift ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --one-at-a-time) serial=1; shift ;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -112,7 +114,9 @@ runs_json="" ids=()
 for n in "${counts[@]}"; do
   dir="$out/n$n"
   mkdir -p "$dir"
-  id="$(sbatch --parsable -p "$partition" --nodes "$n" --ntasks-per-node "$per_node" \
+  after=()
+  ((serial && ${#ids[@]})) && after=(--dependency "afterany:${ids[-1]}")
+  id="$(sbatch --parsable -p "$partition" --nodes "$n" --ntasks-per-node "$per_node" "${after[@]}" \
     --cpus-per-task "$cpus" -J "study-$name-n$n" -o "$dir/job.out" "${sbatch_args[@]}" \
     "$REPO/slurm/study.sbatch" train "$dir" "$config" \
     --set "parallel.dp=$((n * gdp))" --set "parallel.tp=$gtp" --set "parallel.pp=$gpp" \
