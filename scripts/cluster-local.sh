@@ -156,7 +156,8 @@ EOF
 }
 
 slurmd_pid() { cat "/run/slurmd-$(node "$1").pid" 2>/dev/null || true; }
-alive() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; }
+# A slurmd with this pid runs (a pid file left by a killed daemon may name a reused pid).
+alive() { [[ -n "$1" ]] && [[ "$(cat "/proc/$1/comm" 2>/dev/null)" == slurmd ]]; }
 
 # slurmd for host I inside its namespace, with its own host name.
 start_slurmd() {
