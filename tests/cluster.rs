@@ -197,51 +197,6 @@ fn multinode_job_keeps_tp_in_a_host_and_matches_one_rank() {
     }
 }
 
-fn job_field(id: &str, key: &str) -> String {
-    let o = Command::new("scontrol")
-        .args(["show", "job", id])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(String::from))
-        .unwrap_or_default()
-}
-
-/// Waits for job `id` to complete, releasing it early when it is held after a requeue.
-fn wait_completed(id: &str, out: &Path, secs: u64) {
-    let t0 = Instant::now();
-    let mut held_since: Option<Instant> = None;
-    loop {
-        let state = job_field(id, "JobState");
-        let log = || std::fs::read_to_string(out).unwrap_or_default();
-        match state.as_str() {
-            "COMPLETED" => return,
-            "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY" => {
-                panic!("job {id} ended {state}:\n{}", log())
-            }
-            // Slurm holds a requeued job for about two minutes; release it after a few
-            // seconds (at once, the new step can race the old step's clean-up on a host:
-            // PMIx then finds the old step's socket still bound).
-            "PENDING" if job_field(id, "Restarts") != "0" => {
-                let since = *held_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(5) {
-                    let _ = Command::new("scontrol")
-                        .args(["update", &format!("JobId={id}"), "StartTime=now"])
-                        .output();
-                }
-            }
-            _ => {}
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "job {id} did not finish ({state}):\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The multi-node job stopped by USR1 to its batch shell (what `--signal=B:USR1@…` sends):
 /// the script forwards it, every rank on both hosts saves and exits 75, the job requeues and
 /// resumes on both hosts, and the losses are bitwise those of an uninterrupted run.

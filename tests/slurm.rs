@@ -1,7 +1,7 @@
 //! The single-node sbatch template under a real Slurm (the local cluster of
-//! `scripts/cluster-local.sh`, which `scripts/test.sh` starts first): a job stopped by SIGUSR1 saves, exits 75, requeues
-//! itself, resumes from its checkpoint and finishes with the same losses as an uninterrupted
-//! mpirun run.
+//! `scripts/cluster-local.sh`, which `scripts/test.sh` starts first): a job stopped by SIGUSR1
+//! saves, exits 75, requeues itself, resumes from its checkpoint and finishes with the same
+//! losses as an uninterrupted mpirun run.
 
 mod common;
 use common::*;
@@ -15,13 +15,6 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn job_field(id: &str, key: &str) -> String {
-    let text = sh("scontrol", &["show", "job", id]);
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(String::from))
-        .unwrap_or_default()
 }
 
 #[test]
@@ -76,36 +69,7 @@ fn sbatch_template_requeues_after_the_stop_signal() {
         std::thread::sleep(Duration::from_millis(100));
     }
     sh("scancel", &["--signal=USR1", &id]);
-    let t0 = Instant::now();
-    let mut held_since: Option<Instant> = None;
-    loop {
-        let state = job_field(&id, "JobState");
-        let log = std::fs::read_to_string(&out).unwrap_or_default();
-        match state.as_str() {
-            "COMPLETED" => break,
-            "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" => {
-                panic!("job {id} ended {state}:\n{log}")
-            }
-            // Slurm holds a requeued job for about two minutes; release it after a few
-            // seconds (at once, the new step can race the old step's clean-up: PMIx then
-            // finds the old step's socket still bound).
-            "PENDING" if job_field(&id, "Restarts") == "1" => {
-                let since = *held_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(5) {
-                    sh(
-                        "scontrol",
-                        &["update", &format!("JobId={id}"), "StartTime=now"],
-                    );
-                }
-            }
-            _ => {}
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(240),
-            "job {id} did not finish ({state}):\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_completed(&id, &out, 240);
     let log = std::fs::read_to_string(&out).unwrap();
     assert!(log.contains("exit code 75"), "{log}");
     assert!(log.contains("requeueing job"), "{log}");

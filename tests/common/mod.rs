@@ -245,3 +245,50 @@ pub fn final_weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
 }
+
+/// A field of `scontrol show job ID` (e.g. `JobState`, `Restarts`), empty when absent.
+pub fn job_field(id: &str, key: &str) -> String {
+    let o = Command::new("scontrol")
+        .args(["show", "job", id])
+        .output()
+        .expect("cannot run scontrol");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(String::from))
+        .unwrap_or_default()
+}
+
+/// Waits for Slurm job `id` to complete (panics with its output `out` when it fails or takes
+/// over `secs`), releasing it early when it is held after a requeue: Slurm holds a requeued
+/// job for about two minutes; it is released after 5 s here (at once, the new step can race
+/// the old step's clean-up on a host, and PMIx then finds the old step's socket still bound).
+pub fn wait_completed(id: &str, out: &Path, secs: u64) {
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let mut held_since: Option<Instant> = None;
+    loop {
+        let state = job_field(id, "JobState");
+        let log = || std::fs::read_to_string(out).unwrap_or_default();
+        match state.as_str() {
+            "COMPLETED" => return,
+            "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY" => {
+                panic!("job {id} ended {state}:\n{}", log())
+            }
+            "PENDING" if job_field(id, "Restarts") != "0" => {
+                let since = *held_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    let _ = Command::new("scontrol")
+                        .args(["update", &format!("JobId={id}"), "StartTime=now"])
+                        .output();
+                }
+            }
+            _ => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "job {id} did not finish ({state}):\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
