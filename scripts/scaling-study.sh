@@ -30,6 +30,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 config="" nodes="" mode="" out="" grid="1,1,1" cpus=1 partition="" steps="" wait=0 serial=0
 sets=() sbatch_args=()
 while (($#)); do
+  # --opt=value is --opt value (so --sbatch-arg=--time=01:00:00 works).
+  [[ "$1" == --*=* ]] && set -- "${1%%=*}" "${1#*=}" "${@:2}"
   case "$1" in
     --config) config="${2:?}"; shift 2 ;;
     --nodes) nodes="${2:?}"; shift 2 ;;
@@ -120,8 +122,11 @@ for n in "${counts[@]}"; do
     --cpus-per-task "$cpus" -J "study-$name-n$n" -o "$dir/job.out" "${sbatch_args[@]}" \
     "$REPO/slurm/study.sbatch" train "$dir" "$config" \
     --set "parallel.dp=$((n * gdp))" --set "parallel.tp=$gtp" --set "parallel.pp=$gpp" \
-    --set "train.global_batch_size=${batch[$n]}" "${step_set[@]}" "${sets[@]}")" \
-    || die "sbatch failed for $n node(s)"
+    --set "train.global_batch_size=${batch[$n]}" "${step_set[@]}" "${sets[@]}")" || {
+    # Nothing half-submitted: cancel the runs already queued.
+    ((${#ids[@]})) && scancel "${ids[@]}" 2>/dev/null
+    die "sbatch failed for $n node(s); cancelled the ${#ids[@]} run(s) already submitted"
+  }
   id="${id%%;*}"
   ids+=("$id")
   log "$n node(s): job $id, grid dp=$((n * gdp)) tp=$gtp pp=$gpp, global batch ${batch[$n]} -> $dir"
