@@ -48,7 +48,7 @@ pub fn run(
     let (mut inputs, mut targets) = (vec![0u32; batch * seq], vec![0u32; batch * seq]);
     let mut sum = 0.0f64;
     for i in 0..k {
-        windows.batch(i, batch, &mut inputs, &mut targets);
+        windows.batch(i, batch, &mut inputs, &mut targets)?;
         model.forward(&params, &inputs, Some(&targets), None, &mut acts)?;
         sum += acts.losses.iter().map(|&x| x as f64).sum::<f64>();
     }

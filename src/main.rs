@@ -106,6 +106,12 @@ fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<i32> {
             fmt(s.last_val_loss)
         );
         println!("metrics: {}", s.metrics_path.display());
+        if let Some(b) = ferrotron::metrics::peak_rss_bytes() {
+            println!(
+                "peak resident memory (rank 0): {:.1} MiB",
+                b as f64 / (1u64 << 20) as f64
+            );
+        }
         if cfg.log.plot {
             println!("loss plot: {}", png.display());
         }

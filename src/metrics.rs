@@ -108,11 +108,26 @@ impl MetricsWriter {
     }
 }
 
+/// This process's peak resident memory in bytes (`VmHWM` of `/proc/self/status`; None where
+/// that file does not exist). Counts the pages of memory-mapped shards that were touched.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Resuming at step 2 keeps step, validation and checkpoint lines up to step 2 only.
+    #[test]
+    fn peak_rss_is_read() {
+        let rss = peak_rss_bytes().expect("VmHWM in /proc/self/status");
+        assert!(rss > 1 << 20, "{rss}");
+    }
+
     #[test]
     fn resume_keeps_lines_up_to_the_step() {
         let p =

@@ -1,16 +1,23 @@
-//! Token data in memory plus deterministic, resumable sampling.
+//! Token data, memory-mapped, plus deterministic, resumable sampling.
 //!
-//! [`TokenData`] holds all shards of a split concatenated (in the order
-//! given) as one `u16` array of N tokens. Two views cut it into windows of
-//! `T = seq_len` tokens:
+//! [`TokenData`] is the concatenation of a split's shards (in the order
+//! given) as one virtual `u16` stream of N tokens: each shard is
+//! memory-mapped ([`MappedShard`]) and a table of offsets maps a position of
+//! the stream to a shard, so nothing is copied or read at start-up and a rank
+//! touches only the windows it trains on (through the page cache, which the
+//! ranks of a node share). A token id is checked against the vocabulary when
+//! its window is read, so an out-of-vocabulary id never reaches the model.
+//! Two views cut the stream into windows of `T = seq_len` tokens:
 //!
 //! * [`TrainSampler`]: `n = (N - 1) / T` non-overlapping windows; window `w`
-//!   has inputs `tokens[w*T .. w*T + T]` and targets `tokens[w*T + 1 .. w*T + T + 1]`.
+//!   has inputs `tokens[w*T .. w*T + T]` and targets `tokens[w*T + 1 .. w*T + T + 1]`
+//!   (a window may span two or more shards).
 //!   A global sample index `g` maps to epoch `e = g / n` and window
 //!   `perm_e[g % n]`, where `perm_e` is a random permutation of `0..n` (exact
 //!   rule in [`epoch_permutation`]). Samples depend only on `(data, T, seed, g)`,
 //!   so any data-parallel layout that assigns global indices consistently
-//!   sees the same global batch, and resuming at `g` reproduces the run.
+//!   sees the same global batch, and resuming at `g` reproduces the run. The
+//!   permutation takes 4 bytes per window (N/T windows).
 //! * [`EvalWindows`]: llm.c-style evaluation: sequence `i` is the window
 //!   `i` above, taken in order.
 
@@ -23,53 +30,81 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use super::shard::{check_vocab, read_shard};
+use super::shard::MappedShard;
 
 /// Odd 64-bit constant (2^64 / golden ratio) used to derive per-epoch seeds.
 pub const EPOCH_SEED_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// All tokens of a split, concatenated in shard order.
-#[derive(Debug, Clone)]
+/// One piece of the stream: a mapped shard, or tokens in memory (tests, tools).
+#[derive(Debug)]
+enum Piece {
+    Mapped(MappedShard),
+    Owned(Vec<u16>),
+}
+
+impl Piece {
+    fn tokens(&self) -> &[u16] {
+        match self {
+            Piece::Mapped(m) => m.tokens(),
+            Piece::Owned(v) => v,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Piece::Mapped(m) => m.path.display().to_string(),
+            Piece::Owned(_) => "the in-memory tokens".into(),
+        }
+    }
+}
+
+/// All tokens of a split: its shards concatenated in order, as a virtual stream.
+#[derive(Debug)]
 pub struct TokenData {
-    tokens: Vec<u16>,
-    paths: Vec<PathBuf>,
+    pieces: Vec<Piece>,
+    /// `starts[k]` = stream position of piece k's first token; `starts[len]` = N.
+    starts: Vec<usize>,
+    /// Token ids must be below this (checked as windows are read).
+    vocab_size: usize,
 }
 
 impl TokenData {
-    /// Read the shards in `paths` (in that order, in parallel) and check that
-    /// every token is `< vocab_size`. Errors name the offending file.
+    /// Map the shards in `paths` (in that order): each header is checked against its file's
+    /// length, no token is read. Token ids are checked against `vocab_size` when a window is
+    /// read. Errors name the offending file.
     pub fn open(paths: &[PathBuf], vocab_size: usize) -> Result<Self> {
         ensure!(!paths.is_empty(), "no token shard files given");
-        let parts: Vec<Vec<u16>> = paths
+        let shards: Vec<MappedShard> = paths
             .par_iter()
-            .map(|p| {
-                let toks = read_shard(p)?;
-                check_vocab(&toks, vocab_size, p)?;
-                Ok(toks)
-            })
+            .map(|p| MappedShard::open(p))
             .collect::<Result<_>>()?;
-        let total = parts.iter().map(Vec::len).sum();
-        let mut tokens = Vec::with_capacity(total);
-        for part in parts {
-            tokens.extend_from_slice(&part);
-        }
+        let d = Self::from_pieces(shards.into_iter().map(Piece::Mapped).collect(), vocab_size);
         log::info!(
-            "loaded {} tokens from {} shard file(s) starting with {}",
-            tokens.len(),
+            "mapped {} tokens from {} shard file(s) starting with {}",
+            d.len(),
             paths.len(),
             paths[0].display()
         );
-        Ok(Self {
-            tokens,
-            paths: paths.to_vec(),
-        })
+        Ok(d)
     }
 
-    /// Wrap tokens already in memory (no files; used by tests and tools).
+    /// Wrap tokens already in memory (no files, no vocabulary limit; tests and tools).
     pub fn from_tokens(tokens: Vec<u16>) -> Self {
+        Self::from_pieces(vec![Piece::Owned(tokens)], usize::MAX)
+    }
+
+    fn from_pieces(pieces: Vec<Piece>, vocab_size: usize) -> Self {
+        let mut starts = Vec::with_capacity(pieces.len() + 1);
+        let mut at = 0;
+        for p in &pieces {
+            starts.push(at);
+            at += p.tokens().len();
+        }
+        starts.push(at);
         Self {
-            tokens,
-            paths: Vec::new(),
+            pieces,
+            starts,
+            vocab_size,
         }
     }
 
@@ -110,35 +145,74 @@ impl TokenData {
         Ok(files)
     }
 
-    /// All tokens, concatenated.
-    pub fn tokens(&self) -> &[u16] {
-        &self.tokens
-    }
-
     /// Number of tokens N.
     pub fn len(&self) -> usize {
-        self.tokens.len()
+        self.starts[self.pieces.len()]
     }
 
     /// Whether there are no tokens.
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+        self.len() == 0
     }
 
-    /// The shard files read (empty for [`TokenData::from_tokens`]).
-    pub fn paths(&self) -> &[PathBuf] {
-        &self.paths
+    /// The shard files mapped (empty for [`TokenData::from_tokens`]).
+    pub fn paths(&self) -> Vec<&Path> {
+        self.pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Mapped(m) => Some(m.path.as_path()),
+                Piece::Owned(_) => None,
+            })
+            .collect()
+    }
+
+    /// Tokens `start .. start + out.len()` of the stream into `out` (as u32), across shard
+    /// boundaries, each checked against the vocabulary. Errors name the file and the token's
+    /// position in it.
+    pub fn read(&self, start: usize, out: &mut [u32]) -> Result<()> {
+        let end = start + out.len();
+        ensure!(
+            end <= self.len(),
+            "tokens {start}..{end} beyond the data's {} tokens",
+            self.len()
+        );
+        // The last piece starting at or before `start` (empty pieces are skipped below).
+        let mut k = self
+            .starts
+            .partition_point(|&s| s <= start)
+            .saturating_sub(1);
+        let (mut pos, mut i) = (start, 0);
+        while pos < end {
+            let toks = self.pieces[k].tokens();
+            let off = pos - self.starts[k];
+            let take = (end - pos).min(toks.len().saturating_sub(off));
+            for (j, &t) in toks[off..off + take].iter().enumerate() {
+                if t as usize >= self.vocab_size {
+                    bail!(
+                        "token id {t} at position {} of {} is >= vocab_size {}",
+                        off + j,
+                        self.pieces[k].name(),
+                        self.vocab_size
+                    );
+                }
+                out[i + j] = u32::from(t);
+            }
+            pos += take;
+            i += take;
+            k += 1;
+        }
+        Ok(())
     }
 
     /// Number of whole windows `(N - 1) / T`; error if zero.
     fn num_windows(&self, seq_len: usize) -> Result<usize> {
         ensure!(seq_len >= 1, "seq_len must be >= 1");
-        let n = self.tokens.len().saturating_sub(1) / seq_len;
+        let n = self.len().saturating_sub(1) / seq_len;
         if n == 0 {
             bail!(
                 "data{} has {} tokens, fewer than seq_len+1 = {}",
                 self.describe(),
-                self.tokens.len(),
+                self.len(),
                 seq_len + 1
             );
         }
@@ -146,23 +220,21 @@ impl TokenData {
     }
 
     fn describe(&self) -> String {
-        match self.paths.first() {
-            Some(p) if self.paths.len() == 1 => format!(" ({})", p.display()),
-            Some(p) => format!(" ({} and {} more)", p.display(), self.paths.len() - 1),
+        let paths = self.paths();
+        match paths.first() {
+            Some(p) if paths.len() == 1 => format!(" ({})", p.display()),
+            Some(p) => format!(" ({} and {} more)", p.display(), paths.len() - 1),
             None => String::new(),
         }
     }
 
-    /// Copy window starting at `start` into `inputs`/`targets` (length T each).
-    fn copy_window(&self, start: usize, inputs: &mut [u32], targets: &mut [u32]) {
+    /// Copy the window starting at `start` into `inputs`/`targets` (length T each): T + 1
+    /// tokens, targets shifted by one.
+    fn copy_window(&self, start: usize, inputs: &mut [u32], targets: &mut [u32]) -> Result<()> {
         let t = inputs.len();
-        let src = &self.tokens[start..start + t + 1];
-        for (dst, &s) in inputs.iter_mut().zip(&src[..t]) {
-            *dst = u32::from(s);
-        }
-        for (dst, &s) in targets.iter_mut().zip(&src[1..]) {
-            *dst = u32::from(s);
-        }
+        self.read(start, inputs)?;
+        targets[..t - 1].copy_from_slice(&inputs[1..]);
+        self.read(start + t, &mut targets[t - 1..])
     }
 }
 
@@ -301,12 +373,12 @@ impl TrainSampler {
     }
 
     /// Fill one sequence for global sample `g`. Panics unless both slices
-    /// have length T.
-    pub fn fill(&mut self, g: u64, inputs: &mut [u32], targets: &mut [u32]) {
+    /// have length T; errors on a token id outside the vocabulary.
+    pub fn fill(&mut self, g: u64, inputs: &mut [u32], targets: &mut [u32]) -> Result<()> {
         assert_eq!(inputs.len(), self.seq_len, "inputs length != seq_len");
         assert_eq!(targets.len(), self.seq_len, "targets length != seq_len");
         let w = self.window_of(g);
-        self.data.copy_window(w * self.seq_len, inputs, targets);
+        self.data.copy_window(w * self.seq_len, inputs, targets)
     }
 
     /// Fill `count` sequences for global samples `first .. first + count`,
@@ -317,7 +389,7 @@ impl TrainSampler {
         count: usize,
         inputs: &mut [u32],
         targets: &mut [u32],
-    ) {
+    ) -> Result<()> {
         let t = self.seq_len;
         assert_eq!(inputs.len(), count * t, "inputs length != count * seq_len");
         assert_eq!(
@@ -327,8 +399,9 @@ impl TrainSampler {
         );
         let rows = inputs.chunks_exact_mut(t).zip(targets.chunks_exact_mut(t));
         for (k, (inp, tgt)) in rows.enumerate() {
-            self.fill(first + k as u64, inp, tgt);
+            self.fill(first + k as u64, inp, tgt)?;
         }
+        Ok(())
     }
 }
 
@@ -364,7 +437,7 @@ impl EvalWindows {
     }
 
     /// Fill sequence `i` (length T each). Panics if `i >= num_sequences()`.
-    pub fn sequence(&self, i: usize, inputs: &mut [u32], targets: &mut [u32]) {
+    pub fn sequence(&self, i: usize, inputs: &mut [u32], targets: &mut [u32]) -> Result<()> {
         assert!(
             i < self.n,
             "eval sequence {i} out of range (n = {})",
@@ -372,12 +445,18 @@ impl EvalWindows {
         );
         assert_eq!(inputs.len(), self.seq_len, "inputs length != seq_len");
         assert_eq!(targets.len(), self.seq_len, "targets length != seq_len");
-        self.data.copy_window(i * self.seq_len, inputs, targets);
+        self.data.copy_window(i * self.seq_len, inputs, targets)
     }
 
     /// Fill batch `b`: sequences `b*B .. b*B + B`, row-major `[B, T]`.
     /// Panics if `b >= num_full_batches(B)` or the slices are not `B * T` long.
-    pub fn batch(&self, b: usize, batch_size: usize, inputs: &mut [u32], targets: &mut [u32]) {
+    pub fn batch(
+        &self,
+        b: usize,
+        batch_size: usize,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+    ) -> Result<()> {
         let t = self.seq_len;
         assert!(
             b < self.num_full_batches(batch_size),
@@ -391,8 +470,9 @@ impl EvalWindows {
         );
         let rows = inputs.chunks_exact_mut(t).zip(targets.chunks_exact_mut(t));
         for (k, (inp, tgt)) in rows.enumerate() {
-            self.sequence(b * batch_size + k, inp, tgt);
+            self.sequence(b * batch_size + k, inp, tgt)?;
         }
+        Ok(())
     }
 }
 
@@ -410,7 +490,7 @@ mod tests {
     fn samples(s: &mut TrainSampler, first: u64, count: usize) -> Vec<u32> {
         let t = s.seq_len();
         let (mut x, mut y) = (vec![0; count * t], vec![0; count * t]);
-        s.fill_batch(first, count, &mut x, &mut y);
+        s.fill_batch(first, count, &mut x, &mut y).unwrap();
         for (a, b) in x.iter().zip(&y) {
             assert_eq!(a + 1, *b); // targets are inputs shifted by one
         }
@@ -487,10 +567,10 @@ mod tests {
         assert_eq!(ev.num_full_batches(2), 2);
         assert_eq!(ev.num_full_batches(3), 1);
         let (mut x, mut y) = (vec![0; 6], vec![0; 6]);
-        ev.batch(1, 2, &mut x, &mut y);
+        ev.batch(1, 2, &mut x, &mut y).unwrap();
         assert_eq!(x, vec![6, 7, 8, 9, 10, 11]);
         assert_eq!(y, vec![7, 8, 9, 10, 11, 12]);
-        ev.batch(0, 2, &mut x, &mut y);
+        ev.batch(0, 2, &mut x, &mut y).unwrap();
         assert_eq!(x, vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(y, vec![1, 2, 3, 4, 5, 6]);
     }
@@ -521,7 +601,9 @@ mod tests {
             vec![dir.join("train_000000.bin"), dir.join("train_000001.bin")]
         );
         let d = TokenData::open(&files, 50257).unwrap();
-        assert_eq!(d.tokens(), &[0, 1, 2, 3, 4, 5]);
+        let mut all6 = [0u32; 6];
+        d.read(0, &mut all6).unwrap();
+        assert_eq!(all6, [0, 1, 2, 3, 4, 5]);
         let all = TokenData::from_pattern(dir.to_str().unwrap()).unwrap();
         assert_eq!(all.len(), 3);
         let one = format!("{}/val_000000.bin", dir.display());
@@ -529,11 +611,67 @@ mod tests {
         let none = format!("{}/test_*.bin", dir.display());
         let msg = TokenData::from_pattern(&none).unwrap_err().to_string();
         assert!(msg.contains("test_*.bin"), "{msg}");
-        let msg = format!("{:#}", TokenData::open(&files, 4).unwrap_err());
+        // Token ids are checked as windows are read: 0..=3 pass, 4 (position 1 of the second
+        // file) is refused with its file and position.
+        let d = TokenData::open(&files, 4).unwrap();
+        let mut w = [0u32; 4];
+        d.read(0, &mut w).unwrap();
+        let msg = format!("{:#}", d.read(1, &mut w).unwrap_err());
         assert!(
-            msg.contains("train_000001.bin") && msg.contains("token id 4"),
+            msg.contains("train_000001.bin") && msg.contains("token id 4 at position 1"),
             "{msg}"
         );
+        // A shard shorter than its header says is refused when mapped.
+        let short = dir.join("short.bin");
+        let mut bytes = fs::read(dir.join("train_000001.bin")).unwrap();
+        bytes.pop();
+        fs::write(&short, bytes).unwrap();
+        let msg = format!("{:#}", TokenData::open(&[short], 10).unwrap_err());
+        assert!(
+            msg.contains("short.bin") && msg.contains("truncated"),
+            "{msg}"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The stream over many mapped shards (of uneven sizes, some empty) gives every training
+    /// and evaluation window exactly as the same tokens held as one piece in memory.
+    #[test]
+    fn windows_across_shards_equal_the_concatenation() {
+        let dir = std::env::temp_dir().join(format!("ferrotron-span-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let all: Vec<u16> = (0..2000u32).map(|i| (i * 7919 % 50000) as u16).collect();
+        let cuts = [0, 3, 3, 400, 401, 1234, 1999, 2000, 2000];
+        let mut files = Vec::new();
+        for (k, w) in cuts.windows(2).enumerate() {
+            let f = dir.join(format!("s_{k:03}.bin"));
+            write_shard(&f, &all[w[0]..w[1]]).unwrap();
+            files.push(f);
+        }
+        let mapped = Arc::new(TokenData::open(&files, 50257).unwrap());
+        let mem = Arc::new(TokenData::from_tokens(all));
+        assert_eq!(mapped.len(), mem.len());
+        for t in [1, 7, 64] {
+            let mut a = TrainSampler::new(mapped.clone(), t, 3).unwrap();
+            let mut b = TrainSampler::new(mem.clone(), t, 3).unwrap();
+            let n = a.num_windows() as u64;
+            let (mut xa, mut ya, mut xb, mut yb) = (vec![0; t], vec![0; t], vec![0; t], vec![0; t]);
+            for g in 0..2 * n {
+                a.fill(g, &mut xa, &mut ya).unwrap();
+                b.fill(g, &mut xb, &mut yb).unwrap();
+                assert_eq!((&xa, &ya), (&xb, &yb), "T={t} sample {g}");
+            }
+            let (ea, eb) = (
+                EvalWindows::new(mapped.clone(), t).unwrap(),
+                EvalWindows::new(mem.clone(), t).unwrap(),
+            );
+            for i in 0..ea.num_sequences() {
+                ea.sequence(i, &mut xa, &mut ya).unwrap();
+                eb.sequence(i, &mut xb, &mut yb).unwrap();
+                assert_eq!((&xa, &ya), (&xb, &yb), "T={t} eval {i}");
+            }
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 }

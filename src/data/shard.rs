@@ -93,14 +93,24 @@ pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
 
 /// Parse the bytes of a complete shard file.
 fn decode_shard(bytes: &[u8]) -> Result<Vec<u16>> {
+    let n = check_layout(bytes, bytes.len())?;
+    Ok(bytes[HEADER_BYTES..HEADER_BYTES + 2 * n]
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect())
+}
+
+/// Checks a shard's header (the first bytes of `head`) against the file's length `file_len`
+/// and returns its token count N: the file must be at least the header, with magic
+/// [`SHARD_MAGIC`], version [`SHARD_VERSION`], N ≥ 0 and exactly `2 * N` body bytes.
+fn check_layout(head: &[u8], file_len: usize) -> Result<usize> {
     ensure!(
-        bytes.len() >= HEADER_BYTES,
-        "file has {} bytes, shorter than the {HEADER_BYTES}-byte header",
-        bytes.len()
+        file_len >= HEADER_BYTES && head.len() >= HEADER_BYTES,
+        "file has {file_len} bytes, shorter than the {HEADER_BYTES}-byte header"
     );
     let int_at = |i: usize| {
         let mut b = [0u8; 4];
-        b.copy_from_slice(&bytes[4 * i..4 * i + 4]);
+        b.copy_from_slice(&head[4 * i..4 * i + 4]);
         i32::from_le_bytes(b)
     };
     let magic = int_at(0);
@@ -114,24 +124,74 @@ fn decode_shard(bytes: &[u8]) -> Result<Vec<u16>> {
     let n = int_at(2);
     ensure!(n >= 0, "header has a negative token count {n}");
     let n = n as usize;
-    let body = &bytes[HEADER_BYTES..];
-    if body.len() < 2 * n {
+    let body = file_len - HEADER_BYTES;
+    if body < 2 * n {
+        bail!("truncated: header says {n} tokens but body has {body} bytes");
+    }
+    if body > 2 * n {
         bail!(
-            "truncated: header says {n} tokens but body has {} bytes",
-            body.len()
+            "trailing bytes: header says {n} tokens ({} bytes) but body has {body} bytes",
+            2 * n
         );
     }
-    if body.len() > 2 * n {
-        bail!(
-            "trailing bytes: header says {n} tokens ({} bytes) but body has {} bytes",
-            2 * n,
-            body.len()
+    Ok(n)
+}
+
+/// A token shard mapped into memory: its tokens are read from the page cache when touched
+/// (shared by every process of a node that maps the same file), never copied as a whole.
+#[derive(Debug)]
+pub struct MappedShard {
+    pub path: PathBuf,
+    map: memmap2::Mmap,
+    len: usize,
+}
+
+impl MappedShard {
+    /// Maps `path` after checking its header against its length (no token is read). Shard
+    /// files must not change while mapped: ferrotron writes shards under a temporary name and
+    /// renames them, so a rewritten shard is a new file and the mapping keeps the old one.
+    pub fn open(path: &Path) -> Result<Self> {
+        ensure!(
+            cfg!(target_endian = "little"),
+            "memory-mapped shards need a little-endian host"
         );
+        let file =
+            File::open(path).with_context(|| format!("opening token shard {}", path.display()))?;
+        // SAFETY: the mapping is read-only and shards are immutable once written (see above);
+        // a file truncated under us by another program would fault, not corrupt memory.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping token shard {}", path.display()))?;
+        let len = check_layout(&map, map.len())
+            .with_context(|| format!("invalid token shard {}", path.display()))?;
+        let body = &map[HEADER_BYTES..HEADER_BYTES + 2 * len];
+        ensure!(
+            bytemuck::try_cast_slice::<u8, u16>(body).is_ok(),
+            "token shard {}: mapped body is not 2-byte aligned",
+            path.display()
+        );
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            len,
+        })
     }
-    Ok(body
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect())
+
+    /// The shard's tokens (little-endian `u16`, 2-byte aligned after the 1024-byte header,
+    /// checked in [`MappedShard::open`]).
+    pub fn tokens(&self) -> &[u16] {
+        let body = &self.map[HEADER_BYTES..HEADER_BYTES + 2 * self.len];
+        bytemuck::try_cast_slice(body).unwrap_or(&[])
+    }
+
+    /// Number of tokens N.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the shard holds no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Check that every token id is `< vocab_size`.

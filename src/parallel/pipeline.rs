@@ -30,7 +30,7 @@ pub struct Links<'a> {
 }
 
 /// Micro-batch `mb`'s input tokens and targets, written into the two slices.
-pub type FillBatch<'a> = dyn FnMut(usize, &mut [u32], &mut [u32]) + 'a;
+pub type FillBatch<'a> = dyn FnMut(usize, &mut [u32], &mut [u32]) -> Result<()> + 'a;
 
 /// Result of running a stage's actions.
 #[derive(Debug, Default, Clone, Copy)]
@@ -83,7 +83,7 @@ pub fn run<B: Backend>(
                 let s = slot_of.assign(mb)?;
                 let sl = &mut slots[s];
                 if model.is_first() || model.is_last() {
-                    fill(mb, &mut sl.tokens, &mut sl.targets);
+                    fill(mb, &mut sl.tokens, &mut sl.targets)?;
                 }
                 let train = grads.as_deref_mut().zip(grad_scale);
                 out.loss_sum += model.forward(params, sl, scratch, train, &links.tp)?;

@@ -116,8 +116,13 @@ pub struct Trainer<B: Backend> {
     /// ZeRO-1: this rank's shard of the optimizer state (dp > 1 and `optim.zero = 1`).
     zero: Option<ZeroShard>,
     sched: LrSchedule,
-    sampler: TrainSampler,
+    /// Training windows: on the stages that read tokens (first: inputs, last: targets); middle
+    /// pipeline stages open no data.
+    sampler: Option<TrainSampler>,
+    /// Validation windows, on the same stages (None there without validation data).
     val: Option<EvalWindows>,
+    /// Whether the run validates (`train.val_every` or `train.val_batches` > 0).
+    validates: bool,
     slots: Vec<StageActs<B>>,
     scratch: StageScratch<B>,
     actions: Vec<Action>,
@@ -155,10 +160,16 @@ impl<B: Backend> Trainer<B> {
         let model =
             StageModel::new(gcfg, layout, be).with_head_chunk_rows(cfg.train.head_chunk_rows);
         let t = &cfg.train;
-        let train_files = TokenData::from_pattern(&cfg.data.train).context("data.train")?;
-        let data = Arc::new(TokenData::open(&train_files, gcfg.vocab_size).context("data.train")?);
-        let sampler = TrainSampler::new(data, t.seq_len, t.seed).context("data.train")?;
-        let val = open_val(cfg, gcfg.vocab_size)?;
+        let reads_tokens = coords.pp == 0 || coords.pp + 1 == grid.pp;
+        let (sampler, val) = if reads_tokens {
+            let train_files = TokenData::from_pattern(&cfg.data.train).context("data.train")?;
+            let data =
+                Arc::new(TokenData::open(&train_files, gcfg.vocab_size).context("data.train")?);
+            let s = TrainSampler::new(data, t.seq_len, t.seed).context("data.train")?;
+            (Some(s), open_val(cfg, gcfg.vocab_size)?)
+        } else {
+            (None, None)
+        };
         let o = &cfg.optim;
         let acfg = AdamWConfig {
             beta1: o.beta1,
@@ -206,6 +217,7 @@ impl<B: Backend> Trainer<B> {
             sched,
             sampler,
             val,
+            validates: t.val_every > 0 || t.val_batches > 0,
             actions,
             buckets,
             accum,
@@ -234,7 +246,10 @@ impl<B: Backend> Trainer<B> {
         let base = (step * gbs) as u64;
         let sampler = &mut self.sampler;
         let mut fill = |j: usize, x: &mut [u32], y: &mut [u32]| {
-            sampler.fill_batch(base + ((j * dp + r) * b) as u64, b, x, y)
+            let s = sampler
+                .as_mut()
+                .context("a middle pipeline stage has no data")?;
+            s.fill_batch(base + ((j * dp + r) * b) as u64, b, x, y)
         };
         let links = Links {
             tp: Tp::of(&gr.tp),
@@ -338,11 +353,25 @@ impl<B: Backend> Trainer<B> {
     /// Mean loss over the first `train.val_batches` validation batches (None without val data).
     /// Batch k is evaluated by data-parallel replica `k mod dp`, through the pipeline.
     pub fn validate(&mut self, gr: &Groups) -> Result<Option<f32>> {
-        let Some(w) = self.val.as_ref() else {
+        if !self.validates {
             return Ok(None);
-        };
+        }
         let b = self.cfg.train.micro_batch_size;
-        let k = self.cfg.train.val_batches.min(w.num_full_batches(b)).max(1);
+        let mine = self.val.as_ref().map_or(0, |w| {
+            self.cfg.train.val_batches.min(w.num_full_batches(b)).max(1)
+        });
+        // Middle pipeline stages hold no data: they learn the batch count from the first stage.
+        let k = if self.grid.pp > 2 {
+            let mut v = [if self.coords.pp == 0 {
+                mine as f64
+            } else {
+                0.0
+            }];
+            gr.pp.all_reduce_sum_f64_uncounted(&mut v);
+            v[0] as usize
+        } else {
+            mine
+        };
         let s = self.coords.pp;
         let mut actions = Vec::new();
         for i in (self.coords.dp..k).step_by(self.grid.dp) {
@@ -351,7 +380,11 @@ impl<B: Backend> Trainer<B> {
             }
             actions.push(Action::Forward(i));
         }
-        let mut fill = |i: usize, x: &mut [u32], y: &mut [u32]| w.batch(i, b, x, y);
+        let w = self.val.as_ref();
+        let mut fill = |i: usize, x: &mut [u32], y: &mut [u32]| {
+            w.context("a middle pipeline stage has no data")?
+                .batch(i, b, x, y)
+        };
         let links = Links {
             tp: Tp::of(&gr.tp),
             pp: (self.grid.pp > 1).then_some(&gr.pp),
