@@ -18,7 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Train a GPT-2 from a TOML config (see inputs/).
     Train(TrainArgs),
-    /// Turn text files or folders into GPT-2 BPE token shards (llm.c format).
+    /// Turn text or JSONL files or folders (optionally gzip/zstd) into GPT-2 BPE token shards
+    /// (llm.c format).
     PrepareData(PrepareArgs),
     /// Mean loss of a Hugging Face GPT-2 directory on a token shard.
     Eval(EvalArgs),
@@ -85,7 +86,8 @@ pub enum CkptCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct PrepareArgs {
-    /// Text files or folders (recursed; .dat and .u8 files are skipped). Repeatable.
+    /// Text or JSONL files or folders (recursed; .dat and .u8 files are skipped); .gz and
+    /// .zst files are decompressed. Repeatable.
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
     /// Output folder for train_*.bin and val_*.bin.
@@ -97,6 +99,13 @@ pub struct PrepareArgs {
     /// Maximum tokens per shard file.
     #[arg(long, default_value_t = 100_000_000)]
     pub shard_tokens: usize,
+    /// JSONL inputs (*.jsonl, *.ndjson, also .gz/.zst): the field holding the document text.
+    #[arg(long, default_value = "text")]
+    pub field: String,
+    /// Skip and count bad JSONL lines (malformed, missing or non-string field, invalid
+    /// UTF-8) instead of stopping at the first with its file and line.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -129,6 +129,8 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     let opts = ferrotron::data::PrepareOptions {
         val_every: a.val_every,
         shard_tokens: a.shard_tokens,
+        field: a.field,
+        skip_bad: a.skip_bad,
     };
     let s = ferrotron::data::prepare_data(&a.input, &a.out, &opts)?;
     println!(

@@ -1,15 +1,17 @@
 //! Data pipeline: GPT-2 tokenisation, llm.c token shards, and deterministic
 //! sampling.
 //!
-//! * [`prepare`] — text files → `train_NNNNNN.bin` / `val_NNNNNN.bin` shards.
-//! * [`shard`] — the llm.c shard format (1024-byte header + `u16` tokens).
+//! * [`prepare`] — text and JSONL files (optionally gzip/zstd) → `train_NNNNNN.bin` /
+//!   `val_NNNNNN.bin` shards; [`sources`] reads the input formats.
+//! * [`shard`] — the llm.c shard format (1024-byte header + `u16` tokens), memory-mapped.
 //! * [`tokenizer`] — GPT-2 BPE (`r50k_base`).
-//! * [`loader`] — shards in memory, shuffled training windows addressed by a
+//! * [`loader`] — shards as one virtual stream, shuffled training windows addressed by a
 //!   global sample index, and sequential evaluation windows.
 
 pub mod loader;
 pub mod prepare;
 pub mod shard;
+pub mod sources;
 pub mod tokenizer;
 
 pub use loader::{EvalWindows, TokenData, TrainSampler};

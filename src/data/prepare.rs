@@ -7,9 +7,12 @@
 //! Files that are not valid UTF-8 or contain NUL bytes are skipped with a
 //! warning.
 //!
-//! Documents: a line consisting only of `%` (optionally followed by `\r`)
-//! separates documents, as in fortune files; a file without such lines is a
-//! single document. Documents are trimmed and empty ones are dropped.
+//! Documents: in text files a line consisting only of `%` (optionally followed by
+//! `\r`) separates documents, as in fortune files; a file without such lines is a
+//! single document. JSONL files (`*.jsonl`, `*.ndjson`) hold one document per line
+//! in a string field (`field`, default `text`); any input may be gzip (`.gz`) or
+//! zstd (`.zst`) compressed ([`super::sources`]). Documents are trimmed and empty
+//! ones are dropped.
 //!
 //! Output: each document is encoded as `[EOT] ++ gpt2(document)` (llm.c
 //! convention). Document `i` (global index over all inputs) goes to the
@@ -27,6 +30,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 
 use super::shard::write_shard;
+use super::sources::read_documents;
 use super::tokenizer::{Gpt2Tokenizer, EOT};
 
 /// Text (in bytes) tokenised per parallel batch; bounds peak memory.
@@ -40,6 +44,10 @@ pub struct PrepareOptions {
     pub val_every: usize,
     /// Maximum tokens per output shard. Default 100,000,000 (as llm.c).
     pub shard_tokens: usize,
+    /// The JSON field holding a document's text in JSONL inputs. Default `text`.
+    pub field: String,
+    /// Skip (and count) bad JSONL lines instead of stopping at the first.
+    pub skip_bad: bool,
 }
 
 impl Default for PrepareOptions {
@@ -47,6 +55,8 @@ impl Default for PrepareOptions {
         Self {
             val_every: 20,
             shard_tokens: 100_000_000,
+            field: "text".into(),
+            skip_bad: false,
         }
     }
 }
@@ -64,8 +74,10 @@ pub struct PrepareSummary {
     pub train_tokens: usize,
     /// Tokens written to validation shards (EOT prefixes included).
     pub val_tokens: usize,
-    /// Text files that were read (sorted), excluding skipped ones.
+    /// Input files that were read (sorted), excluding skipped ones.
     pub input_files: Vec<PathBuf>,
+    /// Bad JSONL lines skipped (with `skip_bad`).
+    pub skipped_lines: usize,
     /// Shard files written: all train shards, then all val shards.
     pub files: Vec<PathBuf>,
 }
@@ -89,13 +101,14 @@ pub fn prepare_data(
     let mut batch: Vec<String> = Vec::new();
     let mut batch_bytes = 0usize;
     for file in &files {
-        let Some(text) = read_text(file)? else {
+        let Some(fd) = read_documents(file, &opts.field, opts.skip_bad)? else {
             continue;
         };
         summary.input_files.push(file.clone());
-        for doc in split_documents(&text) {
+        summary.skipped_lines += fd.skipped_lines;
+        for doc in fd.docs {
             batch_bytes += doc.len();
-            batch.push(doc.to_owned());
+            batch.push(doc);
         }
         if batch_bytes >= BATCH_BYTES {
             let split = Split::new(opts.val_every, &mut train, &mut val);
@@ -111,6 +124,12 @@ pub fn prepare_data(
             "no usable input text found in {} (after skipping hidden, .dat/.u8, \
              non-UTF-8 and binary files, and empty documents)",
             display_paths(inputs)
+        );
+    }
+    if summary.skipped_lines > 0 {
+        log::warn!(
+            "prepare-data: skipped {} bad JSONL line(s) (--skip-bad)",
+            summary.skipped_lines
         );
     }
     summary.files = train.finish()?;
@@ -317,22 +336,6 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Read a text file; `Ok(None)` (with a warning) if it is not UTF-8 text.
-fn read_text(path: &Path) -> Result<Option<String>> {
-    let bytes = fs::read(path).with_context(|| format!("reading input {}", path.display()))?;
-    if bytes.contains(&0) {
-        log::warn!("skipping {}: contains NUL bytes (binary?)", path.display());
-        return Ok(None);
-    }
-    match String::from_utf8(bytes) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) => {
-            log::warn!("skipping {}: not valid UTF-8 ({e})", path.display());
-            Ok(None)
-        }
-    }
-}
-
 /// Split fortune-style text on lines that are exactly `%` (or `%\r`);
 /// returns trimmed, non-empty documents in order.
 pub fn split_documents(text: &str) -> Vec<&str> {
@@ -417,6 +420,7 @@ mod tests {
         let opts = PrepareOptions {
             val_every: 2,
             shard_tokens: 3,
+            ..Default::default()
         };
         let s = prepare_data(std::slice::from_ref(&root), &out, &opts).unwrap();
         assert_eq!(s.input_files, vec![root.join("a/x"), root.join("b.txt")]);
@@ -462,6 +466,7 @@ mod tests {
         let opts = PrepareOptions {
             val_every: 20,
             shard_tokens: 1000,
+            ..Default::default()
         };
         let out1 = dir.join("out1");
         let out2 = dir.join("out2");
