@@ -45,13 +45,34 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `sbatch --wait ARGS` with the binary in $FERROTRON; the job's exit code is sbatch's.
-fn sbatch_wait(secs: u64, args: &[&str], envs: &[(&str, &str)], dir: &Path) -> Out {
+/// Host layout of a job: 2 hosts × 2 ranks.
+const TWO_BY_TWO: &[&str] = &["--nodes=2", "--ntasks-per-node=2"];
+/// Host layout of a GPU job: 2 hosts × 4 ranks, 4 GPUs each.
+const TWO_BY_FOUR_GPUS: &[&str] = &["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4"];
+
+/// `sbatch --wait LAYOUT -o DIR/NAME TEMPLATE CONFIG ARGS` with the binary in $FERROTRON,
+/// killed after `secs`; returns sbatch's result (its exit code is the job's) and the job's
+/// output.
+fn job(
+    secs: u64,
+    dir: &Path,
+    name: &str,
+    layout: &[&str],
+    template_and_config: [&Path; 2],
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Out, String) {
+    let out = dir.join(name);
     let mut a = vec!["--wait", "-D", s(dir)];
+    a.extend_from_slice(layout);
+    a.extend(["-o", s(&out)]);
+    a.extend(template_and_config.map(s));
     a.extend_from_slice(args);
     let mut e = vec![("FERROTRON", FERROTRON)];
     e.extend_from_slice(envs);
-    run_timeout(secs, "sbatch", &a, &e, dir)
+    let o = run_timeout(secs, "sbatch", &a, &e, dir);
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    (o, log)
 }
 
 fn read_json(p: &Path) -> Value {
@@ -103,26 +124,18 @@ fn multinode_job_keeps_tp_in_a_host_and_matches_one_rank() {
     let dir = scratch("cluster-multinode");
     let ckpt = dir.join("ckpt");
     let cfg = tiny_config(&dir, &format!("[checkpoint]\ndir = {:?}\n", s(&ckpt)));
-    let out = dir.join("job.out");
     let before = bridge_bytes();
     let template = repo("slurm/train-multinode.sbatch");
-    let o = sbatch_wait(
+    let (o, log) = job(
         240,
-        &[
-            "--nodes=2",
-            "--ntasks-per-node=2",
-            "-o",
-            s(&out),
-            s(&template),
-            s(&cfg),
-            "--set",
-            "parallel.tp=2",
-        ],
+        &dir,
+        "job.out",
+        TWO_BY_TWO,
+        [&template, &cfg],
+        &["--set", "parallel.tp=2"],
         // Open MPI names the transport it picks for each peer.
         &[("OMPI_MCA_btl_base_verbose", "100")],
-        &dir,
     );
-    let log = std::fs::read_to_string(&out).unwrap_or_default();
     assert_eq!(o.code, 0, "job failed: {}\n{log}", o.all());
     let crossed = bridge_bytes() - before;
     // Each rank reaches its host's other rank through shared memory (vader) and the other
@@ -367,20 +380,17 @@ fn gpu_template_maps_ranks_to_devices_by_local_rank() {
         "--set",
         "checkpoint.dir=\"\"",
     ];
-    let out = dir.join("dry.out");
-    let mut a = vec![
-        "--nodes=2",
-        "--ntasks-per-node=4",
-        "--gpus-per-node=4",
-        "-o",
-        s(&out),
-        s(&template),
-        s(&cfg),
-        "--dry-run",
-    ];
+    let mut a = vec!["--dry-run"];
     a.extend_from_slice(&sets);
-    let o = sbatch_wait(180, &a, &[], &dir);
-    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    let (o, log) = job(
+        180,
+        &dir,
+        "dry.out",
+        TWO_BY_FOUR_GPUS,
+        [&template, &cfg],
+        &a,
+        &[],
+    );
     assert_eq!(o.code, 0, "dry run failed: {}\n{log}", o.all());
     let lines: Vec<Value> = log
         .lines()
@@ -401,21 +411,18 @@ fn gpu_template_maps_ranks_to_devices_by_local_rank() {
         "a dry run trains nothing"
     );
     // A real submission of the template on the CPU backend.
-    let out = dir.join("cpu.out");
-    let mut a = vec![
-        "--nodes=2",
-        "--ntasks-per-node=4",
-        "--gpus-per-node=4",
-        "-o",
-        s(&out),
-        s(&template),
-        s(&cfg),
-        "--set",
-        "train.steps=2",
-    ];
+    let mut a = vec!["--set", "train.steps=2"];
     a.extend_from_slice(&sets);
-    let o = sbatch_wait(240, &a, &[("FERROTRON_BACKEND", "cpu")], &dir);
-    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    let cpu = [("FERROTRON_BACKEND", "cpu")];
+    let (o, log) = job(
+        240,
+        &dir,
+        "cpu.out",
+        TWO_BY_FOUR_GPUS,
+        [&template, &cfg],
+        &a,
+        &cpu,
+    );
     assert_eq!(o.code, 0, "cpu run failed: {}\n{log}", o.all());
     assert!(log.contains("CUDA_VISIBLE_DEVICES=0,1,2,3"), "{log}");
     let run = read_json(&dir.join("run/run.json"));
@@ -459,25 +466,17 @@ fn bad_node_counts_and_grids_fail_with_one_message() {
     assert_eq!(o.stderr.matches("error:").count(), 1, "{}", o.all());
     assert!(!study.join("study.json").exists(), "nothing is submitted");
     // dp·tp·pp = 3 on 4 ranks.
-    let out = dir.join("job.out");
-    let o = sbatch_wait(
+    let template = repo("slurm/train-multinode.sbatch");
+    let args = ["--set", "parallel.dp=3", "--set", "checkpoint.dir=\"\""];
+    let (o, log) = job(
         120,
-        &[
-            "--nodes=2",
-            "--ntasks-per-node=2",
-            "-o",
-            s(&out),
-            s(&repo("slurm/train-multinode.sbatch")),
-            s(&cfg),
-            "--set",
-            "parallel.dp=3",
-            "--set",
-            "checkpoint.dir=\"\"",
-        ],
-        &[],
         &dir,
+        "job.out",
+        TWO_BY_TWO,
+        [&template, &cfg],
+        &args,
+        &[],
     );
-    let log = std::fs::read_to_string(&out).unwrap_or_default();
     assert_ne!(o.code, 0, "{log}");
     assert_ne!(o.code, 124, "hung:\n{log}");
     let msg = "world size 4 does not match the grid";
@@ -501,24 +500,15 @@ fn mpirun_inside_the_allocation_places_ranks_like_srun() {
     let cfg = tiny_config(&dir, "");
     let template = repo("slurm/train-multinode.sbatch");
     let place = |launch: &str| {
-        let out = dir.join(format!("{launch}.out"));
-        let o = sbatch_wait(
+        let (o, log) = job(
             120,
-            &[
-                "--nodes=2",
-                "--ntasks-per-node=2",
-                "-o",
-                s(&out),
-                s(&template),
-                s(&cfg),
-                "--dry-run",
-                "--set",
-                "parallel.tp=2",
-            ],
-            &[("FERROTRON_LAUNCH", launch)],
             &dir,
+            &format!("{launch}.out"),
+            TWO_BY_TWO,
+            [&template, &cfg],
+            &["--dry-run", "--set", "parallel.tp=2"],
+            &[("FERROTRON_LAUNCH", launch)],
         );
-        let log = std::fs::read_to_string(&out).unwrap_or_default();
         assert_eq!(o.code, 0, "{launch}: {}\n{log}", o.all());
         assert!(log.contains(&format!("launcher {launch}")), "{log}");
         let v: Vec<(String, u64, u64)> = log

@@ -16,5 +16,5 @@ pub mod tokenizer;
 
 pub use loader::{EvalWindows, TokenData, TrainSampler};
 pub use prepare::{prepare_data, PrepareOptions, PrepareSummary};
-pub use shard::{check_vocab, read_shard, write_shard, HEADER_INTS, SHARD_MAGIC, SHARD_VERSION};
+pub use shard::{read_shard, write_shard, HEADER_INTS, SHARD_MAGIC, SHARD_VERSION};
 pub use tokenizer::{Gpt2Tokenizer, EOT, GPT2_VOCAB};

@@ -194,20 +194,6 @@ impl MappedShard {
     }
 }
 
-/// Check that every token id is `< vocab_size`.
-///
-/// The error names the first offending id, its position and `path`.
-pub fn check_vocab(tokens: &[u16], vocab_size: usize, path: &Path) -> Result<()> {
-    if let Some(pos) = tokens.iter().position(|&t| t as usize >= vocab_size) {
-        bail!(
-            "token id {} at position {pos} of {} is >= vocab_size {vocab_size}",
-            tokens[pos],
-            path.display()
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,17 +302,5 @@ mod tests {
         let msg = format!("{:#}", read_shard(&missing).unwrap_err());
         assert!(msg.contains("missing.bin"), "{msg}");
         fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn vocab_check() {
-        let p = Path::new("data/t.bin");
-        check_vocab(&[0, 5, 50256], 50257, p).unwrap();
-        let msg = format!(
-            "{:#}",
-            check_vocab(&[0, 5, 50257, 60000], 50257, p).unwrap_err()
-        );
-        assert!(msg.contains("token id 50257 at position 2"), "{msg}");
-        assert!(msg.contains("data/t.bin"), "{msg}");
     }
 }

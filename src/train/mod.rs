@@ -121,8 +121,6 @@ pub struct Trainer<B: Backend> {
     sampler: Option<TrainSampler>,
     /// Validation windows, on the same stages (None there without validation data).
     val: Option<EvalWindows>,
-    /// Whether the run validates (`train.val_every` or `train.val_batches` > 0).
-    validates: bool,
     slots: Vec<StageActs<B>>,
     scratch: StageScratch<B>,
     actions: Vec<Action>,
@@ -217,7 +215,6 @@ impl<B: Backend> Trainer<B> {
             sched,
             sampler,
             val,
-            validates: t.val_every > 0 || t.val_batches > 0,
             actions,
             buckets,
             accum,
@@ -353,7 +350,8 @@ impl<B: Backend> Trainer<B> {
     /// Mean loss over the first `train.val_batches` validation batches (None without val data).
     /// Batch k is evaluated by data-parallel replica `k mod dp`, through the pipeline.
     pub fn validate(&mut self, gr: &Groups) -> Result<Option<f32>> {
-        if !self.validates {
+        let t = &self.cfg.train;
+        if t.val_every == 0 && t.val_batches == 0 {
             return Ok(None);
         }
         let b = self.cfg.train.micro_batch_size;
