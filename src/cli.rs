@@ -86,26 +86,32 @@ pub enum CkptCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct PrepareArgs {
-    /// Text or JSONL files or folders (recursed; .dat and .u8 files are skipped); .gz and
-    /// .zst files are decompressed. Repeatable.
+    /// Text, JSONL (*.jsonl, *.ndjson) or Parquet (*.parquet) files or folders (recursed;
+    /// hidden, .dat and .u8 files are skipped); .gz and .zst files are decompressed.
+    /// Repeatable. Under mpirun/srun the ranks share the files (same output for any count).
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
-    /// Output folder for train_*.bin and val_*.bin.
+    /// Output folder for train_*.bin, val_*.bin and manifest.json (on a shared file system
+    /// when several nodes run it).
     #[arg(long)]
     pub out: PathBuf,
     /// Every N-th document goes to the validation split.
     #[arg(long, default_value_t = 20)]
     pub val_every: usize,
-    /// Maximum tokens per shard file.
+    /// Tokens per shard file (the last shard of a split holds the rest).
     #[arg(long, default_value_t = 100_000_000)]
     pub shard_tokens: usize,
-    /// JSONL inputs (*.jsonl, *.ndjson, also .gz/.zst): the field holding the document text.
+    /// The JSONL field or Parquet column holding the document text.
     #[arg(long, default_value = "text")]
     pub field: String,
-    /// Skip and count bad JSONL lines (malformed, missing or non-string field, invalid
-    /// UTF-8) instead of stopping at the first with its file and line.
+    /// Skip and count bad JSONL lines and Parquet rows (malformed, missing, null or
+    /// non-string field, invalid UTF-8) instead of stopping at the first with its file and
+    /// line or row.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Draw no progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -35,7 +35,7 @@ pub fn run(
             cfg.n_positions
         );
     }
-    let files = TokenData::from_pattern(data)?;
+    let files = TokenData::from_pattern(data, crate::data::Split::Val)?;
     let tokens = Arc::new(TokenData::open(&files, cfg.vocab_size).context("--data")?);
     let windows = EvalWindows::new(tokens, seq).context("--data")?;
     let full = windows.num_full_batches(batch);

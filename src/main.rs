@@ -37,7 +37,7 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
     test_failure_hook(rt)?;
     match cmd {
         Command::Train(a) => return train(rt, a, threads),
-        Command::PrepareData(a) => rt.agree(if rt.rank == 0 { prepare(a) } else { Ok(()) }),
+        Command::PrepareData(a) => prepare(rt, a),
         Command::Eval(a) => rt.agree(eval(a, threads)),
         Command::Generate(a) => rt.agree(generate(a, threads)),
         Command::Plot(a) => rt.agree(ferrotron::plot::plot_loss_curve(
@@ -125,14 +125,18 @@ fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<i32> {
     Ok(0)
 }
 
-fn prepare(a: PrepareArgs) -> Result<()> {
+fn prepare(rt: &Runtime, a: PrepareArgs) -> Result<()> {
     let opts = ferrotron::data::PrepareOptions {
         val_every: a.val_every,
         shard_tokens: a.shard_tokens,
         field: a.field,
         skip_bad: a.skip_bad,
+        progress: !a.no_progress,
     };
-    let s = ferrotron::data::prepare_data(&a.input, &a.out, &opts)?;
+    let s = ferrotron::data::prepare_data(rt, &a.input, &a.out, &opts)?;
+    if rt.rank != 0 {
+        return Ok(());
+    }
     println!(
         "{} documents: {} train tokens, {} val tokens -> {}",
         s.documents,

@@ -30,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use super::manifest::{Manifest, Split, MANIFEST_FILE};
 use super::shard::MappedShard;
 
 /// Odd 64-bit constant (2^64 / golden ratio) used to derive per-epoch seeds.
@@ -108,18 +109,23 @@ impl TokenData {
         }
     }
 
-    /// Resolve a shard pattern to a sorted list of files:
+    /// Resolve a shard pattern to the files of `split`:
     ///
+    /// * a `manifest.json` written by `prepare-data` (any `*.json` file), or a folder holding
+    ///   one — the split's shards listed there, each checked to exist with the token count
+    ///   listed;
     /// * `dir/prefix*suffix` — `*` (any run of characters, possibly several)
     ///   and `?` (one character) are allowed in the file-name part only,
     ///   e.g. `data/fortunes/train_*.bin`;
-    /// * a directory — every non-hidden `*.bin` file directly inside it;
+    /// * a folder without a manifest — its `train_*.bin` or `val_*.bin` files (by `split`) if it
+    ///   has any, else every non-hidden `*.bin` file directly inside it;
     /// * a file — just that file.
     ///
     /// Errors naming the pattern if nothing matches.
-    pub fn from_pattern(pattern: &str) -> Result<Vec<PathBuf>> {
+    pub fn from_pattern(pattern: &str, split: Split) -> Result<Vec<PathBuf>> {
         let path = Path::new(pattern);
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let expanding = || format!("expanding shard pattern {pattern}");
         let files = if name.contains(['*', '?']) {
             let parent = match path.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
@@ -129,11 +135,23 @@ impl TokenData {
                 !parent.to_string_lossy().contains(['*', '?']),
                 "shard pattern {pattern}: wildcards are only supported in the file name"
             );
-            list_matching(parent, |n| glob_match(name, n))
-                .with_context(|| format!("expanding shard pattern {pattern}"))?
+            list_matching(parent, |n| glob_match(name, n)).with_context(expanding)?
+        } else if path.is_dir() && path.join(MANIFEST_FILE).is_file() {
+            let m = path.join(MANIFEST_FILE);
+            Manifest::load(&m)?.shard_paths(path, split)?
+        } else if path.is_file() && name.ends_with(".json") {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            Manifest::load(path)?.shard_paths(dir, split)?
         } else if path.is_dir() {
-            list_matching(path, |n| !n.starts_with('.') && n.ends_with(".bin"))
-                .with_context(|| format!("expanding shard pattern {pattern}"))?
+            let prefix = format!("{}_", split.prefix());
+            let of_split = list_matching(path, |n| n.starts_with(&prefix) && n.ends_with(".bin"))
+                .with_context(expanding)?;
+            if of_split.is_empty() {
+                list_matching(path, |n| !n.starts_with('.') && n.ends_with(".bin"))
+                    .with_context(expanding)?
+            } else {
+                of_split
+            }
         } else if path.is_file() {
             vec![path.to_path_buf()]
         } else {
@@ -595,7 +613,7 @@ mod tests {
         write_shard(&dir.join("train_000000.bin"), &[0, 1, 2]).unwrap();
         write_shard(&dir.join("val_000000.bin"), &[9]).unwrap();
         let pat = format!("{}/train_*.bin", dir.display());
-        let files = TokenData::from_pattern(&pat).unwrap();
+        let files = TokenData::from_pattern(&pat, Split::Val).unwrap();
         assert_eq!(
             files,
             vec![dir.join("train_000000.bin"), dir.join("train_000001.bin")]
@@ -604,12 +622,31 @@ mod tests {
         let mut all6 = [0u32; 6];
         d.read(0, &mut all6).unwrap();
         assert_eq!(all6, [0, 1, 2, 3, 4, 5]);
-        let all = TokenData::from_pattern(dir.to_str().unwrap()).unwrap();
-        assert_eq!(all.len(), 3);
+        // A folder gives the split's shards; without any, every *.bin file.
+        let folder = dir.to_str().unwrap();
+        assert_eq!(
+            TokenData::from_pattern(folder, Split::Train).unwrap(),
+            files
+        );
+        assert_eq!(
+            TokenData::from_pattern(folder, Split::Val).unwrap(),
+            vec![dir.join("val_000000.bin")]
+        );
+        let other = dir.join("other");
+        fs::create_dir_all(&other).unwrap();
+        write_shard(&other.join("a.bin"), &[1]).unwrap();
+        write_shard(&other.join("b.bin"), &[2]).unwrap();
+        let any = TokenData::from_pattern(other.to_str().unwrap(), Split::Val).unwrap();
+        assert_eq!(any.len(), 2);
         let one = format!("{}/val_000000.bin", dir.display());
-        assert_eq!(TokenData::from_pattern(&one).unwrap().len(), 1);
+        assert_eq!(
+            TokenData::from_pattern(&one, Split::Train).unwrap().len(),
+            1
+        );
         let none = format!("{}/test_*.bin", dir.display());
-        let msg = TokenData::from_pattern(&none).unwrap_err().to_string();
+        let msg = TokenData::from_pattern(&none, Split::Train)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("test_*.bin"), "{msg}");
         // Token ids are checked as windows are read: 0..=3 pass, 4 (position 1 of the second
         // file) is refused with its file and position.

@@ -91,6 +91,22 @@ pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
     decode_shard(&bytes).with_context(|| format!("invalid token shard {}", path.display()))
 }
 
+/// The token count of a shard, from its header, checked against the file's length (reads
+/// only the header).
+pub fn read_header_tokens(path: &Path) -> Result<usize> {
+    use std::io::Read;
+    let mut f =
+        File::open(path).with_context(|| format!("opening token shard {}", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading token shard {}", path.display()))?
+        .len() as usize;
+    let mut head = vec![0u8; HEADER_BYTES.min(len)];
+    f.read_exact(&mut head)
+        .with_context(|| format!("reading token shard {}", path.display()))?;
+    check_layout(&head, len).with_context(|| format!("invalid token shard {}", path.display()))
+}
+
 /// Parse the bytes of a complete shard file.
 fn decode_shard(bytes: &[u8]) -> Result<Vec<u16>> {
     let n = check_layout(bytes, bytes.len())?;

@@ -3,15 +3,20 @@
 //! * `*.jsonl` / `*.ndjson`: one JSON object per line; the document is the string in field
 //!   `field` (default `text`). Blank lines are skipped. A line that is not JSON, lacks the
 //!   field, has a non-string field or is not UTF-8 is an error naming the file and line (or,
-//!   with `skip_bad`, skipped and counted).
+//!   with `skip_bad`, skipped and counted). Read as a stream: memory does not grow with the file.
+//! * `*.parquet`: the top-level string column `field` ([`super::parquet_text`]), row group by
+//!   row group; a null or non-UTF-8 value is an error naming the file and row (or skipped and
+//!   counted with `skip_bad`).
 //! * anything else: plain text, documents separated by lines holding only `%` (fortune
 //!   format); a file without such lines is one document. Binary (NUL bytes) or non-UTF-8 text
 //!   files are skipped with a warning, as a folder of text may hold such files.
 //!
-//! Either may be compressed: `*.gz` (gzip) or `*.zst` (zstd), e.g. `shard-00.jsonl.zst`.
-//! Every format yields documents trimmed of surrounding whitespace, empty ones dropped.
+//! Any of them may be compressed: `*.gz` (gzip) or `*.zst` (zstd), e.g. `shard-00.jsonl.zst`
+//! (Parquet files compress their pages themselves; a compressed `.parquet.gz` is read into
+//! memory first). Every format yields documents trimmed of surrounding whitespace, empty ones
+//! dropped, handed on in batches of about `batch_bytes` of text.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -23,6 +28,7 @@ use super::prepare::split_documents;
 pub enum Format {
     Text,
     Jsonl,
+    Parquet,
 }
 
 /// How a file is compressed.
@@ -31,6 +37,28 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+}
+
+impl Format {
+    /// Lower-case name (as in `manifest.json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Jsonl => "jsonl",
+            Format::Parquet => "parquet",
+        }
+    }
+}
+
+impl Compression {
+    /// Lower-case name (as in `manifest.json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 /// The format and compression of `path`, from its name.
@@ -48,96 +76,193 @@ pub fn classify(path: &Path) -> (Format, Compression) {
     };
     let format = if inner.ends_with(".jsonl") || inner.ends_with(".ndjson") {
         Format::Jsonl
+    } else if inner.ends_with(".parquet") {
+        Format::Parquet
     } else {
         Format::Text
     };
     (format, comp)
 }
 
-/// The documents of one input file, and how many bad JSONL lines were skipped.
-#[derive(Debug, Default)]
-pub struct FileDocs {
-    pub docs: Vec<String>,
-    pub skipped_lines: usize,
+/// What reading one input file found besides its documents.
+#[derive(Debug, Default, Clone)]
+pub struct SourceStats {
+    /// Bad JSONL lines or Parquet rows skipped (with `skip_bad`).
+    pub skipped_rows: usize,
+    /// Why the whole file was skipped (a binary or non-UTF-8 plain-text file).
+    pub skipped_file: Option<String>,
 }
 
-/// Reads the documents of `path` (see the module docs). `Ok(None)`: a plain-text file skipped
-/// as binary or non-UTF-8 (with a warning).
-pub fn read_documents(path: &Path, field: &str, skip_bad: bool) -> Result<Option<FileDocs>> {
-    let (format, comp) = classify(path);
-    let bytes = read_bytes(path, comp)?;
-    match format {
-        Format::Jsonl => jsonl_documents(path, &bytes, field, skip_bad).map(Some),
-        Format::Text => Ok(text_documents(path, bytes)),
+/// Where the documents of one batch go; returns an error to stop reading.
+pub type Sink<'a> = dyn FnMut(Vec<String>) -> Result<()> + 'a;
+
+/// Collects documents into batches of about `limit` bytes of text for a [`Sink`].
+pub struct Batcher<'a, 'b> {
+    docs: Vec<String>,
+    bytes: usize,
+    limit: usize,
+    sink: &'a mut Sink<'b>,
+}
+
+impl<'a, 'b> Batcher<'a, 'b> {
+    pub fn new(limit: usize, sink: &'a mut Sink<'b>) -> Self {
+        Self {
+            docs: Vec::new(),
+            bytes: 0,
+            limit,
+            sink,
+        }
+    }
+
+    /// Add one document (trimmed; dropped when empty).
+    pub fn push(&mut self, doc: &str) -> Result<()> {
+        let doc = doc.trim();
+        if doc.is_empty() {
+            return Ok(());
+        }
+        self.bytes += doc.len();
+        self.docs.push(doc.to_string());
+        if self.bytes >= self.limit {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hand on what is collected.
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.docs.is_empty() {
+            self.bytes = 0;
+            (self.sink)(std::mem::take(&mut self.docs))?;
+        }
+        Ok(())
     }
 }
 
-/// The whole (decompressed) content of `path`.
-fn read_bytes(path: &Path, comp: Compression) -> Result<Vec<u8>> {
+/// Reads the documents of `path` (see the module docs), handing them to `sink` in order, in
+/// batches of about `batch_bytes` bytes of text.
+pub fn for_each_batch(
+    path: &Path,
+    field: &str,
+    skip_bad: bool,
+    batch_bytes: usize,
+    sink: &mut Sink<'_>,
+) -> Result<SourceStats> {
+    let (format, comp) = classify(path);
+    let mut batcher = Batcher::new(batch_bytes, sink);
+    let stats = match format {
+        Format::Jsonl => {
+            let r = BufReader::with_capacity(1 << 20, open_decoded(path, comp)?);
+            jsonl_documents(path, comp, r, field, skip_bad, &mut batcher)?
+        }
+        Format::Parquet => {
+            super::parquet_text::documents(path, comp, field, skip_bad, &mut batcher)?
+        }
+        Format::Text => text_documents(path, read_bytes(path, comp)?, &mut batcher)?,
+    };
+    batcher.flush()?;
+    Ok(stats)
+}
+
+/// All documents of `path` at once (tests and small inputs).
+pub fn read_documents(
+    path: &Path,
+    field: &str,
+    skip_bad: bool,
+) -> Result<(Vec<String>, SourceStats)> {
+    let mut docs = Vec::new();
+    let stats = for_each_batch(path, field, skip_bad, usize::MAX, &mut |b| {
+        docs.extend(b);
+        Ok(())
+    })?;
+    Ok((docs, stats))
+}
+
+/// A reader of the decompressed content of `path`.
+fn open_decoded(path: &Path, comp: Compression) -> Result<Box<dyn Read>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("reading input {}", path.display()))?;
-    let mut out = Vec::new();
-    let res = match comp {
-        Compression::None => std::io::BufReader::new(file).read_to_end(&mut out),
-        Compression::Gzip => flate2::read::MultiGzDecoder::new(file).read_to_end(&mut out),
-        Compression::Zstd => ruzstd::decoding::StreamingDecoder::new(file)
-            .map_err(std::io::Error::other)
-            .and_then(|mut d| d.read_to_end(&mut out)),
-    };
+    Ok(match comp {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(file)
+                .with_context(|| format!("decompressing (zstd) input {}", path.display()))?,
+        ),
+    })
+}
+
+/// What an I/O error while reading `path` means.
+pub fn read_error(path: &Path, comp: Compression) -> String {
     let what = match comp {
         Compression::None => "reading",
         Compression::Gzip => "decompressing (gzip)",
         Compression::Zstd => "decompressing (zstd)",
     };
-    res.with_context(|| format!("{what} input {}", path.display()))?;
+    format!("{what} input {}", path.display())
+}
+
+/// The whole (decompressed) content of `path`.
+pub fn read_bytes(path: &Path, comp: Compression) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    open_decoded(path, comp)?
+        .read_to_end(&mut out)
+        .with_context(|| read_error(path, comp))?;
     Ok(out)
 }
 
-fn text_documents(path: &Path, bytes: Vec<u8>) -> Option<FileDocs> {
+fn text_documents(path: &Path, bytes: Vec<u8>, out: &mut Batcher) -> Result<SourceStats> {
+    let skip = |why: String| {
+        log::warn!("skipping {}: {why}", path.display());
+        Ok(SourceStats {
+            skipped_rows: 0,
+            skipped_file: Some(why),
+        })
+    };
     if bytes.contains(&0) {
-        log::warn!("skipping {}: contains NUL bytes (binary?)", path.display());
-        return None;
+        return skip("contains NUL bytes (binary?)".into());
     }
     match String::from_utf8(bytes) {
-        Ok(text) => Some(FileDocs {
-            docs: split_documents(&text)
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            skipped_lines: 0,
-        }),
-        Err(e) => {
-            log::warn!("skipping {}: not valid UTF-8 ({e})", path.display());
-            None
+        Ok(text) => {
+            for doc in split_documents(&text) {
+                out.push(doc)?;
+            }
+            Ok(SourceStats::default())
         }
+        Err(e) => skip(format!("not valid UTF-8 ({e})")),
     }
 }
 
-fn jsonl_documents(path: &Path, bytes: &[u8], field: &str, skip_bad: bool) -> Result<FileDocs> {
-    let mut out = FileDocs::default();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+fn jsonl_documents(
+    path: &Path,
+    comp: Compression,
+    mut r: impl BufRead,
+    field: &str,
+    skip_bad: bool,
+    out: &mut Batcher,
+) -> Result<SourceStats> {
+    let mut stats = SourceStats::default();
+    let mut line = Vec::new();
+    for i in 1.. {
+        line.clear();
+        if r.read_until(b'\n', &mut line)
+            .with_context(|| read_error(path, comp))?
+            == 0
+        {
+            break;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match json_text(line, field) {
-            Ok(doc) => {
-                let doc = doc.trim();
-                if !doc.is_empty() {
-                    out.docs.push(doc.to_string());
-                }
-            }
+        match json_text(&line, field) {
+            Ok(doc) => out.push(&doc)?,
             Err(e) if skip_bad => {
-                log::debug!("{}:{}: skipped: {e}", path.display(), i + 1);
-                out.skipped_lines += 1;
+                log::debug!("{}:{i}: skipped: {e}", path.display());
+                stats.skipped_rows += 1;
             }
-            Err(e) => bail!(
-                "{}:{}: {e} (--skip-bad skips such lines)",
-                path.display(),
-                i + 1
-            ),
+            Err(e) => bail!("{}:{i}: {e} (--skip-bad skips such lines)", path.display()),
         }
     }
-    Ok(out)
+    Ok(stats)
 }
 
 /// Field `field` of one JSONL line, as a string.
@@ -191,14 +316,11 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(body.as_bytes()).unwrap();
         std::fs::write(d.join("a.jsonl.gz"), gz.finish().unwrap()).unwrap();
-        let zst = ruzstd::encoding::compress_to_vec(
-            body.as_bytes(),
-            ruzstd::encoding::CompressionLevel::Fastest,
-        );
+        let zst = zstd::encode_all(body.as_bytes(), 1).unwrap();
         std::fs::write(d.join("a.jsonl.zst"), zst).unwrap();
         for f in ["a.jsonl", "a.jsonl.gz", "a.jsonl.zst"] {
-            let got = read_documents(&d.join(f), "text", false).unwrap().unwrap();
-            assert_eq!(got.docs, ["first doc", "second\ndoc"], "{f}");
+            let (got, _) = read_documents(&d.join(f), "text", false).unwrap();
+            assert_eq!(got, ["first doc", "second\ndoc"], "{f}");
         }
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -224,8 +346,8 @@ mod tests {
             std::fs::write(&p, body).unwrap();
             let e = format!("{:#}", read_documents(&p, "text", false).unwrap_err());
             assert!(e.contains(want), "{e}");
-            let got = read_documents(&p, "text", true).unwrap().unwrap();
-            assert_eq!(got.skipped_lines, 1, "{want}");
+            let (_, stats) = read_documents(&p, "text", true).unwrap();
+            assert_eq!(stats.skipped_rows, 1, "{want}");
         }
         let p = d.join("t.txt.gz");
         std::fs::write(&p, b"not gzip at all").unwrap();

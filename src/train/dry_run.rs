@@ -60,10 +60,10 @@ pub fn dry_run(rt: &Runtime, cfg: &Config, threads: usize) -> Result<()> {
 /// The shard files of `data.train` (and `data.val` when validation is on) exist; their tokens
 /// are not read.
 fn data_found(cfg: &Config) -> Result<()> {
-    TokenData::from_pattern(&cfg.data.train).context("data.train")?;
+    TokenData::from_pattern(&cfg.data.train, crate::data::Split::Train).context("data.train")?;
     let t = &cfg.train;
     if t.val_every > 0 || t.val_batches > 0 {
-        TokenData::from_pattern(&cfg.data.val).context("data.val")?;
+        TokenData::from_pattern(&cfg.data.val, crate::data::Split::Val).context("data.val")?;
     }
     Ok(())
 }

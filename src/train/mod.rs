@@ -160,7 +160,8 @@ impl<B: Backend> Trainer<B> {
         let t = &cfg.train;
         let reads_tokens = coords.pp == 0 || coords.pp + 1 == grid.pp;
         let (sampler, val) = if reads_tokens {
-            let train_files = TokenData::from_pattern(&cfg.data.train).context("data.train")?;
+            let train_files = TokenData::from_pattern(&cfg.data.train, crate::data::Split::Train)
+                .context("data.train")?;
             let data =
                 Arc::new(TokenData::open(&train_files, gcfg.vocab_size).context("data.train")?);
             let s = TrainSampler::new(data, t.seq_len, t.seed).context("data.train")?;
@@ -417,7 +418,8 @@ fn open_val(cfg: &Config, vocab: usize) -> Result<Option<EvalWindows>> {
     if t.val_every == 0 && t.val_batches == 0 {
         return Ok(None);
     }
-    let files = TokenData::from_pattern(&cfg.data.val).context("data.val")?;
+    let files =
+        TokenData::from_pattern(&cfg.data.val, crate::data::Split::Val).context("data.val")?;
     let d = Arc::new(TokenData::open(&files, vocab).context("data.val")?);
     let w = EvalWindows::new(d, t.seq_len).context("data.val")?;
     if w.num_full_batches(t.micro_batch_size) == 0 {
