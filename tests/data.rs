@@ -3,7 +3,9 @@
 //! boundaries), on one rank and on a 3-stage pipeline whose middle stage opens no data; and
 //! resident memory does not grow with the dataset (a synthetic 2 GB token set against a 20 MB
 //! one). `prepare-data`: JSONL, gzip'd and zstd'd JSONL give the same shards as plain text; a
-//! bad JSONL line is named (or skipped with `--skip-bad`).
+//! bad JSONL line is named (or skipped with `--skip-bad`); Parquet (written by pyarrow) gives the
+//! same shards as the same documents in plain text; 1 and 3 MPI ranks, 1 and 2 threads give
+//! byte-identical folders (shards and manifest); a manifest that disagrees with a shard is named.
 
 mod common;
 use common::*;
@@ -53,7 +55,7 @@ fn train_losses(np: usize, cfg: &Path, out: &Path, sets: &[String], dir: &Path) 
 fn many_small_shards_train_like_one_shard() {
     let dir = scratch("data-shards");
     let many = reshard(&dir.join("many"), 3000);
-    let n_files = std::fs::read_dir(&many).unwrap().count();
+    let n_files = std::fs::read_dir(&many).unwrap().count() - 1; // and manifest.json
     assert!(n_files > 20, "only {n_files} shard files");
     let cfg = tiny_config(&dir, "");
     let data = |d: &Path| {
@@ -67,6 +69,13 @@ fn many_small_shards_train_like_one_shard() {
     let (a, _) = train_losses(1, &cfg, &dir.join("r1"), &data(&one), &dir);
     let (b, _) = train_losses(1, &cfg, &dir.join("r2"), &data(&many), &dir);
     assert_eq!(a, b, "one shard vs {n_files} shards on one rank");
+    // The same shards through the manifest (train) and the prepared folder (val).
+    let via_manifest = vec![
+        format!("data.train={:?}", s(&many.join("manifest.json"))),
+        format!("data.val={:?}", s(&many)),
+    ];
+    let (m, _) = train_losses(1, &cfg, &dir.join("r6"), &via_manifest, &dir);
+    assert_eq!(a, m, "through manifest.json");
     // Three pipeline stages (the middle one holds no data), three layers.
     let pp3 = |d: &Path| {
         let mut v = data(d);
@@ -270,4 +279,131 @@ fn jsonl_and_compressed_inputs_give_the_same_shards_as_text() {
     let o = ferrotron(&skip, &dir);
     o.assert_ok();
     assert!(o.all().contains("skipped 1 bad JSONL line"), "{}", o.all());
+}
+
+/// Every file of a prepared folder (name → bytes), the manifest included.
+fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `prepare-data` over text, Parquet and zstd'd JSONL inputs on 1 rank with 1 and 2 threads and
+/// on 3 MPI ranks writes byte-identical folders; Parquet gives the shards of the same documents
+/// as plain text.
+#[test]
+fn prepare_data_is_identical_on_any_ranks_and_threads_and_reads_parquet() {
+    let dir = scratch("data-ranks");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/fixtures/parquet");
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["snappy.parquet", "zstd.parquet", "gzip.parquet"] {
+        std::fs::copy(fixtures.join(f), src.join(f)).unwrap();
+    }
+    let jsonl = std::fs::read(fixtures.join("docs.jsonl")).unwrap();
+    std::fs::write(
+        src.join("docs.jsonl.zst"),
+        zstd::encode_all(&jsonl[..], 3).unwrap(),
+    )
+    .unwrap();
+    let text = corpus().parent().unwrap().join("text");
+    let run = |np: usize, threads: &str, out: &Path| {
+        let args = [
+            "--threads",
+            threads,
+            "prepare-data",
+            "--input",
+            s(&text),
+            s(&src),
+            "--out",
+            s(out),
+            "--shard-tokens",
+            "7000",
+            "--val-every",
+            "9",
+        ];
+        let o = if np == 1 {
+            ferrotron(&args, &dir)
+        } else {
+            mpirun(np, &args, &[], &dir)
+        };
+        o.assert_ok();
+        folder_bytes(out)
+    };
+    let want = run(1, "1", &dir.join("t1"));
+    assert!(want.len() > 10, "{} files", want.len());
+    assert!(want.iter().any(|(n, _)| n == "manifest.json"));
+    for (np, threads, name) in [(1, "2", "t2"), (3, "1", "r3"), (3, "2", "r3t2")] {
+        let got = run(np, threads, &dir.join(name));
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                g == w,
+                "{name}: {} differs from the 1-rank 1-thread {}",
+                g.0,
+                w.0
+            );
+        }
+    }
+    // Parquet alone gives the shards of the same documents as plain text.
+    let one = |input: &Path, out: &str| {
+        let out = dir.join(out);
+        ferrotron(
+            &["prepare-data", "--input", s(input), "--out", s(&out)],
+            &dir,
+        )
+        .assert_ok();
+        shard_bytes(&out)
+    };
+    let from_text = one(&fixtures.join("docs.txt"), "txt");
+    for f in [
+        "snappy.parquet",
+        "zstd.parquet",
+        "gzip.parquet",
+        "plain.parquet",
+    ] {
+        assert!(
+            one(&fixtures.join(f), f) == from_text,
+            "{f} differs from docs.txt"
+        );
+    }
+    // A shard that disagrees with the manifest is named when training starts.
+    let t1 = dir.join("t1");
+    synthetic_shard(&t1.join("val_000000.bin"), 10);
+    let cfg = tiny_config(&dir, "");
+    let o = ferrotron(
+        &[
+            "train",
+            "--config",
+            s(&cfg),
+            "--set",
+            &format!("data.train={:?}", s(&t1)),
+            "--set",
+            &format!("data.val={:?}", s(&t1)),
+        ],
+        &dir,
+    );
+    o.assert_clean_failure("val_000000.bin: holds 10 tokens but");
+    // An empty input is one clear error.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("blank.jsonl"), "\n\n").unwrap();
+    ferrotron(
+        &[
+            "prepare-data",
+            "--input",
+            s(&empty),
+            "--out",
+            s(&dir.join("e")),
+        ],
+        &dir,
+    )
+    .assert_clean_failure("no usable input text found");
 }
