@@ -132,6 +132,7 @@ fn prepare(rt: &Runtime, a: PrepareArgs) -> Result<()> {
         field: a.field,
         skip_bad: a.skip_bad,
         progress: !a.no_progress,
+        unit_bytes: None,
     };
     let s = ferrotron::data::prepare_data(rt, &a.input, &a.out, &opts)?;
     if rt.rank != 0 {

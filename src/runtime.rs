@@ -49,6 +49,7 @@ impl std::error::Error for AgreedFailure {}
 impl Runtime {
     /// Initialise MPI (a run without mpirun is a 1-rank world), logging and the panic hook.
     pub fn init() -> Result<Self> {
+        isolate_singleton();
         let universe =
             mpi::initialize().ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
         let world = universe.world();
@@ -104,6 +105,20 @@ impl Runtime {
         }
         drop(self); // MPI_Finalize
         std::process::exit(EXIT_FAILURE);
+    }
+}
+
+/// A process started without a launcher (no mpirun/srun) becomes an MPI singleton, for which
+/// Open MPI by default starts a helper daemon; on some machines that alone takes seconds (2.6 s
+/// against 0.23 s on the CI machine). A 1-rank run needs no daemon (ferrotron never spawns
+/// processes), so such a process asks for an isolated singleton — unless the user set
+/// `OMPI_MCA_ess_singleton_isolated` themselves. Called before MPI starts and before any thread.
+fn isolate_singleton() {
+    const LAUNCHED: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"];
+    const KEY: &str = "OMPI_MCA_ess_singleton_isolated";
+    let launched = LAUNCHED.iter().any(|v| std::env::var_os(v).is_some());
+    if !launched && std::env::var_os(KEY).is_none() {
+        std::env::set_var(KEY, "1");
     }
 }
 

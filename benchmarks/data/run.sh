@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Data-path figures: training start-up time and peak resident memory against the size of the
 # token data (synthetic 100 MB, 1 GB and 4 GB shards), this build against BEFORE (a build of
-# the commit before the memory-mapped loader, whose loader read every shard into memory); and
-# prepare-data throughput on 1 and 2 threads.
+# the commit before the memory-mapped loader, whose loader read every shard into memory).
+# prepare-data throughput is benchmarks/data/prepare.sh.
 #
 #   bash benchmarks/data/run.sh BEFORE_BIN [ROUNDS]
 #
@@ -103,40 +103,15 @@ for spec in "100MB 50000000" "1GB 500000000" "4GB 2000000000"; do
 done
 rm -f "$WORK/train.bin"
 
-# prepare-data throughput: the fortunes corpus copied 8 times (8 × 2.6 MB of text).
-mkdir -p "$WORK/text"
-for i in 1 2 3 4 5 6 7 8; do
-  for f in /usr/share/games/fortunes/*; do
-    [[ "$f" == *.dat || "$f" == *.u8 || -d "$f" ]] && continue
-    cp "$f" "$WORK/text/$(basename "$f")-$i"
-  done
-done
-prep=()
-for th in 1 2; do
-  declare -a pt=()
-  for ((r = 0; r < ROUNDS; r++)); do
-    t0=$(date +%s.%N)
-    "$AFTER" --threads "$th" prepare-data --input "$WORK/text" --out "$WORK/prep" >"$WORK/prep.out" 2>&1
-    t1=$(date +%s.%N)
-    pt+=("$(calc "$t1 - $t0")")
-  done
-  toks=$(sed -n 's/.*: \([0-9]*\) train tokens, \([0-9]*\) val tokens.*/\1 \2/p' "$WORK/prep.out" | awk '{print $1+$2}')
-  secs=$(printf '%s\n' "${pt[@]}" | median)
-  row="$(printf '{"prepare_threads": %d, "tokens": %d, "seconds": %s, "tokens_per_s": %.0f}' "$th" "$toks" "$secs" "$(calc "$toks / $secs")")"
-  echo "$row"
-  prep+=("$row")
-done
-
 out="$REPO/benchmarks/results"
 {
   echo "{\"cpu\": \"$(lscpu | sed -n 's/^Model name: *//p')\", \"cores\": $(nproc), \"commit\": \"$(git -C "$REPO" rev-parse --short=12 HEAD)\","
-  echo " \"before\": \"$("$BEFORE" --version)\", \"rounds\": $ROUNDS, \"loader\": [$(IFS=,; echo "${rows[*]}")],"
-  echo " \"prepare\": [$(IFS=,; echo "${prep[*]}")]}"
+  echo " \"before\": \"$("$BEFORE" --version)\", \"rounds\": $ROUNDS, \"loader\": [$(IFS=,; echo "${rows[*]}")]}"
 } > "$out/data.json"
 python3 - "$out/data.json" "$out/data.md" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-L = ["# Data path: start-up and memory against dataset size; prepare-data throughput", "",
+L = ["# Data path: start-up and memory against dataset size", "",
      f"CPU: {d['cpu']}, {d['cores']} cores; commit {d['commit']}; median of {d['rounds']} rounds, before/after alternating.",
      "Before = the commit before the memory-mapped loader (every shard read into memory and checked at start);",
      "after = this commit (shards memory-mapped, windows read and checked when trained on).",
@@ -145,11 +120,8 @@ L = ["# Data path: start-up and memory against dataset size; prepare-data throug
      "|---|---:|---:|---:|---:|---:|"]
 for r in d["loader"]:
     L.append(f"| {r['data']} | {r['tokens']:,} | {r['startup_s_before']:.2f} | {r['startup_s_after']:.2f} | {r['peak_rss_mib_before']:.0f} | {r['peak_rss_mib_after']:.0f} |")
-L += ["", "The after column grows only by the sampler's permutation (4 bytes per window of T tokens).", "",
-      "prepare-data on the fortunes corpus copied 8 times (text, one process):", "",
-      "| threads | tokens | seconds | tokens/s |", "|---:|---:|---:|---:|"]
-for r in d["prepare"]:
-    L.append(f"| {r['prepare_threads']} | {r['tokens']:,} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} |")
+L += ["", "The after column grows only by the sampler's permutation (4 bytes per window of T tokens).",
+      "prepare-data throughput: benchmarks/data/prepare.sh, results/data_prepare.md."]
 open(sys.argv[2], "w").write("\n".join(L) + "\n")
 PY
 cat "$out/data.md"

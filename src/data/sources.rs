@@ -101,6 +101,8 @@ pub struct Batcher<'a, 'b> {
     docs: Vec<String>,
     bytes: usize,
     limit: usize,
+    /// Documents pushed so far (kept, i.e. non-empty).
+    pushed: u64,
     sink: &'a mut Sink<'b>,
 }
 
@@ -110,6 +112,7 @@ impl<'a, 'b> Batcher<'a, 'b> {
             docs: Vec::new(),
             bytes: 0,
             limit,
+            pushed: 0,
             sink,
         }
     }
@@ -121,11 +124,17 @@ impl<'a, 'b> Batcher<'a, 'b> {
             return Ok(());
         }
         self.bytes += doc.len();
+        self.pushed += 1;
         self.docs.push(doc.to_string());
         if self.bytes >= self.limit {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Documents pushed so far.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
     }
 
     /// Hand on what is collected.
@@ -147,20 +156,29 @@ pub fn for_each_batch(
     batch_bytes: usize,
     sink: &mut Sink<'_>,
 ) -> Result<SourceStats> {
-    let (format, comp) = classify(path);
     let mut batcher = Batcher::new(batch_bytes, sink);
-    let stats = match format {
-        Format::Jsonl => {
-            let r = BufReader::with_capacity(1 << 20, open_decoded(path, comp)?);
-            jsonl_documents(path, comp, r, field, skip_bad, &mut batcher)?
-        }
-        Format::Parquet => {
-            super::parquet_text::documents(path, comp, field, skip_bad, &mut batcher)?
-        }
-        Format::Text => text_documents(path, read_bytes(path, comp)?, &mut batcher)?,
-    };
+    let stats = read_into(path, field, skip_bad, &mut batcher)?;
     batcher.flush()?;
     Ok(stats)
+}
+
+/// Reads the documents of `path` into `out` (which may already hold documents of earlier
+/// files; nothing is flushed at the end).
+pub fn read_into(
+    path: &Path,
+    field: &str,
+    skip_bad: bool,
+    out: &mut Batcher,
+) -> Result<SourceStats> {
+    let (format, comp) = classify(path);
+    match format {
+        Format::Jsonl => {
+            let r = BufReader::with_capacity(1 << 20, open_decoded(path, comp)?);
+            jsonl_documents(path, comp, r, field, skip_bad, out)
+        }
+        Format::Parquet => super::parquet_text::documents(path, comp, field, skip_bad, out),
+        Format::Text => text_documents(path, read_bytes(path, comp)?, out),
+    }
 }
 
 /// All documents of `path` at once (tests and small inputs).

@@ -1,10 +1,10 @@
 //! Pass 2 of `prepare-data`: cut the two splits' token streams into fixed-size shards.
 //!
-//! From the inputs' metas alone ([`SourceMeta`]) every rank computes the same [`Layout`]: the
-//! global index of each input's first document, and where each input's train and validation
+//! From the units' metas alone ([`UnitMeta`]) every rank computes the same [`Layout`]: the
+//! global index of each unit's first document, and where each unit's train and validation
 //! tokens start in their split's stream. Shard `j` of a split holds stream positions
 //! `[j·S, min((j+1)·S, N))` (`S = shard_tokens`; an empty split still gets one empty shard),
-//! so any rank can write any shard by reading the inputs' token files for that range. Shards
+//! so any rank can write any shard by reading the units' token files for that range. Shards
 //! are numbered train first, then validation; rank `r` of `n` writes those with number
 //! `≡ r (mod n)`. A shard's marker in the work folder (holding the layout's hash) lets a
 //! resumed run skip it.
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 
-use super::tokenize::{source_files, SourceMeta};
+use super::tokenize::{unit_files, UnitMeta};
 use crate::data::manifest::Split;
 use crate::data::shard::write_shard;
 
@@ -23,15 +23,17 @@ use crate::data::shard::write_shard;
 pub struct Layout {
     pub val_every: u64,
     pub shard_tokens: u64,
-    /// Global index of each input's first document (over all inputs, in input order).
+    /// Global index of each unit's first document (over all inputs, in input order).
     pub doc_start: Vec<u64>,
+    /// Index of each unit's first input (names its work files).
+    pub first_input: Vec<usize>,
     pub train: SplitLayout,
     pub val: SplitLayout,
     /// Hash of everything that decides the shards' bytes.
     pub hash: String,
 }
 
-/// One split's stream: input `k` holds positions `start[k] .. start[k + 1]`.
+/// One split's stream: unit `k` holds positions `start[k] .. start[k + 1]`.
 #[derive(Debug, Clone, Default)]
 pub struct SplitLayout {
     pub start: Vec<u64>,
@@ -50,7 +52,7 @@ impl SplitLayout {
 }
 
 impl Layout {
-    pub fn new(metas: &[SourceMeta], val_every: usize, shard_tokens: usize) -> Self {
+    pub fn new(metas: &[UnitMeta], val_every: usize, shard_tokens: usize) -> Self {
         let v = val_every as u64;
         let mut doc_start = Vec::with_capacity(metas.len());
         let (mut train, mut val) = (SplitLayout::default(), SplitLayout::default());
@@ -81,6 +83,7 @@ impl Layout {
             val_every: v,
             shard_tokens: shard_tokens as u64,
             doc_start,
+            first_input: metas.iter().map(|m| m.first).collect(),
             train,
             val,
             hash,
@@ -131,15 +134,15 @@ pub fn write_one(work: &Path, out: &Path, layout: &Layout, s: Split, j: usize) -
     Ok(true)
 }
 
-/// Tokens at positions `[a, b)` of split `s`'s stream, read from the inputs' token files.
+/// Tokens at positions `[a, b)` of split `s`'s stream, read from the units' token files.
 fn gather(work: &Path, layout: &Layout, s: Split, a: u64, b: u64) -> Result<Vec<u16>> {
     let starts = &layout.split(s).start;
     let mut out = Vec::with_capacity((b - a) as usize);
-    // First input whose range ends after a.
+    // First unit whose range ends after a.
     let mut k = starts.partition_point(|&x| x <= a).saturating_sub(1);
     while out.len() < (b - a) as usize && k + 1 < starts.len() {
         if starts[k + 1] > starts[k] {
-            copy_from_source(work, layout, s, k, a.max(starts[k]), b, &mut out)?;
+            copy_from_unit(work, layout, s, k, a.max(starts[k]), b, &mut out)?;
         }
         k += 1;
     }
@@ -153,8 +156,8 @@ fn gather(work: &Path, layout: &Layout, s: Split, a: u64, b: u64) -> Result<Vec<
     Ok(out)
 }
 
-/// Appends the tokens of input `k` at split positions `[from, to)` (clipped to the input).
-fn copy_from_source(
+/// Appends the tokens of unit `k` at split positions `[from, to)` (clipped to the unit).
+fn copy_from_unit(
     work: &Path,
     layout: &Layout,
     s: Split,
@@ -163,7 +166,7 @@ fn copy_from_source(
     to: u64,
     out: &mut Vec<u16>,
 ) -> Result<()> {
-    let (tok_path, len_path, _) = source_files(work, k);
+    let (tok_path, len_path, _) = unit_files(work, layout.first_input[k]);
     let lens = read_u64s(&len_path)?;
     let file =
         fs::File::open(&tok_path).with_context(|| format!("opening {}", tok_path.display()))?;
@@ -173,7 +176,7 @@ fn copy_from_source(
     let want_val = s == Split::Val;
     let g0 = layout.doc_start[k];
     let mut pos = layout.split(s).start[k]; // split position of the next in-split document
-    let mut off = 0u64; // token offset of the current document in the input's token file
+    let mut off = 0u64; // token offset of the current document in the unit's token file
     for (i, &len) in lens.iter().enumerate() {
         if pos >= to {
             break;

@@ -13,12 +13,14 @@
 //! shard. Then `out_dir/manifest.json` ([`crate::data::manifest`]). Stale shards from an earlier
 //! run are removed. The output is byte-for-byte the same for any number of ranks and threads.
 //!
-//! How: pass 1 ([`tokenize`]) tokenises each input file on its own into a work folder
-//! `out_dir/.prepare/` (inputs spread over ranks by size, over threads within a rank); pass 2
+//! How: pass 1 ([`tokenize`]) tokenises runs of consecutive input files ("units") each on its
+//! own into a work folder `out_dir/.prepare/` (units spread over ranks by size, over threads
+//! within a rank); pass 2
 //! ([`assemble`]) cuts the two streams into shards, spread over ranks. Every rank must see
 //! `out_dir` at the same path (a shared file system on a cluster). The work folder takes about
 //! as much disk as the shards and is removed at the end. An interrupted run, started again with
-//! the same inputs and options, keeps the inputs and shards it finished; a run whose inputs and
+//! the same inputs, options and number of ranks and threads, keeps the units and shards it
+//! finished; a run whose inputs and
 //! options match the manifest's fingerprint does nothing.
 
 mod assemble;
@@ -26,6 +28,7 @@ mod inputs;
 mod tokenize;
 
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,7 +38,7 @@ use rayon::prelude::*;
 pub use inputs::{collect_input_files, split_documents, InputFile};
 
 use self::assemble::{fnv_hex, shard_name, Layout};
-use self::tokenize::{finished, pass_key, tokenize_source, SourceMeta};
+use self::tokenize::{finished, pass_key, plan_units, tokenize_unit, UnitMeta};
 use super::manifest::{
     Manifest, ManifestOptions, ShardEntry, SourceEntry, Split, SplitEntry, MANIFEST_FILE,
     MANIFEST_FORMAT, MANIFEST_VERSION,
@@ -60,6 +63,9 @@ pub struct PrepareOptions {
     pub skip_bad: bool,
     /// Draw a progress bar on rank 0 (when its stderr is a terminal).
     pub progress: bool,
+    /// Input bytes per unit of pass 1 (default: from the corpus size and the number of
+    /// workers, see [`tokenize::plan_units`]); the output does not depend on it.
+    pub unit_bytes: Option<u64>,
 }
 
 impl Default for PrepareOptions {
@@ -70,6 +76,7 @@ impl Default for PrepareOptions {
             field: "text".into(),
             skip_bad: false,
             progress: false,
+            unit_bytes: None,
         }
     }
 }
@@ -159,7 +166,9 @@ pub fn prepare_data(
     opts: &PrepareOptions,
 ) -> Result<PrepareSummary> {
     let t0 = Instant::now();
-    let plan = team.agree_with(|| Plan::new(inputs, out_dir, opts))?;
+    let mut plan = team.agree_with(|| Plan::new(inputs, out_dir, opts))?;
+    let threads = team.min_max(rayon::current_num_threads() as u64).1 as usize;
+    plan.units = plan_units(&plan.inputs, team.size() * threads, opts.unit_bytes);
     let (lo, hi) = team.min_max(u64::from_str_radix(&plan.fingerprint, 16).unwrap_or(0));
     team.agree(if lo == hi {
         Ok(())
@@ -199,7 +208,7 @@ pub fn prepare_data(
     if team.rank() == 0 {
         log::info!(
             "prepare-data: {} input files, {} documents ({} train / {} val), {} train tokens, \
-             {} val tokens, {} shard files in {} ({:.1} s on {} rank(s))",
+             {} val tokens, {} shard files in {} ({:.2} s on {} rank(s))",
             summary.input_files.len(),
             summary.documents,
             summary.train_documents,
@@ -235,6 +244,8 @@ impl AgreeWith for dyn Team + '_ {
 /// One run's inputs, folders and options, the same on every rank.
 struct Plan<'a> {
     inputs: Vec<InputFile>,
+    /// Runs of consecutive inputs tokenised as one piece ([`plan_units`]).
+    units: Vec<Range<usize>>,
     given: Vec<PathBuf>,
     out: PathBuf,
     work: PathBuf,
@@ -262,6 +273,7 @@ impl<'a> Plan<'a> {
         }
         Ok(Self {
             inputs,
+            units: Vec::new(),
             given: given.to_vec(),
             out: out.to_path_buf(),
             work: out.join(WORK_DIR),
@@ -294,55 +306,75 @@ impl<'a> Plan<'a> {
             .with_context(|| format!("creating work folder {}", self.work.display()))
     }
 
-    /// Pass 1 on this rank's share of the inputs; returns their metas.
-    fn tokenize_share(&self, team: &dyn Team, resumed: &mut usize) -> Result<Vec<SourceMeta>> {
-        let owner = assign_by_size(&self.inputs, team.size());
-        let mine: Vec<usize> = (0..self.inputs.len())
-            .filter(|&k| owner[k] == team.rank())
+    /// Pass 1 on this rank's share of the units; returns their metas.
+    fn tokenize_share(&self, team: &dyn Team, resumed: &mut usize) -> Result<Vec<UnitMeta>> {
+        let owner = self.unit_owners(team.size());
+        let mine: Vec<&Range<usize>> = self
+            .units
+            .iter()
+            .zip(&owner)
+            .filter(|(_, &r)| r == team.rank())
+            .map(|(u, _)| u)
             .collect();
-        let bytes: u64 = mine.iter().map(|&k| self.inputs[k].bytes).sum();
+        let bytes: u64 = mine.iter().map(|u| self.unit_bytes(u)).sum();
         let bar = progress_bar(
             team.rank() == 0 && self.opts.progress,
             bytes,
             &format!("tokenizing (rank 0 of {})", team.size()),
         );
         let tok = Gpt2Tokenizer::new()?;
-        let done: Vec<(SourceMeta, bool)> =
-            mine.par_iter()
-                .map(|&k| {
-                    let input = &self.inputs[k];
-                    let res = match finished(&self.work, k, input, &self.key) {
-                        Some(m) => Ok((m, true)),
-                        None => tokenize_source(&self.work, k, input, self.opts, &tok)
-                            .map(|m| (m, false)),
-                    };
-                    bar.inc(input.bytes);
-                    res
-                })
-                .collect::<Result<_>>()?;
+        let done: Vec<(UnitMeta, bool)> = mine
+            .par_iter()
+            .map(|&u| {
+                let res = match finished(&self.work, u, &self.inputs, &self.key) {
+                    Some(m) => Ok((m, true)),
+                    None => tokenize_unit(&self.work, u, &self.inputs, self.opts, &tok)
+                        .map(|m| (m, false)),
+                };
+                bar.inc(self.unit_bytes(u));
+                res
+            })
+            .collect::<Result<_>>()?;
         bar.finish_and_clear();
         *resumed += done.iter().filter(|d| d.1).count();
         Ok(done.into_iter().map(|d| d.0).collect())
     }
 
-    /// Every input's meta: this rank's own, the others' from the work folder.
-    fn load_metas(&self, team: &dyn Team, mine: Vec<SourceMeta>) -> Result<Vec<SourceMeta>> {
-        let mut all: Vec<Option<SourceMeta>> = vec![None; self.inputs.len()];
-        for m in mine {
-            let k = m.index;
-            all[k] = Some(m);
+    fn unit_bytes(&self, u: &Range<usize>) -> u64 {
+        self.inputs[u.clone()].iter().map(|f| f.bytes).sum()
+    }
+
+    /// Owner rank of each unit: largest first to the least-loaded rank (ties: lower index,
+    /// lower rank), so ranks get similar byte counts. The output does not depend on it.
+    fn unit_owners(&self, ranks: usize) -> Vec<usize> {
+        let sizes: Vec<u64> = self.units.iter().map(|u| self.unit_bytes(u)).collect();
+        let mut order: Vec<usize> = (0..sizes.len()).collect();
+        order.sort_by_key(|&k| (std::cmp::Reverse(sizes[k]), k));
+        let mut load = vec![0u64; ranks];
+        let mut owner = vec![0; sizes.len()];
+        for k in order {
+            let r = (0..ranks).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+            owner[k] = r;
+            load[r] += sizes[k].max(1);
         }
-        let owner = assign_by_size(&self.inputs, team.size());
-        all.into_iter()
-            .enumerate()
-            .map(|(k, m)| match m {
+        owner
+    }
+
+    /// Every unit's meta: this rank's own, the others' from the work folder.
+    fn load_metas(&self, team: &dyn Team, mine: Vec<UnitMeta>) -> Result<Vec<UnitMeta>> {
+        let mut own: std::collections::HashMap<usize, UnitMeta> =
+            mine.into_iter().map(|m| (m.first, m)).collect();
+        let owner = self.unit_owners(team.size());
+        self.units
+            .iter()
+            .zip(owner)
+            .map(|(u, r)| match own.remove(&u.start) {
                 Some(m) => Ok(m),
-                None => finished(&self.work, k, &self.inputs[k], &self.key).with_context(|| {
+                None => finished(&self.work, u, &self.inputs, &self.key).with_context(|| {
                     format!(
-                        "rank {} reported {} done but its results are not in {} (is --out on a \
-                         file system every rank shares?)",
-                        owner[k],
-                        self.inputs[k].path.display(),
+                        "rank {r} reported {} done but its results are not in {} (is --out on \
+                         a file system every rank shares?)",
+                        self.inputs[u.start].path.display(),
                         self.work.display()
                     )
                 }),
@@ -395,7 +427,7 @@ impl<'a> Plan<'a> {
 
     /// Rank 0, after every shard is written: stale shards go, the manifest is written, the work
     /// folder removed.
-    fn finish(&self, metas: &[SourceMeta], layout: &Layout) -> Result<()> {
+    fn finish(&self, metas: &[UnitMeta], layout: &Layout) -> Result<()> {
         for s in [Split::Train, Split::Val] {
             remove_stale_shards(
                 &self.out,
@@ -404,8 +436,9 @@ impl<'a> Plan<'a> {
             )?;
         }
         let manifest = self.manifest(metas, layout);
-        for w in metas.iter().filter(|m| m.skipped_rows > 0).take(1) {
-            let total: u64 = metas.iter().map(|m| m.skipped_rows).sum();
+        let inputs = || metas.iter().flat_map(|m| &m.inputs);
+        for w in inputs().filter(|m| m.skipped_rows > 0).take(1) {
+            let total: u64 = inputs().map(|m| m.skipped_rows).sum();
             log::warn!(
                 "prepare-data: skipped {total} bad JSONL line(s) / Parquet row(s) (--skip-bad), \
                  first in {}",
@@ -425,7 +458,7 @@ impl<'a> Plan<'a> {
             .with_context(|| format!("removing work folder {}", self.work.display()))
     }
 
-    fn manifest(&self, metas: &[SourceMeta], layout: &Layout) -> Manifest {
+    fn manifest(&self, metas: &[UnitMeta], layout: &Layout) -> Manifest {
         let split = |s: Split| {
             let l = layout.split(s);
             SplitEntry {
@@ -463,6 +496,7 @@ impl<'a> Plan<'a> {
             val: split(Split::Val),
             sources: metas
                 .iter()
+                .flat_map(|u| &u.inputs)
                 .map(|m| {
                     let (format, comp) = classify(Path::new(&m.path));
                     SourceEntry {
@@ -480,7 +514,7 @@ impl<'a> Plan<'a> {
         }
     }
 
-    fn summary(&self, metas: &[SourceMeta], layout: &Layout, resumed: usize) -> PrepareSummary {
+    fn summary(&self, metas: &[UnitMeta], layout: &Layout, resumed: usize) -> PrepareSummary {
         PrepareSummary {
             documents: (layout.train.documents + layout.val.documents) as usize,
             train_documents: layout.train.documents as usize,
@@ -489,10 +523,15 @@ impl<'a> Plan<'a> {
             val_tokens: layout.val.tokens() as usize,
             input_files: metas
                 .iter()
+                .flat_map(|u| &u.inputs)
                 .filter(|m| m.skipped_file.is_none())
                 .map(|m| PathBuf::from(&m.path))
                 .collect(),
-            skipped_lines: metas.iter().map(|m| m.skipped_rows as usize).sum(),
+            skipped_lines: metas
+                .iter()
+                .flat_map(|u| &u.inputs)
+                .map(|m| m.skipped_rows as usize)
+                .sum(),
             files: assemble::shard_paths(&self.out, layout),
             up_to_date: false,
             resumed,
@@ -521,21 +560,6 @@ impl<'a> Plan<'a> {
             resumed: 0,
         })
     }
-}
-
-/// Owner rank of each input: largest first to the least-loaded rank (ties: lower index, lower
-/// rank), so ranks get similar byte counts. The output does not depend on it.
-fn assign_by_size(inputs: &[InputFile], ranks: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..inputs.len()).collect();
-    order.sort_by_key(|&k| (std::cmp::Reverse(inputs[k].bytes), k));
-    let mut load = vec![0u64; ranks];
-    let mut owner = vec![0; inputs.len()];
-    for k in order {
-        let r = (0..ranks).min_by_key(|&r| (load[r], r)).unwrap_or(0);
-        owner[k] = r;
-        load[r] += inputs[k].bytes.max(1);
-    }
-    owner
 }
 
 fn progress_bar(show: bool, len: u64, msg: &str) -> indicatif::ProgressBar {
@@ -842,6 +866,7 @@ mod tests {
         let opts = PrepareOptions {
             val_every: 7,
             shard_tokens: 500,
+            unit_bytes: Some(1000), // several units per rank
             ..Default::default()
         };
         let solo =
@@ -884,6 +909,7 @@ mod tests {
         let opts = PrepareOptions {
             val_every: 5,
             shard_tokens: 300,
+            unit_bytes: Some(1), // one unit per input
             ..Default::default()
         };
         let fresh = dir.join("fresh");

@@ -1,15 +1,19 @@
-//! Pass 1 of `prepare-data`: each input file is tokenised on its own into the work folder, so
-//! ranks and threads can take any files in any order and a resumed run keeps finished ones.
+//! Pass 1 of `prepare-data`: the inputs, in runs of consecutive files called units, are
+//! tokenised each on its own into the work folder, so ranks and threads can take any units in
+//! any order and a resumed run keeps finished ones.
 //!
-//! For input `k` (its index in the sorted input list) the work folder gets
-//! `src_<k>.tok` (the documents' tokens, `[EOT] ++ gpt2(doc)` each, `u16` little-endian,
-//! no header), `src_<k>.len` (each document's token count, `u64` little-endian) and, last,
-//! `src_<k>.json` ([`SourceMeta`]), which marks the input done. A meta is reused only when the
-//! input's path, size and modification time and the pass's options are unchanged and the two
-//! data files have the lengths it states.
+//! Units ([`plan_units`]) group small files so a corpus of many small files does not cost a
+//! few work files per input, while large files stay units of their own; the grouping is a
+//! function of the input sizes and the number of workers only. For the unit starting at input
+//! `k` the work folder gets `unit_<k>.tok` (its documents' tokens, `[EOT] ++ gpt2(doc)` each,
+//! `u16` little-endian, no header), `unit_<k>.len` (each document's token count, `u64`
+//! little-endian) and, last, `unit_<k>.json` ([`UnitMeta`]), which marks the unit done. A meta
+//! is reused only when its inputs' paths, sizes and modification times and the pass's options
+//! are unchanged and the two data files have the lengths it states.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -17,36 +21,69 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::inputs::InputFile;
-use crate::data::sources::{classify, for_each_batch};
+use crate::data::sources::{read_into, Batcher};
 use crate::data::tokenizer::{Gpt2Tokenizer, EOT};
 
-/// Text (in bytes) tokenised per parallel batch of one input; bounds memory per thread.
+/// Text (in bytes) tokenised per parallel batch of one unit; bounds memory per thread.
 const BATCH_BYTES: usize = 16 << 20;
+/// Units never grow past this many input bytes (unless one file is larger).
+const MAX_UNIT_BYTES: u64 = 256 << 20;
 
 /// What pass 1 found in one input file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceMeta {
-    pub index: usize,
+pub struct InputMeta {
     pub path: String,
     pub bytes: u64,
     pub mtime_ns: u64,
-    /// The options of pass 1 (field, bad-row policy, validation rule, tokenizer).
-    pub key: String,
     pub documents: u64,
-    /// Tokens of all documents, end-of-text prefixes included.
+    /// Tokens of its documents, end-of-text prefixes included.
     pub tokens: u64,
     pub skipped_rows: u64,
     pub skipped_file: Option<String>,
-    /// `residue_tokens[r]`: tokens of the documents whose index `i` in this file has
+}
+
+/// What pass 1 found in one unit (inputs `first .. first + inputs.len()`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitMeta {
+    pub first: usize,
+    /// The options of pass 1 (field, bad-row policy, validation rule, tokenizer).
+    pub key: String,
+    pub inputs: Vec<InputMeta>,
+    pub documents: u64,
+    pub tokens: u64,
+    /// `residue_tokens[r]`: tokens of the documents whose index `i` in this unit has
     /// `i % val_every == r` (only residues below the document count are stored). With the
-    /// file's first global document index `g`, its validation documents are those with
+    /// unit's first global document index `g`, its validation documents are those with
     /// `i % val_every == (val_every - g % val_every) % val_every`.
     pub residue_tokens: Vec<u64>,
 }
 
-/// The files of input `index` in the work folder: (tokens, document lengths, meta).
-pub fn source_files(work: &Path, index: usize) -> (PathBuf, PathBuf, PathBuf) {
-    let stem = work.join(format!("src_{index:07}"));
+/// Consecutive runs of inputs: a run closes once it holds at least `target` bytes, with
+/// `target = clamp(total / (8 · workers), 64 KiB, 256 MiB)` (or `target` given), so there are
+/// enough units to keep `workers` busy and few enough to keep the work folder small.
+pub fn plan_units(inputs: &[InputFile], workers: usize, target: Option<u64>) -> Vec<Range<usize>> {
+    let total: u64 = inputs.iter().map(|f| f.bytes).sum();
+    let target = target
+        .unwrap_or_else(|| (total / (8 * workers.max(1) as u64)).clamp(64 << 10, MAX_UNIT_BYTES))
+        .max(1);
+    let mut units = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (k, f) in inputs.iter().enumerate() {
+        bytes += f.bytes;
+        if bytes >= target {
+            units.push(start..k + 1);
+            (start, bytes) = (k + 1, 0);
+        }
+    }
+    if start < inputs.len() {
+        units.push(start..inputs.len());
+    }
+    units
+}
+
+/// The files of the unit starting at input `first`: (tokens, document lengths, meta).
+pub fn unit_files(work: &Path, first: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let stem = work.join(format!("unit_{first:07}"));
     (
         stem.with_extension("tok"),
         stem.with_extension("len"),
@@ -61,82 +98,90 @@ pub fn pass_key(field: &str, skip_bad: bool, val_every: usize) -> String {
     )
 }
 
-/// The meta of input `index` if a previous run finished it with the same input and options.
-pub fn finished(work: &Path, index: usize, input: &InputFile, key: &str) -> Option<SourceMeta> {
-    let (tok, len, meta) = source_files(work, index);
-    let m: SourceMeta = serde_json::from_str(&fs::read_to_string(meta).ok()?).ok()?;
-    let same = m.index == index
-        && m.path == input.path.display().to_string()
-        && m.bytes == input.bytes
-        && m.mtime_ns == input.mtime_ns
-        && m.key == key;
+/// The meta of a unit if a previous run finished it with the same inputs and options.
+pub fn finished(
+    work: &Path,
+    unit: &Range<usize>,
+    inputs: &[InputFile],
+    key: &str,
+) -> Option<UnitMeta> {
+    let (tok, len, meta) = unit_files(work, unit.start);
+    let m: UnitMeta = serde_json::from_str(&fs::read_to_string(meta).ok()?).ok()?;
+    let same_inputs = m.inputs.len() == unit.len()
+        && m.inputs.iter().zip(&inputs[unit.clone()]).all(|(a, b)| {
+            a.path == b.path.display().to_string() && a.bytes == b.bytes && a.mtime_ns == b.mtime_ns
+        });
     let size = |p: PathBuf| fs::metadata(p).map(|x| x.len()).ok();
-    (same && size(tok) == Some(2 * m.tokens) && size(len) == Some(8 * m.documents)).then_some(m)
+    let sizes = size(tok) == Some(2 * m.tokens) && size(len) == Some(8 * m.documents);
+    (m.first == unit.start && m.key == key && same_inputs && sizes).then_some(m)
 }
 
-/// Tokenise input `index` into the work folder and return its meta.
-pub fn tokenize_source(
+/// Tokenise one unit into the work folder and return its meta.
+pub fn tokenize_unit(
     work: &Path,
-    index: usize,
-    input: &InputFile,
+    unit: &Range<usize>,
+    inputs: &[InputFile],
     opts: &super::PrepareOptions,
     tok: &Gpt2Tokenizer,
-) -> Result<SourceMeta> {
-    let (tok_path, len_path, meta_path) = source_files(work, index);
-    let tmp = |p: &Path| p.with_extension(format!("{}.tmp", ext(p)));
+) -> Result<UnitMeta> {
+    let (tok_path, len_path, meta_path) = unit_files(work, unit.start);
     let mut tokens = Writer::create(&tmp(&tok_path))?;
-    let mut lens = Writer::create(&tmp(&len_path))?;
-    let v = opts.val_every;
-    let mut residue: Vec<u64> = Vec::new();
-    let (mut docs, mut total) = (0u64, 0u64);
-    let stats = for_each_batch(
-        &input.path,
-        &opts.field,
-        opts.skip_bad,
-        BATCH_BYTES,
-        &mut |batch| {
-            let encoded: Vec<Vec<u32>> = batch
-                .par_iter()
-                .map(|d| {
-                    let mut ids = Vec::with_capacity(d.len() / 3 + 2);
-                    ids.push(EOT);
-                    ids.extend(tok.encode(d));
-                    ids
-                })
-                .collect();
-            for ids in &encoded {
-                tokens.put_tokens(ids)?;
-                lens.put(&(ids.len() as u64).to_le_bytes())?;
-                let r = (docs % v as u64) as usize;
-                if r == residue.len() {
-                    residue.push(0);
-                }
-                residue[r] += ids.len() as u64;
-                docs += 1;
-                total += ids.len() as u64;
-            }
-            Ok(())
-        },
-    )?;
+    let mut lens: Vec<u64> = Vec::new();
+    let mut sink = |batch: Vec<String>| -> Result<()> {
+        let encoded: Vec<Vec<u32>> = batch
+            .par_iter()
+            .map(|d| {
+                let mut ids = Vec::with_capacity(d.len() / 3 + 2);
+                ids.push(EOT);
+                ids.extend(tok.encode(d));
+                ids
+            })
+            .collect();
+        for ids in &encoded {
+            tokens.put_tokens(ids)?;
+            lens.push(ids.len() as u64);
+        }
+        Ok(())
+    };
+    let mut batcher = Batcher::new(BATCH_BYTES, &mut sink);
+    let mut metas = Vec::with_capacity(unit.len());
+    for input in &inputs[unit.clone()] {
+        let before = batcher.pushed();
+        let stats = read_into(&input.path, &opts.field, opts.skip_bad, &mut batcher)?;
+        metas.push(InputMeta {
+            path: input.path.display().to_string(),
+            bytes: input.bytes,
+            mtime_ns: input.mtime_ns,
+            documents: batcher.pushed() - before,
+            tokens: 0, // from the lengths below
+            skipped_rows: stats.skipped_rows as u64,
+            skipped_file: stats.skipped_file,
+        });
+    }
+    batcher.flush()?;
+    drop(batcher);
     tokens.finish(&tok_path)?;
-    lens.finish(&len_path)?;
-    let (format, comp) = classify(&input.path);
-    log::debug!(
-        "{} ({} {}): {docs} documents, {total} tokens",
-        input.path.display(),
-        format.name(),
-        comp.name()
-    );
-    let meta = SourceMeta {
-        index,
-        path: input.path.display().to_string(),
-        bytes: input.bytes,
-        mtime_ns: input.mtime_ns,
+    let mut at = 0usize;
+    for m in &mut metas {
+        let n = m.documents as usize;
+        m.tokens = lens[at..at + n].iter().sum();
+        at += n;
+    }
+    let v = opts.val_every;
+    let mut residue = vec![0u64; v.min(lens.len())];
+    for (i, &l) in lens.iter().enumerate() {
+        residue[i % v] += l;
+    }
+    let mut len_file = Writer::create(&tmp(&len_path))?;
+    let bytes: Vec<u8> = lens.iter().flat_map(|l| l.to_le_bytes()).collect();
+    len_file.put(&bytes)?;
+    len_file.finish(&len_path)?;
+    let meta = UnitMeta {
+        first: unit.start,
         key: pass_key(&opts.field, opts.skip_bad, v),
-        documents: docs,
-        tokens: total,
-        skipped_rows: stats.skipped_rows as u64,
-        skipped_file: stats.skipped_file,
+        documents: lens.len() as u64,
+        tokens: lens.iter().sum(),
+        inputs: metas,
         residue_tokens: residue,
     };
     let tmp_meta = tmp(&meta_path);
@@ -147,10 +192,11 @@ pub fn tokenize_source(
     Ok(meta)
 }
 
-fn ext(p: &Path) -> String {
-    p.extension()
-        .map(|e| e.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// `x.tok` → `x.tok.tmp`.
+fn tmp(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
 }
 
 /// A buffered file written under a temporary name, renamed into place when finished.
