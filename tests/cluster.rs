@@ -531,3 +531,61 @@ fn mpirun_inside_the_allocation_places_ranks_like_srun() {
     assert_eq!(srun, mpirun);
     assert_ne!(srun[0].0, srun[2].0, "{srun:?}");
 }
+
+/// The prepare-data template on 2 hosts × 2 ranks: the ranks on both hosts share the inputs
+/// (text and pyarrow-written Parquet) and write the same folder, byte for byte, as one process.
+#[test]
+fn prepare_data_job_on_two_hosts_matches_one_process() {
+    let _c = cluster(2);
+    let dir = scratch("cluster-prepare");
+    let text = corpus().parent().unwrap().join("text");
+    let parquet = repo("tests/reference/fixtures/parquet/snappy.parquet");
+    let inputs = [s(&text), s(&parquet)];
+    let opts = ["--shard-tokens", "20000", "--val-every", "11"];
+    let one = dir.join("one");
+    let mut a = vec!["--threads", "1", "prepare-data", "--input"];
+    a.extend(inputs);
+    a.extend(["--out", s(&one)]);
+    a.extend(opts);
+    ferrotron(&a, &dir).assert_ok();
+    let two = dir.join("two");
+    let mut args = inputs.to_vec();
+    args.extend(opts);
+    let template = repo("slurm/prepare-data.sbatch");
+    let (o, log) = job(
+        120,
+        &dir,
+        "prep.out",
+        TWO_BY_TWO,
+        [&template, &two],
+        &args,
+        &[],
+    );
+    assert_eq!(o.code, 0, "job failed: {}\n{log}", o.all());
+    assert!(log.contains("2 nodes × 2 ranks × 1 threads"), "{log}");
+    assert!(log.contains("on 4 rank(s)"), "{log}");
+    let files = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (want, got) = (files(&one), files(&two));
+    assert!(want.len() > 5, "{} files", want.len());
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            g == w,
+            "{} differs between 4 ranks on 2 hosts and one process",
+            g.0
+        );
+    }
+}
