@@ -42,7 +42,8 @@ pub struct ModelConfig {
     pub n_head: usize,
 }
 
-/// Token shards in llm.c's format: a file, a directory, or `dir/prefix_*.bin`.
+/// Token shards in llm.c's format: a file, a folder (a `prepare-data` output: its split), a
+/// `manifest.json`, or `dir/prefix_*.bin`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
@@ -50,6 +51,11 @@ pub struct DataConfig {
     pub train: String,
     #[serde(default = "default_val_data")]
     pub val: String,
+    /// Order of the training windows in an epoch: "feistel" (O(1) memory; new runs' default)
+    /// or "shuffle" (Fisher–Yates, as before samplers were versioned). A resumed run takes its
+    /// checkpoint's; setting another one is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +312,7 @@ impl Default for DataConfig {
         Self {
             train: default_train_data(),
             val: default_val_data(),
+            sampler: None,
         }
     }
 }
@@ -440,6 +447,9 @@ impl Config {
                 m.n_embd,
                 m.n_head
             );
+        }
+        if let Some(k) = &self.data.sampler {
+            crate::data::SamplerKind::parse(k).context("data.sampler")?;
         }
         positive("train.steps", t.steps)?;
         positive("train.micro_batch_size", t.micro_batch_size)?;

@@ -164,6 +164,54 @@ fn resume_is_exact_and_reshards_onto_any_grid() {
     }
 }
 
+/// Samplers are versioned: a checkpoint without a `sampler` attribute (as every checkpoint
+/// written before it was recorded) resumes with the Fisher–Yates order it was trained with,
+/// bitwise; the default order (feistel) is a different one; asking for another order than the
+/// checkpoint's is refused with one message.
+#[test]
+fn checkpoints_from_before_samplers_resume_in_their_order() {
+    let dir = scratch("ckpt-sampler");
+    let cfg = tiny_config(&dir, "");
+    let grid = (1, 1, 1);
+    let straight = sets(&["train.steps=8", "checkpoint.every=4"]);
+    let mut old = straight.clone();
+    old.extend(sets(&["data.sampler=\"shuffle\""]));
+    run_ok(&dir, grid, &train_args(&dir, &cfg, "old", grid, 0, &old));
+    run_ok(
+        &dir,
+        grid,
+        &train_args(&dir, &cfg, "new", grid, 0, &straight),
+    );
+    let (l_old, l_new) = (losses_of(&dir, "old"), losses_of(&dir, "new"));
+    assert_ne!(l_old, l_new, "the two orders gave the same losses");
+    // Make the step-4 checkpoint look like one from before samplers were recorded.
+    let ck = step_dir(&dir, "old", 4);
+    let o = run_timeout(
+        60,
+        h5py_python(),
+        &[
+            "-c",
+            "import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); del f.attrs['sampler']; f.close()",
+            ck.join("meta.h5").to_str().unwrap(),
+        ],
+        &[],
+        &dir,
+    );
+    assert_eq!(o.code, 0, "{}", o.all());
+    let resume = |name: &str, extra: &[&str]| {
+        let mut a = sets(&["train.steps=8"]);
+        a.extend(sets(extra));
+        a.extend(["--resume".to_string(), ck.to_str().unwrap().to_string()]);
+        let args = train_args(&dir, &cfg, name, grid, 0, &a);
+        let v: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        mpirun(1, &v, &[], &dir)
+    };
+    resume("resumed", &[]).assert_ok();
+    assert_continues("resumed", &losses_of(&dir, "resumed"), &l_old, 4, true);
+    resume("refused", &["data.sampler=\"feistel\""])
+        .assert_clean_failure("data.sampler = \"feistel\", but checkpoint");
+}
+
 /// The format as a user sees it with h5py: meta attributes, datasets and their attributes,
 /// CRCs recomputed in Python.
 #[test]

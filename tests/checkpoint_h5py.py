@@ -25,6 +25,7 @@ def main(step_dir):
         for k in ("format_version", "ferrotron_version", "config", "dp", "tp", "pp", "zero", "step",
                   "tokens", "samples", "seed", "adam_t", "vocab_size", "n_embd", "n_layer", "n_head"):
             assert k in a, f"meta.h5: attribute {k} missing"
+        assert a["sampler"] in ("feistel", "shuffle"), a["sampler"]
         assert int(a["format_version"]) == 1
         dp, tp, pp, zero = (int(a[k]) for k in ("dp", "tp", "pp", "zero"))
         cfg = a["config"]

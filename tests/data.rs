@@ -146,8 +146,9 @@ fn peak_rss_mib(o: &Out) -> f64 {
         .unwrap()
 }
 
-/// Training over 2 GB of tokens needs no more memory than over 20 MB, but for the sampler's
-/// permutation (4 bytes per window of T tokens) and a small constant.
+/// Training over 2 GB of tokens needs no more memory than over 20 MB but a small constant (the
+/// default sampler keeps no permutation; the shuffle sampler's 4 bytes per window would be
+/// 15 MiB here, so the bound would catch it).
 #[test]
 fn resident_memory_does_not_grow_with_the_dataset() {
     let dir = scratch("data-rss");
@@ -173,11 +174,10 @@ fn resident_memory_does_not_grow_with_the_dataset() {
     };
     let (a, b) = (run("small.bin", "small"), run("big.bin", "big"));
     eprintln!("peak RSS: {a:.1} MiB (20 MB of tokens), {b:.1} MiB (2 GB)");
-    let perm_mib = 4.0 * ((big - small) / t) as f64 / (1u64 << 20) as f64;
-    let allowed = perm_mib + 16.0;
+    let allowed = 8.0;
     assert!(
         b - a <= allowed,
-        "peak RSS {a:.1} MiB over 20 MB of tokens, {b:.1} MiB over 2 GB: grew {:.1} MiB, allowed {allowed:.1} (permutation {perm_mib:.1} + 16)",
+        "peak RSS {a:.1} MiB over 20 MB of tokens, {b:.1} MiB over 2 GB: grew {:.1} MiB, allowed {allowed:.1}",
         b - a
     );
 }

@@ -5,9 +5,10 @@
 //! - `meta.h5` — root attributes only: `format_version`, `ferrotron_version`, `config` (the
 //!   run's TOML), `dp`, `tp`, `pp`, `zero`, `step` (optimizer steps done), `tokens`, `samples`
 //!   (training samples consumed: the data-loader position; the order is a pure function of
-//!   `train.seed` and the sample index, so there is no other RNG state), `seed`, `adam_t`,
-//!   `global_batch_size`, `seq_len`, and the model shape (`vocab_size`, `n_positions`, `n_embd`,
-//!   `n_layer`, `n_head`).
+//!   `train.seed`, `sampler` and the sample index, so there is no other RNG state), `seed`,
+//!   `adam_t`, `global_batch_size`, `seq_len`, the model shape (`vocab_size`, `n_positions`,
+//!   `n_embd`, `n_layer`, `n_head`) and `sampler` (the window order, `feistel` or `shuffle`;
+//!   absent in checkpoints written before it was recorded, which used `shuffle`).
 //! - `shard_pp<p>_tp<t>.h5` — written by the dp-rank-0 replica of stage p, TP rank t:
 //!   `/model/<name>` and, without ZeRO-1, `/optim/<name>/m` and `/optim/<name>/v`. Each
 //!   dataset carries `global_shape`, `offset` (u64 arrays: the box of the global tensor it

@@ -29,6 +29,9 @@ pub struct Meta {
     pub seq_len: usize,
     /// The model shape (unpadded vocabulary).
     pub model: Gpt2Config,
+    /// Order of the training windows (`data.sampler`); "shuffle" for checkpoints written
+    /// before it was recorded.
+    pub sampler: String,
 }
 
 const COUNTS: [&str; 12] = [
@@ -78,6 +81,7 @@ impl Meta {
         write_u64_attr(&f, "samples", self.samples)?;
         write_u64_attr(&f, "seed", self.seed)?;
         write_u64_attr(&f, "adam_t", self.adam_t)?;
+        write_str_attr(&f, "sampler", &self.sampler)?;
         f.flush()?;
         Ok(())
     }
@@ -120,6 +124,11 @@ impl Meta {
             samples: u("samples")?,
             seed: u("seed")?,
             adam_t: u("adam_t")?,
+            sampler: if f.attr("sampler").is_ok() {
+                read_str_attr(&f, "sampler").with_context(ctx)?
+            } else {
+                "shuffle".into() // written before samplers were recorded
+            },
         })
     }
 

@@ -13,11 +13,12 @@
 //!   has inputs `tokens[w*T .. w*T + T]` and targets `tokens[w*T + 1 .. w*T + T + 1]`
 //!   (a window may span two or more shards).
 //!   A global sample index `g` maps to epoch `e = g / n` and window
-//!   `perm_e[g % n]`, where `perm_e` is a random permutation of `0..n` (exact
-//!   rule in [`epoch_permutation`]). Samples depend only on `(data, T, seed, g)`,
-//!   so any data-parallel layout that assigns global indices consistently
-//!   sees the same global batch, and resuming at `g` reproduces the run. The
-//!   permutation takes 4 bytes per window (N/T windows).
+//!   `perm_e[g % n]`, where `perm_e` is a random permutation of `0..n`: by default a keyed
+//!   Feistel bijection evaluated per index (O(1) memory, [`feistel_index`]); with
+//!   [`SamplerKind::Shuffle`], the Fisher–Yates permutation runs used before samplers were
+//!   versioned ([`epoch_permutation`], 4 bytes per window). Samples depend only on
+//!   `(data, T, seed, sampler, g)`, so any data-parallel layout that assigns global indices
+//!   consistently sees the same global batch, and resuming at `g` reproduces the run.
 //! * [`EvalWindows`]: llm.c-style evaluation: sequence `i` is the window
 //!   `i` above, taken in order.
 
@@ -332,36 +333,130 @@ pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
     perm
 }
 
+/// How a [`TrainSampler`] orders the windows of an epoch. Recorded in checkpoints (`sampler`),
+/// so a resumed run continues with the order it started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// Fisher–Yates permutation ([`epoch_permutation`]): 4 bytes per window, rebuilt each
+    /// epoch. The only order before samplers were versioned: checkpoints without a `sampler`
+    /// attribute use it.
+    Shuffle,
+    /// A keyed bijection of `0..n` ([`feistel_index`]): O(1) memory and start-up for any
+    /// number of windows. The default of new runs.
+    Feistel,
+}
+
+impl SamplerKind {
+    /// Name in configs (`data.sampler`) and checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Shuffle => "shuffle",
+            SamplerKind::Feistel => "feistel",
+        }
+    }
+
+    /// Parse a name written by [`SamplerKind::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "shuffle" => Ok(SamplerKind::Shuffle),
+            "feistel" => Ok(SamplerKind::Feistel),
+            other => bail!("unknown sampler {other:?} (use \"feistel\" or \"shuffle\")"),
+        }
+    }
+}
+
+/// SplitMix64's output function: a fixed bijection of `u64` with good avalanche.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Rounds of the Feistel network in [`feistel_index`].
+const FEISTEL_ROUNDS: u64 = 8;
+
+/// Position `i` (`< n`) of epoch `epoch`'s order under [`SamplerKind::Feistel`]:
+///
+/// ```text
+/// h    = max(1, ceil(log2(n)) / 2 rounded up)   # half width in bits; domain 4^h >= n
+/// key  = mix64(seed ^ epoch * EPOCH_SEED_MUL)
+/// enc(x): (L, R) = (x >> h, x & (2^h - 1))
+///         for r in 0..8: (L, R) = (R, L ^ (mix64(key ^ (r << 56) ^ R) & (2^h - 1)))
+///         return L << h | R
+/// y = enc(i); while y >= n: y = enc(y)          # cycle-walking: a bijection of 0..n
+/// ```
+///
+/// `enc` is a bijection of `0..4^h` (each round is), and walking its cycles until they
+/// re-enter `0..n` restricts it to a bijection of `0..n`; `4^h < 4n`, so fewer than 4 steps
+/// are expected.
+pub fn feistel_index(i: u64, n: u64, seed: u64, epoch: u64) -> u64 {
+    debug_assert!(i < n);
+    let bits = 64 - (n.max(2) - 1).leading_zeros() as u64; // ceil(log2(n)), >= 1
+    let h = bits.div_ceil(2);
+    let mask = (1u64 << h) - 1;
+    let key = mix64(seed ^ epoch.wrapping_mul(EPOCH_SEED_MUL));
+    let enc = |x: u64| {
+        let (mut l, mut r) = (x >> h, x & mask);
+        for round in 0..FEISTEL_ROUNDS {
+            let f = mix64(key ^ (round << 56) ^ r) & mask;
+            (l, r) = (r, l ^ f);
+        }
+        (l << h) | r
+    };
+    let mut y = enc(i);
+    while y >= n {
+        y = enc(y);
+    }
+    y
+}
+
 /// Shuffled training windows addressed by a global sample index (see the
-/// module docs). Keeps the permutation of the most recent epoch cached.
+/// module docs). With [`SamplerKind::Shuffle`] it keeps the permutation of the most recent
+/// epoch cached.
 #[derive(Debug, Clone)]
 pub struct TrainSampler {
     data: Arc<TokenData>,
     seq_len: usize,
     seed: u64,
     n: usize,
-    epoch: u64,
+    kind: SamplerKind,
+    /// Shuffle only: the epoch whose permutation `perm` holds.
+    epoch: Option<u64>,
     perm: Vec<u32>,
 }
 
 impl TrainSampler {
-    /// Error if the data has fewer than `seq_len + 1` tokens or more than
-    /// `u32::MAX` windows.
-    pub fn new(data: Arc<TokenData>, seq_len: usize, seed: u64) -> Result<Self> {
+    /// Error if the data has fewer than `seq_len + 1` tokens (or, for [`SamplerKind::Shuffle`],
+    /// more than `u32::MAX` windows). Nothing is computed until a sample is asked for.
+    pub fn new(data: Arc<TokenData>, seq_len: usize, seed: u64, kind: SamplerKind) -> Result<Self> {
         let n = data.num_windows(seq_len)?;
         ensure!(
-            n <= u32::MAX as usize,
-            "{n} windows of {seq_len} tokens exceed the u32 permutation limit"
+            kind != SamplerKind::Shuffle || n <= u32::MAX as usize,
+            "{n} windows of {seq_len} tokens exceed the shuffle sampler's u32 limit (use data.sampler = \"feistel\")"
         );
-        let perm = epoch_permutation(n, seed, 0);
         Ok(Self {
             data,
             seq_len,
             seed,
             n,
-            epoch: 0,
-            perm,
+            kind,
+            epoch: None,
+            perm: Vec::new(),
         })
+    }
+
+    /// The order this sampler uses.
+    pub fn kind(&self) -> SamplerKind {
+        self.kind
+    }
+
+    /// Switch to another order (a resumed run takes its checkpoint's).
+    pub fn set_kind(&mut self, kind: SamplerKind) {
+        if kind != self.kind {
+            self.kind = kind;
+            self.epoch = None;
+            self.perm = Vec::new();
+        }
     }
 
     /// Windows per epoch, `n = (N - 1) / T`.
@@ -383,11 +478,16 @@ impl TrainSampler {
     pub fn window_of(&mut self, g: u64) -> usize {
         let n = self.n as u64;
         let epoch = g / n;
-        if epoch != self.epoch {
-            self.perm = epoch_permutation(self.n, self.seed, epoch);
-            self.epoch = epoch;
+        match self.kind {
+            SamplerKind::Feistel => feistel_index(g % n, n, self.seed, epoch) as usize,
+            SamplerKind::Shuffle => {
+                if self.epoch != Some(epoch) {
+                    self.perm = epoch_permutation(self.n, self.seed, epoch);
+                    self.epoch = Some(epoch);
+                }
+                self.perm[(g % n) as usize] as usize
+            }
         }
-        self.perm[(g % n) as usize] as usize
     }
 
     /// Fill one sequence for global sample `g`. Panics unless both slices
@@ -515,67 +615,111 @@ mod tests {
         x
     }
 
+    const KINDS: [SamplerKind; 2] = [SamplerKind::Shuffle, SamplerKind::Feistel];
+
     #[test]
     fn deterministic_and_seed_dependent() {
-        let d = data(10_001);
-        let mut a = TrainSampler::new(d.clone(), 10, 42).unwrap();
-        let mut b = TrainSampler::new(d.clone(), 10, 42).unwrap();
-        let mut c = TrainSampler::new(d, 10, 43).unwrap();
-        assert_eq!(a.num_windows(), 1000);
-        let sa = samples(&mut a, 0, 64);
-        assert_eq!(sa, samples(&mut b, 0, 64));
-        assert_ne!(sa, samples(&mut c, 0, 64));
-        // Window starts are multiples of T.
-        assert!(sa.chunks(10).all(|r| r[0] % 10 == 0));
+        for kind in KINDS {
+            let d = data(10_001);
+            let mut a = TrainSampler::new(d.clone(), 10, 42, kind).unwrap();
+            let mut b = TrainSampler::new(d.clone(), 10, 42, kind).unwrap();
+            let mut c = TrainSampler::new(d.clone(), 10, 43, kind).unwrap();
+            assert_eq!(a.num_windows(), 1000);
+            let sa = samples(&mut a, 0, 64);
+            assert_eq!(sa, samples(&mut b, 0, 64));
+            assert_ne!(sa, samples(&mut c, 0, 64));
+            // Window starts are multiples of T.
+            assert!(sa.chunks(10).all(|r| r[0] % 10 == 0));
+        }
     }
 
     #[test]
     fn each_window_once_per_epoch() {
-        let mut s = TrainSampler::new(data(1000), 7, 1).unwrap();
-        let n = s.num_windows();
-        assert_eq!(n, 142);
-        let mut perms = Vec::new();
-        for e in 0..3u64 {
-            let mut seen: Vec<usize> = (0..n as u64)
-                .map(|k| s.window_of(e * n as u64 + k))
-                .collect();
-            perms.push(seen.clone());
-            seen.sort();
-            assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        for kind in KINDS {
+            let mut s = TrainSampler::new(data(1000), 7, 1, kind).unwrap();
+            let n = s.num_windows();
+            assert_eq!(n, 142);
+            let mut perms = Vec::new();
+            for e in 0..3u64 {
+                let mut seen: Vec<usize> = (0..n as u64)
+                    .map(|k| s.window_of(e * n as u64 + k))
+                    .collect();
+                perms.push(seen.clone());
+                seen.sort();
+                assert_eq!(seen, (0..n).collect::<Vec<_>>());
+            }
+            assert_ne!(perms[0], perms[1]);
+            assert_ne!(perms[0], (0..n).collect::<Vec<_>>());
+            assert_eq!(s.epoch_of(3 * n as u64 - 1), 2);
         }
-        assert_ne!(perms[0], perms[1]);
-        assert_ne!(perms[0], (0..n).collect::<Vec<_>>());
-        assert_eq!(s.epoch_of(3 * n as u64 - 1), 2);
+    }
+
+    /// The Feistel order is a permutation for any n (cycle-walking included), differs by
+    /// seed and epoch, and is not close to the identity.
+    #[test]
+    fn feistel_is_a_permutation_for_any_size() {
+        for n in [1u64, 2, 3, 4, 5, 17, 255, 256, 257, 1000, 4097, 65_537] {
+            let p: Vec<u64> = (0..n).map(|i| feistel_index(i, n, 9, 0)).collect();
+            let mut sorted = p.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "n = {n}");
+            if n >= 17 {
+                let q: Vec<u64> = (0..n).map(|i| feistel_index(i, n, 9, 1)).collect();
+                let r: Vec<u64> = (0..n).map(|i| feistel_index(i, n, 10, 0)).collect();
+                assert!(p != q && p != r, "n = {n}");
+                let fixed = p
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, &x)| *i as u64 == x)
+                    .count();
+                assert!(fixed * 10 < n as usize, "n = {n}: {fixed} fixed points");
+            }
+        }
+        // Far beyond the u32 limit of the shuffle sampler: still a bijection locally.
+        let n = 10_000_000_000_u64;
+        let a: std::collections::HashSet<u64> =
+            (0..10_000).map(|i| feistel_index(i, n, 1, 0)).collect();
+        assert_eq!(a.len(), 10_000);
+        assert!(a.iter().all(|&x| x < n));
     }
 
     #[test]
     fn resume_matches_continuous_run() {
-        let d = data(5000);
-        let mut cont = TrainSampler::new(d.clone(), 16, 7).unwrap();
-        let all = samples(&mut cont, 0, 1000); // crosses several epochs (n = 312)
-        let mut resumed = TrainSampler::new(d.clone(), 16, 7).unwrap();
-        assert_eq!(samples(&mut resumed, 700, 300), all[700 * 16..].to_vec());
-        // Data-parallel layout: rank r of 4 takes rows r, r+4, ... of a batch.
-        let mut ranks: Vec<TrainSampler> = (0..4)
-            .map(|_| TrainSampler::new(d.clone(), 16, 7).unwrap())
-            .collect();
-        for (r, s) in ranks.iter_mut().enumerate() {
-            for k in (r..40).step_by(4) {
-                let g = 600 + k as u64;
-                assert_eq!(samples(s, g, 1), all[g as usize * 16..][..16].to_vec());
+        for kind in KINDS {
+            let d = data(5000);
+            let mut cont = TrainSampler::new(d.clone(), 16, 7, kind).unwrap();
+            let all = samples(&mut cont, 0, 1000); // crosses several epochs (n = 312)
+            let mut resumed = TrainSampler::new(d.clone(), 16, 7, kind).unwrap();
+            assert_eq!(samples(&mut resumed, 700, 300), all[700 * 16..].to_vec());
+            // Data-parallel layout: rank r of 4 takes rows r, r+4, ... of a batch.
+            let mut ranks: Vec<TrainSampler> = (0..4)
+                .map(|_| TrainSampler::new(d.clone(), 16, 7, kind).unwrap())
+                .collect();
+            for (r, s) in ranks.iter_mut().enumerate() {
+                for k in (r..40).step_by(4) {
+                    let g = 600 + k as u64;
+                    assert_eq!(samples(s, g, 1), all[g as usize * 16..][..16].to_vec());
+                }
             }
         }
     }
 
     #[test]
     fn too_little_data() {
-        let msg = TrainSampler::new(data(10), 10, 0).unwrap_err().to_string();
+        let msg = TrainSampler::new(data(10), 10, 0, SamplerKind::Feistel)
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("data has 10 tokens, fewer than seq_len+1 = 11"),
             "{msg}"
         );
         assert!(EvalWindows::new(data(10), 10).is_err());
-        assert_eq!(TrainSampler::new(data(11), 10, 0).unwrap().num_windows(), 1);
+        assert_eq!(
+            TrainSampler::new(data(11), 10, 0, SamplerKind::Feistel)
+                .unwrap()
+                .num_windows(),
+            1
+        );
     }
 
     #[test]
@@ -690,8 +834,8 @@ mod tests {
         let mem = Arc::new(TokenData::from_tokens(all));
         assert_eq!(mapped.len(), mem.len());
         for t in [1, 7, 64] {
-            let mut a = TrainSampler::new(mapped.clone(), t, 3).unwrap();
-            let mut b = TrainSampler::new(mem.clone(), t, 3).unwrap();
+            let mut a = TrainSampler::new(mapped.clone(), t, 3, SamplerKind::Feistel).unwrap();
+            let mut b = TrainSampler::new(mem.clone(), t, 3, SamplerKind::Feistel).unwrap();
             let n = a.num_windows() as u64;
             let (mut xa, mut ya, mut xb, mut yb) = (vec![0; t], vec![0; t], vec![0; t], vec![0; t]);
             for g in 0..2 * n {
@@ -710,5 +854,32 @@ mod tests {
             }
         }
         fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod pinned {
+    use super::*;
+
+    /// Both orders are part of the checkpoint format: a change here would make resumed runs
+    /// train on other samples than their checkpoints' runs. (The shuffle values are those of
+    /// every ferrotron before samplers were versioned.)
+    #[test]
+    fn orders_are_pinned() {
+        assert_eq!(
+            epoch_permutation(12, 1337, 0),
+            [10, 1, 0, 2, 3, 5, 4, 11, 7, 9, 6, 8]
+        );
+        assert_eq!(
+            epoch_permutation(12, 1337, 1),
+            [6, 11, 4, 1, 9, 7, 3, 10, 2, 5, 8, 0]
+        );
+        let f = |e| {
+            (0..12)
+                .map(|i| feistel_index(i, 12, 1337, e))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(f(0), [0, 7, 2, 10, 1, 8, 5, 9, 3, 6, 11, 4]);
+        assert_eq!(f(1), [3, 10, 11, 6, 2, 5, 0, 1, 8, 9, 7, 4]);
     }
 }

@@ -18,7 +18,7 @@ pub mod shard;
 pub mod sources;
 pub mod tokenizer;
 
-pub use loader::{EvalWindows, TokenData, TrainSampler};
+pub use loader::{EvalWindows, SamplerKind, TokenData, TrainSampler};
 pub use manifest::{Manifest, Split};
 pub use prepare::{prepare_data, PrepareOptions, PrepareSummary, Solo, Team};
 pub use shard::{read_shard, write_shard, HEADER_INTS, SHARD_MAGIC, SHARD_VERSION};

@@ -8,6 +8,7 @@ use crate::checkpoint::load::{self, Kind, Source};
 use crate::checkpoint::meta::Meta;
 use crate::checkpoint::save::{list_steps, OptimState, Snapshot};
 use crate::config::Config;
+use crate::data::SamplerKind;
 use crate::model::gpt2::Gpt2Config;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -97,6 +98,7 @@ impl<B: Backend> Trainer<B> {
             global_batch_size: t.global_batch_size,
             seq_len: t.seq_len,
             model: Gpt2Config::from_model_config(&self.cfg.model),
+            sampler: self.sampler_kind.name().to_string(),
         })
     }
 
@@ -104,6 +106,11 @@ impl<B: Backend> Trainer<B> {
     /// number of steps it holds.
     pub(crate) fn restore(&mut self, src: &mut Source) -> Result<usize> {
         check_compatible(&self.cfg, &src.meta, &src.dir)?;
+        self.sampler_kind = SamplerKind::parse(&src.meta.sampler)
+            .with_context(|| format!("checkpoint {}: attribute sampler", src.dir.display()))?;
+        if let Some(s) = self.sampler.as_mut() {
+            s.set_kind(self.sampler_kind);
+        }
         let ly = self.model.layout.clone();
         let params = src.load_local(&ly, Kind::Model)?;
         let m = src.load_local(&ly, Kind::AdamM)?;
@@ -150,6 +157,16 @@ fn check_compatible(cfg: &Config, meta: &Meta, dir: &std::path::Path) -> Result<
             bail!(
                 "{k} = {now}, but checkpoint {} was trained with {ck}; the data order would not continue (set {k} = {ck})",
                 dir.display()
+            );
+        }
+    }
+    if let Some(want) = cfg.data.sampler.as_deref() {
+        if want != meta.sampler {
+            bail!(
+                "data.sampler = {want:?}, but checkpoint {} was trained with {:?}; the data order would not continue (set data.sampler = {:?} or leave it unset)",
+                dir.display(),
+                meta.sampler,
+                meta.sampler
             );
         }
     }

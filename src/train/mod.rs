@@ -11,7 +11,7 @@ use crate::backend::{Backend, Region};
 use crate::checkpoint::hf;
 use crate::comm::Communicator;
 use crate::config::{Config, Schedule};
-use crate::data::{EvalWindows, TokenData, TrainSampler};
+use crate::data::{EvalWindows, SamplerKind, TokenData, TrainSampler};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
 use crate::parallel::dp::{self, DpReducer};
@@ -119,6 +119,9 @@ pub struct Trainer<B: Backend> {
     /// Training windows: on the stages that read tokens (first: inputs, last: targets); middle
     /// pipeline stages open no data.
     sampler: Option<TrainSampler>,
+    /// The order of the training windows (on every rank, also those without data: rank 0
+    /// writes it into checkpoints).
+    sampler_kind: SamplerKind,
     /// Validation windows, on the same stages (None there without validation data).
     val: Option<EvalWindows>,
     slots: Vec<StageActs<B>>,
@@ -159,12 +162,17 @@ impl<B: Backend> Trainer<B> {
             StageModel::new(gcfg, layout, be).with_head_chunk_rows(cfg.train.head_chunk_rows);
         let t = &cfg.train;
         let reads_tokens = coords.pp == 0 || coords.pp + 1 == grid.pp;
+        let sampler_kind = match &cfg.data.sampler {
+            Some(k) => SamplerKind::parse(k).context("data.sampler")?,
+            None => SamplerKind::Feistel,
+        };
         let (sampler, val) = if reads_tokens {
             let train_files = TokenData::from_pattern(&cfg.data.train, crate::data::Split::Train)
                 .context("data.train")?;
             let data =
                 Arc::new(TokenData::open(&train_files, gcfg.vocab_size).context("data.train")?);
-            let s = TrainSampler::new(data, t.seq_len, t.seed).context("data.train")?;
+            let s =
+                TrainSampler::new(data, t.seq_len, t.seed, sampler_kind).context("data.train")?;
             (Some(s), open_val(cfg, gcfg.vocab_size)?)
         } else {
             (None, None)
@@ -215,6 +223,7 @@ impl<B: Backend> Trainer<B> {
             glayout,
             sched,
             sampler,
+            sampler_kind,
             val,
             actions,
             buckets,
