@@ -52,6 +52,11 @@ pub struct TrainArgs {
     /// Any grid can resume any checkpoint.
     #[arg(long, value_name = "auto|PATH")]
     pub resume: Option<String>,
+    /// Take over checkpoint.dir's LOCK even when its owner may still run (a run on another
+    /// host, or a live process). Stale locks (same Slurm job, dead process on this host) are
+    /// taken over without it.
+    #[arg(long)]
+    pub force_unlock: bool,
     /// Set-up only: check the config, the grid, the communicators and that the data files
     /// exist, print one JSON line per rank (host, local rank, grid coordinates, the device it
     /// would use) and exit 0 without training. Checks an sbatch script before node-hours.

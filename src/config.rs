@@ -99,9 +99,29 @@ pub struct TrainConfig {
     /// last stage; 0 = automatic (a logits chunk of about 512 MiB).
     #[serde(default)]
     pub head_chunk_rows: usize,
-    /// Test hook: make the loss NaN at this step (exercises the NaN guard).
+    /// What a step whose loss or global gradient norm is not finite does (checked before
+    /// clipping and the update): "stop" (default) ends every rank with the step, what was
+    /// non-finite and the first such gradient tensor; "skip" discards the step — weights,
+    /// optimizer state, learning-rate schedule and data position stay as if it had not been
+    /// taken — logs it, counts it in the metrics and runs it again on the same batch.
     #[serde(default)]
+    pub on_nonfinite: OnNonFinite,
+    /// With `on_nonfinite = "skip"`: more discarded steps than this in one run stop it (a batch
+    /// that is non-finite every time it runs stops after this many tries).
+    #[serde(default = "default_max_skipped")]
+    pub max_skipped_steps: usize,
+    /// Testing aid (not for users): make the parameters NaN at this 0-based step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug_nan_at_step: Option<usize>,
+}
+
+/// See [`TrainConfig::on_nonfinite`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonFinite {
+    #[default]
+    Stop,
+    Skip,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,6 +251,20 @@ pub struct CheckpointConfig {
     /// waits until the checkpoint is complete).
     #[serde(default = "yes")]
     pub background: bool,
+    /// A save that fails (full or read-only disk, ...): "stop" (default; every rank exits 1
+    /// with the file and cause) or "continue" (warn and train on without that checkpoint).
+    /// Either way the previous checkpoint and `latest` stay intact.
+    #[serde(default)]
+    pub on_error: OnSaveError,
+}
+
+/// See [`CheckpointConfig::on_error`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSaveError {
+    #[default]
+    Stop,
+    Continue,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,6 +297,9 @@ fn default_train_data() -> String {
 }
 fn default_val_data() -> String {
     "data/fortunes/val_*.bin".into()
+}
+fn default_max_skipped() -> usize {
+    5
 }
 fn default_seed() -> u64 {
     1337
@@ -351,6 +388,7 @@ impl Default for CheckpointConfig {
             every: 0,
             keep_last: default_keep(),
             background: true,
+            on_error: OnSaveError::Stop,
         }
     }
 }

@@ -73,6 +73,7 @@ fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<i32> {
         metrics: a.metrics,
         threads,
         resume: a.resume,
+        force_unlock: a.force_unlock,
     };
     let s = ferrotron::train::run(rt, &cfg, &opts)?;
     if let Some(n) = s.stopped_at {

@@ -7,7 +7,8 @@
 //!   every rank contributes its result to one all-reduce, the lowest failing rank prints the one
 //!   message, and every rank exits non-zero.
 //! * Errors after set-up are fatal through [`Runtime::fail`]: log, then `MPI_Abort` when
-//!   the world has more than one rank.
+//!   the world has more than one rank — except [`Unanimous`] errors, which every rank meets at
+//!   the same point: rank 0 prints, all exit 1.
 
 use anyhow::Result;
 use mpi::collective::SystemOperation;
@@ -45,6 +46,19 @@ impl std::fmt::Display for AgreedFailure {
     }
 }
 impl std::error::Error for AgreedFailure {}
+
+/// An error every rank meets at the same point with the same message, because it follows from
+/// values all ranks agreed on (a non-finite loss after the all-reduce): rank 0 prints it, and
+/// every rank exits non-zero without `MPI_Abort`.
+#[derive(Debug)]
+pub struct Unanimous(pub String);
+
+impl std::fmt::Display for Unanimous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Unanimous {}
 
 impl Runtime {
     /// Initialise MPI (a run without mpirun is a 1-rank world), logging and the panic hook.
@@ -96,11 +110,12 @@ impl Runtime {
     /// on exit without `MPI_Abort` (all ranks are here); others abort the whole job.
     pub fn fail(self, err: &anyhow::Error) -> ! {
         let agreed = err.downcast_ref::<AgreedFailure>().is_some();
-        if !agreed {
+        let unanimous = err.downcast_ref::<Unanimous>().is_some();
+        if !agreed && (!unanimous || self.rank == 0) {
             report(self.rank, self.size, err);
         }
         let _ = std::io::stderr().flush();
-        if self.size > 1 && !agreed {
+        if self.size > 1 && !agreed && !unanimous {
             self.world.abort(EXIT_FAILURE);
         }
         drop(self); // MPI_Finalize

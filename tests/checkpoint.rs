@@ -473,6 +473,28 @@ fn bad_checkpoints_fail_cleanly() {
     let fp = flipped.to_str().unwrap();
     ferrotron(&["ckpt", "verify", fp], &dir).assert_clean_failure(tensor);
     resume("r-flipped", &flipped, &[]).assert_clean_failure(tensor);
+    // A NaN stored with a matching checksum (written by a tool, not by ferrotron, whose saves
+    // refuse non-finite values): verify and resume name the tensor.
+    let nan = copy("nan");
+    let script = "import h5py, numpy as np, sys, zlib\n\
+        f = h5py.File(sys.argv[1], 'r+'); d = f[sys.argv[2]]; a = d[...]; a.flat[7] = np.nan\n\
+        d[...] = a; d.attrs['crc32'] = np.uint32(zlib.crc32(a.astype('<f4').tobytes())); f.close()";
+    let o = run_timeout(
+        60,
+        h5py_python(),
+        &[
+            "-c",
+            script,
+            nan.join("shard_pp0_tp1.h5").to_str().unwrap(),
+            tensor,
+        ],
+        &[],
+        &dir,
+    );
+    assert_eq!(o.code, 0, "{}", o.all());
+    ferrotron(&["ckpt", "verify", nan.to_str().unwrap()], &dir)
+        .assert_clean_failure("element 7 is NaN (not finite)");
+    resume("r-nan", &nan, &[]).assert_clean_failure("element 7 is NaN");
     // A truncated file.
     let truncated = copy("truncated");
     let f = truncated.join("shard_pp0_tp0.h5");

@@ -1,7 +1,8 @@
 //! CUDA kernels: (a) every `kernels/*.cu` compiles with NVRTC for sm_80 and sm_90 without
 //! errors or warnings (runs everywhere; needs libnvrtc, see `scripts/install-nvrtc.sh`, or set
-//! `FERROTRON_SKIP_NVRTC=1` to skip); (b) on a machine with a CUDA device, each kernel against
-//! its CPU twin on random inputs.
+//! `FERROTRON_SKIP_NVRTC=1` to skip); (b) each kernel against its CPU twin on random inputs:
+//! these need a CUDA device, are ignored unless run with `--include-ignored` (as
+//! `scripts/gpu-session.sh` does), and then fail without one.
 //!
 //! Tolerances, as ‖gpu − cpu‖ / ‖cpu‖ per tensor: 1e-6 for sums of a few terms in the same
 //! order (embedding, bias/column sums, adamw) and exact for permutations and casts; 1e-5 for
@@ -105,11 +106,11 @@ struct Gpu {
     k: Kernels,
 }
 
-/// The device and the loaded kernels, or None (with a message) without a CUDA device.
+/// The device and the loaded kernels: these tests are ignored unless asked for, and then a
+/// missing device fails them.
 fn gpu() -> Option<Gpu> {
     if let Err(e) = cuda::device_count() {
-        eprintln!("no CUDA device: skipping ({e:#})");
-        return None;
+        panic!("no usable CUDA device ({e:#})");
     }
     let ctx = CudaContext::new(0).expect("CUDA context");
     let stream = ctx.default_stream();
@@ -171,6 +172,7 @@ fn check(name: &str, got: &[f32], want: &[f32], tol: f64) {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn embedding_matches_cpu() {
     let Some(g) = gpu() else { return };
     let (b, t, c, vp) = (3, 17, 40, 64);
@@ -218,6 +220,7 @@ fn embedding_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn layernorm_matches_cpu() {
     let Some(g) = gpu() else { return };
     for (n, c) in [(150, 72), (300, 768)] {
@@ -284,6 +287,7 @@ fn layernorm_case(g: &Gpu, n: usize, c: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn gelu_matches_cpu() {
     let Some(g) = gpu() else { return };
     let n = 10_007;
@@ -348,6 +352,7 @@ fn bmm(
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn attention_matches_cpu() {
     let Some(g) = gpu() else { return };
     // T < 32 and T > 32 (rows longer than a warp).
@@ -444,6 +449,7 @@ fn attention_case(g: &Gpu, d: AttnShape, seed: u64) {
 /// sizes 8 (one thread per row), 64 (four) and 128 (eight); T not a multiple of the 64-row
 /// blocks or 32-row tiles.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn flash_attention_matches_cpu() {
     let Some(g) = gpu() else { return };
     let shapes = [
@@ -459,10 +465,15 @@ fn flash_attention_matches_cpu() {
 /// references within bf16 tolerances (as `tests/kernel_emu.rs`, which runs these kernels on the
 /// CPU): head sizes 16, 48 and 64, odd T, and GPT-2 124M's shape (T = 1024, 12 heads of 64).
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn flash_attention_tc_matches_cpu() {
     let Some(g) = gpu() else { return };
     if !g.k.has("flash_tc_forward") {
-        eprintln!("no bf16 MMA on this GPU (before sm_80): skipping");
+        assert!(
+            std::env::var("FERROTRON_REQUIRE_GPU").as_deref() != Ok("1"),
+            "no bf16 MMA on this GPU (before sm_80) and FERROTRON_REQUIRE_GPU=1"
+        );
+        eprintln!("no bf16 MMA on this GPU (before sm_80): not checked");
         return;
     }
     let shapes = [
@@ -511,6 +522,7 @@ fn flash_case(g: &Gpu, tc: bool, shapes: &[(usize, usize, usize, usize)], tol: [
 /// against the CPU backend through the `Backend` trait; what lies outside the rows stays as it
 /// was on both.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn lm_head_row_range_matches_cpu() {
     use ferrotron::backend::{cpu::Cpu, Backend, Region};
     if gpu().is_none() {
@@ -581,6 +593,7 @@ fn lm_head_row_range_matches_cpu() {
 /// (the twins), through the `Backend` trait: a shard of rows 64..128 of a 150-word vocabulary
 /// (so some tokens and targets fall outside it and the last columns are padding).
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn vocab_parallel_ops_match_cpu() {
     use ferrotron::backend::{cpu::Cpu, Backend, Region};
     if gpu().is_none() {
@@ -651,6 +664,7 @@ fn vocab_parallel_ops_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn cross_entropy_matches_cpu() {
     let Some(g) = gpu() else { return };
     for (n, v, vp) in [(7, 1000, 1024), (4, 50257, 50304)] {
@@ -689,6 +703,7 @@ fn xent_case(g: &Gpu, n: usize, v: usize, vp: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn adamw_matches_cpu() {
     let Some(g) = gpu() else { return };
     let layout = ParamLayout::new(&Gpt2Config::new(60, 8, 16, 1, 2));
@@ -731,6 +746,7 @@ fn adamw_matches_cpu() {
 /// The multi-tensor kernel (one launch, chunks of at most ADAM_CHUNK elements, wte spans
 /// several) against the CPU AdamW, decay flags per tensor included.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn adamw_multi_matches_cpu() {
     let Some(g) = gpu() else { return };
     let layout = ParamLayout::new(&Gpt2Config::new(3000, 16, 32, 2, 2));
@@ -767,6 +783,7 @@ fn adamw_multi_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn reductions_match_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(7);
@@ -818,6 +835,7 @@ fn reductions_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn casts_round_to_nearest_even() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(8);

@@ -138,6 +138,13 @@ pub fn write_tensor(
     p: &Placement,
     local_range: Option<[usize; 2]>,
 ) -> Result<()> {
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "refusing to save tensor {path}: element {i} is {} (a checkpoint never holds \
+             non-finite values)",
+            data[i]
+        );
+    }
     let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
     let g = ensure_group(file, parent)?;
     let ds = g.new_dataset::<f32>().shape(shape).create(name)?;
@@ -186,7 +193,8 @@ fn usize_attr(ds: &hdf5::Dataset, k: &str) -> Result<Vec<usize>> {
     Ok(v.into_iter().map(|x| x as usize).collect())
 }
 
-/// Error unless `data` matches the dataset's `crc32` attribute (`at` names it in messages).
+/// Error unless `data` matches the dataset's `crc32` attribute and is finite (`at` names it in
+/// messages).
 fn check_crc(ds: &hdf5::Dataset, data: &[f32], at: &dyn Fn() -> String) -> Result<()> {
     let want: u32 = ds
         .attr("crc32")
@@ -198,6 +206,9 @@ fn check_crc(ds: &hdf5::Dataset, data: &[f32], at: &dyn Fn() -> String) -> Resul
             "{}: checksum mismatch (crc32 {got:08x}, stored {want:08x}) — the file is corrupt",
             at()
         );
+    }
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        bail!("{}: element {i} is {} (not finite)", at(), data[i]);
     }
     Ok(())
 }
@@ -300,6 +311,26 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::model::gpt2::Gpt2Config;
+
+    #[test]
+    fn non_finite_tensors_are_never_written() {
+        let path = std::env::temp_dir().join(format!("ferrotron-nan-{}.h5", std::process::id()));
+        let f = hdf5::File::create(&path).unwrap();
+        let p = Placement {
+            shape: vec![3],
+            global_shape: vec![3],
+            offset: vec![0],
+        };
+        let e =
+            write_tensor(&f, "model/x", &[1.0, f32::INFINITY, 0.0], &[3], &p, None).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("refusing to save tensor model/x: element 1 is inf"),
+            "{e:#}"
+        );
+        write_tensor(&f, "model/y", &[1.0, 2.0, 3.0], &[3], &p, None).unwrap();
+        drop(f);
+        std::fs::remove_file(path).unwrap();
+    }
 
     /// The stored boxes of all TP shards of a tensor tile its global shape exactly once, and
     /// do not depend on the TP size.

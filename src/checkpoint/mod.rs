@@ -6,5 +6,6 @@ pub mod format;
 pub mod hf;
 pub mod inspect;
 pub mod load;
+pub mod lock;
 pub mod meta;
 pub mod save;

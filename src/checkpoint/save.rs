@@ -14,6 +14,12 @@
 //!    `checkpoint.keep_last` complete checkpoints (and incomplete ones older than the new one).
 //!
 //! A crash at any moment leaves the previous checkpoint complete and `latest` pointing at it.
+//!
+//! A failure in step 2, 3 or 5 on any rank (a full or read-only disk, a lost mount) is agreed
+//! like the rest: the lowest failing rank prints the cause (file and error), rank 0 removes the
+//! partial step directory, the previous checkpoint and `latest` stay as they were, and
+//! `checkpoint.on_error` decides: every rank stops with exit 1, or the run goes on without this
+//! checkpoint.
 
 use super::format::{
     atomic_write, optim_file, placement, shard_file, step_dir_name, sync_dir, write_tensor,
@@ -169,6 +175,9 @@ pub struct SavePolicy {
     pub every: usize,
     pub keep_last: usize,
     pub background: bool,
+    /// A save that fails on any rank (full or read-only disk, ...): stop the run (false) or
+    /// warn, remove the partial step directory and train on (true).
+    pub continue_on_error: bool,
 }
 
 struct InFlight {
@@ -240,11 +249,10 @@ impl Checkpointer {
         } else {
             Ok(())
         };
-        let mut flag = [f64::from(u8::from(prepared.is_err()))];
-        comm.all_reduce_sum_f64_uncounted(&mut flag); // barrier: the directory exists
-        prepared?;
-        if flag[0] > 0.0 {
-            bail!("rank 0 could not prepare {}", dir.display());
+        // Also the barrier: the directory exists before any writer starts.
+        let prepared = prepared.with_context(|| format!("preparing checkpoint {}", dir.display()));
+        if self.agree_failure(comm, prepared, &dir)? {
+            return Ok(()); // on_error = continue: no save this time
         }
         let step = snap.step;
         let writer = std::thread::Builder::new()
@@ -301,13 +309,27 @@ impl Checkpointer {
         v[3 * self.rank..3 * self.rank + 3].copy_from_slice(&mine);
         comm.all_reduce_sum_f64_uncounted(&mut v);
         let dir = self.policy.dir.join(step_dir_name(p.step));
-        let (_, _, snap) = res.with_context(|| format!("saving checkpoint {}", dir.display()))?;
-        self.spare = Some(snap);
-        if v.chunks(3).any(|c| c[0] > 0.0) {
-            bail!("saving checkpoint {} failed on another rank", dir.display());
+        let first_failed = v.chunks(3).position(|c| c[0] > 0.0);
+        let res = match res {
+            Ok((_, _, snap)) => {
+                self.spare = Some(snap);
+                Ok(())
+            }
+            Err(e) => Err(e.context(format!("saving checkpoint {}", dir.display()))),
+        };
+        if let Some(first) = first_failed {
+            return self.failed(comm_size(comm), first, res, &dir);
+        }
+        let completed = if self.rank == 0 {
+            self.complete(&dir, p.step)
+                .with_context(|| format!("completing checkpoint {}", dir.display()))
+        } else {
+            Ok(())
+        };
+        if self.agree_failure(comm, completed, &dir)? {
+            return Ok(());
         }
         if self.rank == 0 {
-            self.complete(&dir, p.step)?;
             let r = SaveReport {
                 step: p.step,
                 bytes: v.chunks(3).map(|c| c[1] as u64).sum(),
@@ -326,6 +348,45 @@ impl Checkpointer {
             self.reports.push(r);
         }
         Ok(())
+    }
+
+    /// Collective: whether any rank's `res` failed. If so, see [`Self::failed`]: `Ok(true)`
+    /// (on_error = continue) or the agreed error.
+    fn agree_failure(&mut self, comm: &MpiComm, res: Result<()>, dir: &Path) -> Result<bool> {
+        let n = comm_size(comm);
+        let mut v = vec![0.0f64; n];
+        v[self.rank] = f64::from(u8::from(res.is_err()));
+        comm.all_reduce_sum_f64_uncounted(&mut v);
+        match v.iter().position(|&x| x > 0.0) {
+            Some(first) => self.failed(n, first, res, dir).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// A save failed on some ranks, `first` the lowest: it prints the cause; rank 0 removes the
+    /// partial step directory. Stop: every rank returns the agreed failure (exit 1, no abort);
+    /// continue: Ok, training goes on.
+    fn failed(&mut self, size: usize, first: usize, res: Result<()>, dir: &Path) -> Result<()> {
+        let go_on = self.policy.continue_on_error;
+        if self.rank == first {
+            if let Err(e) = &res {
+                if go_on {
+                    log::warn!("{e:#}; going on without this checkpoint (checkpoint.on_error = \"continue\")");
+                } else {
+                    crate::runtime::report(self.rank, size, e);
+                }
+            }
+        }
+        if self.rank == 0 && dir.exists() && !dir.join("COMPLETE").exists() {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                log::warn!("could not remove the partial {}: {e}", dir.display());
+            }
+        }
+        if go_on {
+            Ok(())
+        } else {
+            Err(crate::runtime::AgreedFailure.into())
+        }
     }
 
     /// Rank 0: `COMPLETE`, then `latest`, then pruning.

@@ -53,6 +53,11 @@ impl ZeroShard {
         })
     }
 
+    /// The local parameters `[lo, hi)` this shard owns.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.lo..self.hi
+    }
+
     /// Floats per shard (`⌈P/dp⌉`; the last shard is zero-padded).
     pub fn chunk(&self) -> usize {
         self.chunk

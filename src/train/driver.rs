@@ -5,6 +5,7 @@ use super::{ckpt, describe, TrainOptions, TrainSummary, Trainer};
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::checkpoint::hf;
+use crate::checkpoint::lock::DirLock;
 use crate::checkpoint::save::{Checkpointer, SavePolicy};
 use crate::comm::link;
 use crate::comm::Communicator;
@@ -52,7 +53,12 @@ fn run_on<B: Backend>(
         .clone()
         .unwrap_or_else(|| out_dir.join("metrics.jsonl"));
     let setup = set_up(cfg, opts, rt, be, &metrics_path);
-    let (mut tr, mut writer, start) = rt.agree(setup)?;
+    let SetUp {
+        mut tr,
+        mut writer,
+        start,
+        lock: _lock,
+    } = rt.agree(setup)?;
     let facts = gather_facts(&rt.world, &tr.model.be)?;
     let (plan, why) = rt.agree(link::resolve(cfg.comm.backend, &facts))?;
     let mut gr = rt.agree(Groups::new(&rt.world, tr.grid, rt.rank))?;
@@ -81,6 +87,7 @@ fn run_on<B: Backend>(
             every: c.every,
             keep_last: c.keep_last,
             background: c.background,
+            continue_on_error: c.on_error == crate::config::OnSaveError::Continue,
         };
         Checkpointer::new(policy, rt.rank)
     });
@@ -141,13 +148,29 @@ fn record_placement<B: Backend>(
 /// Everything before the first step that can fail on bad input: the checkpoint to resume
 /// from, the trainer (restored from it), the metrics file (continued when resuming). Returns
 /// the trainer, rank 0's metrics writer and the first step to run.
+/// What `set_up` prepares for the run.
+struct SetUp<B: Backend> {
+    tr: Trainer<B>,
+    /// Metrics (rank 0).
+    writer: Option<MetricsWriter>,
+    /// Steps already done (from the resumed checkpoint).
+    start: usize,
+    /// The checkpoint directory's lock (rank 0), held until the run ends.
+    lock: Option<DirLock>,
+}
+
 fn set_up<B: Backend>(
     cfg: &Config,
     opts: &TrainOptions,
     rt: &Runtime,
     be: B,
     metrics_path: &std::path::Path,
-) -> Result<(Trainer<B>, Option<MetricsWriter>, usize)> {
+) -> Result<SetUp<B>> {
+    // Rank 0 holds the checkpoint directory for the whole run (dropped when `run_on` returns).
+    let lock = match (&cfg.checkpoint.dir, rt.rank) {
+        (Some(dir), 0) => Some(DirLock::acquire(dir, opts.force_unlock)?),
+        _ => None,
+    };
     let resume = ckpt::resume_source(cfg, opts.resume.as_deref())?;
     let mut tr = Trainer::new(cfg, rt.size, rt.rank, be, resume.is_none())?;
     let start = match &resume {
@@ -179,7 +202,12 @@ fn set_up<B: Backend>(
         (0, s) => Some(MetricsWriter::resume(metrics_path, s)?),
         _ => None,
     };
-    Ok((tr, w, start))
+    Ok(SetUp {
+        tr,
+        writer: w,
+        start,
+        lock,
+    })
 }
 
 /// The run's position and its checkpoint/stop machinery.
@@ -338,7 +366,9 @@ fn train_loop<B: Backend>(
     }
     let (mut last_val, mut final_loss, mut stopped_at) = (first_val, f32::NAN, None);
     let mut profile = ProfileSummary::default();
-    for s in run.start..steps {
+    let mut skipped = 0usize;
+    let mut s = run.start;
+    while s < steps {
         // The profile records the step's own ops only (not validation or saving). Taking it
         // waits for the device, so a profiled step's time includes its last kernels (an
         // unprofiled one leaves them to overlap the next step's start).
@@ -347,10 +377,15 @@ fn train_loop<B: Backend>(
         let out = tr.step(s, gr)?;
         let ops = tr.model.be.take_profile()?;
         tr.model.be.set_profiling(false);
+        if let Some(why) = &out.skipped {
+            skipped += 1;
+            skip_step(cfg, writer.as_deref_mut(), s, why, skipped)?;
+            continue; // the same step again, on the same batch
+        }
         let dt = t0.elapsed().as_secs_f64();
         let (comm_bytes, comm_ms, bubble_ms, compute_ms) = step_comm(gr, dt, out.idle_s);
-        let is_val =
-            (cfg.train.val_every > 0 && (s + 1) % cfg.train.val_every == 0) || s + 1 == steps;
+        let is_val = (cfg.train.val_every > 0 && (s + 1).is_multiple_of(cfg.train.val_every))
+            || s + 1 == steps;
         let val_loss = if is_val { tr.validate(gr)? } else { None };
         take_stats(gr);
         last_val = val_loss.or(last_val);
@@ -387,12 +422,16 @@ fn train_loop<B: Backend>(
             stopped_at = Some(s + 1);
             break;
         }
+        s += 1;
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     if writer.is_some() {
         profile.log();
+    }
+    if skipped > 0 && writer.is_some() {
+        log::warn!("{skipped} step(s) were discarded as non-finite and run again");
     }
     Ok(TrainSummary {
         steps: stopped_at.unwrap_or(steps),
@@ -403,6 +442,34 @@ fn train_loop<B: Backend>(
         out_dir: PathBuf::new(),
         stopped_at,
     })
+}
+
+/// A discarded step (`train.on_nonfinite = "skip"`): logged and recorded by rank 0 (the one
+/// with the writer); more than `train.max_skipped_steps` in the run stop it on every rank.
+fn skip_step(
+    cfg: &Config,
+    writer: Option<&mut MetricsWriter>,
+    step: usize,
+    why: &str,
+    skipped: usize,
+) -> Result<()> {
+    let max = cfg.train.max_skipped_steps;
+    if let Some(w) = writer {
+        log::warn!("{why}: step discarded, running it again ({skipped} discarded, at most {max})");
+        w.write_json(&serde_json::json!({
+            "skipped_step": step + 1,
+            "reason": why,
+            "skipped_total": skipped,
+        }))?;
+    }
+    if skipped > max {
+        return Err(crate::runtime::Unanimous(format!(
+            "{why}; {skipped} steps discarded, more than train.max_skipped_steps = {max} — \
+             the step is not finite each time it runs (check the data or lower optim.lr)"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn progress_bar(is_rank0: bool, steps: usize) -> Option<indicatif::ProgressBar> {

@@ -10,7 +10,7 @@
 use crate::backend::{Backend, Region};
 use crate::checkpoint::hf;
 use crate::comm::Communicator;
-use crate::config::{Config, Schedule};
+use crate::config::{Config, OnNonFinite, Schedule};
 use crate::data::{EvalWindows, SamplerKind, TokenData, TrainSampler};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
@@ -21,6 +21,7 @@ use crate::parallel::shard::{check_shape, repad, StageLayout};
 use crate::parallel::stage::{OnReady, StageActs, StageModel, StageScratch};
 use crate::parallel::zero::ZeroShard;
 use crate::parallel::{Coords, Grid, Tp};
+use crate::runtime::Unanimous;
 use crate::schedule::Action;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 mod ckpt;
 mod driver;
 mod dry_run;
+mod guard;
 
 pub use driver::run;
 pub use dry_run::dry_run;
@@ -41,6 +43,8 @@ pub struct TrainOptions {
     pub threads: usize,
     /// `--resume auto` or a checkpoint path.
     pub resume: Option<String>,
+    /// Take over the checkpoint directory's lock even if its owner may be alive.
+    pub force_unlock: bool,
 }
 
 /// What a finished run reports.
@@ -133,6 +137,10 @@ pub struct Trainer<B: Backend> {
     /// This rank's place in the grid.
     grid: Grid,
     coords: Coords,
+    /// World rank.
+    rank: usize,
+    /// Testing aid ([`guard::nan_grad_hook`]): (0-based step, rank), taken once.
+    nan_grad_at: Option<(usize, usize)>,
 }
 
 /// Result of one optimizer step.
@@ -142,6 +150,18 @@ pub struct StepOut {
     pub lr: f32,
     /// Seconds this rank waited for pipeline neighbours.
     pub idle_s: f64,
+    /// `train.on_nonfinite = "skip"`: the step was discarded (nothing changed), and why.
+    pub skipped: Option<String>,
+}
+
+/// What `reduce_and_update` did.
+enum Update {
+    Applied {
+        loss: f32,
+        norm: f64,
+    },
+    /// Nothing was changed: the loss or the gradient norm was not finite (the description).
+    NonFinite(String),
 }
 
 impl<B: Backend> Trainer<B> {
@@ -230,6 +250,8 @@ impl<B: Backend> Trainer<B> {
             accum,
             grid,
             coords,
+            rank,
+            nan_grad_at: guard::nan_grad_hook(world),
         })
     }
 
@@ -289,17 +311,30 @@ impl<B: Backend> Trainer<B> {
             )?
         };
         let lr = self.sched.at(step);
-        let (loss, norm) = self.reduce_and_update(run.loss_sum, red, gr, lr, step)?;
+        let (loss, norm, skipped) = match self.reduce_and_update(run.loss_sum, red, gr, lr, step)? {
+            Update::Applied { loss, norm } => (loss, norm, None),
+            Update::NonFinite(what) => match self.cfg.train.on_nonfinite {
+                OnNonFinite::Stop => {
+                    return Err(Unanimous(format!(
+                        "{what} — training diverged or a fault corrupted the step (try a lower \
+                         optim.lr, check the data, or set train.on_nonfinite = \"skip\")"
+                    ))
+                    .into())
+                }
+                OnNonFinite::Skip => (f32::NAN, f64::NAN, Some(what)),
+            },
+        };
         Ok(StepOut {
             loss,
             grad_norm: norm as f32,
             lr,
             idle_s: run.idle_s,
+            skipped,
         })
     }
 
     /// Gradient reductions (finishing the data-parallel one `red` started during backward),
-    /// norm, clipping and the AdamW update; returns (loss, norm).
+    /// norm, the non-finite guard, clipping and the AdamW update.
     fn reduce_and_update(
         &mut self,
         loss_sum: f64,
@@ -307,7 +342,7 @@ impl<B: Backend> Trainer<B> {
         gr: &Groups,
         lr: f32,
         step: usize,
-    ) -> Result<(f32, f64)> {
+    ) -> Result<Update> {
         let be = &self.model.be;
         let ly = &self.model.layout;
         if gr.emb.size() > 1 {
@@ -319,10 +354,21 @@ impl<B: Backend> Trainer<B> {
             be.all_reduce_region(&gr.emb, &mut self.grads, r)?;
         }
         let dp = self.grid.dp;
-        let shard = match red {
+        let mut shard = match red {
             Some(r) => r.finish(be, &mut self.grads)?,
             None => None,
         };
+        if self.nan_grad_at == Some((step, self.rank)) {
+            self.nan_grad_at = None;
+            match shard.as_mut() {
+                Some(g) => g[0] = f32::NAN,
+                None => {
+                    let mut host = be.download(&self.grads)?;
+                    host[0] = f32::NAN;
+                    self.grads = be.upload(&host)?;
+                }
+            }
+        }
         let ss = match (&shard, &self.zero) {
             (Some(g), Some(z)) => z.sum_squares(g),
             _ if self.coords.dp == 0 => {
@@ -336,15 +382,29 @@ impl<B: Backend> Trainer<B> {
             _ => 0.0,
         };
         let owns_loss = self.model.is_last() && self.coords.tp == 0;
-        let mut sums = [if owns_loss { loss_sum } else { 0.0 }, ss];
+        // The guard also looks at the gradients the norm does not count (replicas of tensors
+        // counted on another rank): a fault there would otherwise reach the update unseen.
+        let unseen = self.uncounted_sum_squares(shard.as_deref())?;
+        let mut sums = [if owns_loss { loss_sum } else { 0.0 }, ss, unseen];
         if self.grid.world() > 1 {
             gr.world.all_reduce_sum_f64(&mut sums)?;
         }
         let loss = (sums[0] / (self.accum * dp) as f64) as f32;
-        if !loss.is_finite() {
-            bail!("loss is {loss} at step {} — training diverged (try a lower optim.lr or check the data)", step + 1);
+        let mut norm = sums[1].sqrt();
+        if !sums[2].is_finite() {
+            norm = sums[2]; // reported as the gradient norm being non-finite
         }
-        let norm = sums[1].sqrt();
+        if !loss.is_finite() || !norm.is_finite() {
+            let tensor = self.first_nonfinite_grad(shard.as_deref(), gr)?;
+            let at = tensor.map_or(String::new(), |t| {
+                format!(" (first non-finite gradient: {t})")
+            });
+            return Ok(Update::NonFinite(format!(
+                "step {}: {}{at}",
+                step + 1,
+                guard::describe(loss, norm)
+            )));
+        }
         let coef = clip::clip_coef(norm, self.cfg.optim.grad_clip);
         match (shard, self.zero.as_mut()) {
             (Some(g), Some(z)) => z.apply(be, &mut self.params, g, coef, &gr.dp, lr)?,
@@ -354,7 +414,37 @@ impl<B: Backend> Trainer<B> {
                 opt.step(be, &mut self.params, &self.grads, lr)?;
             }
         }
-        Ok((loss, norm))
+        Ok(Update::Applied { loss, norm })
+    }
+
+    /// Σ g² over the gradients this rank applies that the norm did not look at — replicas on
+    /// dp ranks > 0, tensors counted on another TP rank, the uncounted part of a ZeRO shard —
+    /// or 0 when the norm saw them all. Only its finiteness matters.
+    fn uncounted_sum_squares(&self, shard: Option<&[f32]>) -> Result<f64> {
+        let ly = &self.model.layout;
+        if let (Some(g), Some(_)) = (shard, &self.zero) {
+            return Ok(clip::sum_squares(g)); // the whole shard this rank applies
+        }
+        let counted: usize = ly.counted_regions().iter().map(|r| r.len).sum();
+        if counted == ly.total && self.coords.dp == 0 {
+            return Ok(0.0);
+        }
+        self.model.be.sum_squares(&self.grads)
+    }
+
+    /// The first gradient tensor holding a NaN or an infinity on any rank (collective over the
+    /// world; downloads this rank's gradients — only on the non-finite path).
+    fn first_nonfinite_grad(&self, shard: Option<&[f32]>, gr: &Groups) -> Result<Option<String>> {
+        let ly = &self.model.layout;
+        let host = self.model.be.download(&self.grads)?;
+        let mut mine = guard::first_nonfinite(&ly.entries, &self.glayout, &host, 0..ly.total);
+        if let (Some(g), Some(z)) = (shard, &self.zero) {
+            let r = z.range();
+            let n = r.len();
+            let own = guard::first_nonfinite(&ly.entries, &self.glayout, &g[..n], r);
+            mine = mine.into_iter().chain(own).min();
+        }
+        guard::agree_first(&gr.world, mine, &self.glayout)
     }
 
     /// Mean loss over the first `train.val_batches` validation batches (None without val data).

@@ -1,0 +1,335 @@
+//! The fault matrix (see `docs/robustness.md`): each case runs the real binary under `mpirun`
+//! inside a timeout and asserts what a user sees — every rank exits non-zero with one message
+//! naming the cause (step, tensor, file, owner), or the documented recovery — and that no
+//! checkpoint is damaged.
+//!
+//! Some cases mount small tmpfs file systems (a full disk, a read-only one): they need root, as
+//! CI has; elsewhere they fail saying so.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `train` on `np` ranks with the tiny config plus `sets` (each `KEY=VALUE`) and extra args.
+fn train(
+    dir: &Path,
+    np: usize,
+    name: &str,
+    sets: &[&str],
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Out {
+    let cfg = tiny_config(dir, "");
+    let out = format!("log.out_dir={:?}", s(&dir.join(name)));
+    let mut a = vec!["train", "--config", s(&cfg), "--set", &out];
+    for x in sets {
+        a.extend(["--set", x]);
+    }
+    a.extend_from_slice(extra);
+    mpirun(np, &a, envs, dir)
+}
+
+/// Exactly one line starting (after an optional rank prefix) with `error:`.
+fn one_message(o: &Out) -> String {
+    let all = o.all();
+    let errors: Vec<&str> = all.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "want one error line:\n{all}");
+    errors[0].to_string()
+}
+
+fn losses_of(dir: &Path, name: &str) -> Vec<(u64, String)> {
+    losses(&dir.join(name).join("metrics.jsonl"))
+}
+
+/// A NaN in one rank's gradient under a finite loss: with the default policy every rank stops
+/// at that step with one message naming the gradient norm and the tensor.
+#[test]
+fn nan_gradient_stops_every_rank_naming_the_tensor() {
+    let dir = scratch("rb-nan-stop");
+    for (np, sets) in [(1, vec![]), (4, vec!["parallel.tp=2", "parallel.pp=2"])] {
+        let o = train(
+            &dir,
+            np,
+            &format!("r{np}"),
+            &sets,
+            &[],
+            &[("FERROTRON_TEST_NAN_GRAD_AT", "3")],
+        );
+        o.assert_clean_failure(
+            "step 3: the gradient norm (NaN) is not finite (first non-finite gradient:",
+        );
+        let msg = one_message(&o);
+        assert!(!msg.contains("the loss"), "the loss was finite: {msg}");
+        assert!(
+            !o.all().contains("MPI_ABORT"),
+            "aborted instead of a clean exit:\n{}",
+            o.all()
+        );
+    }
+}
+
+/// `train.on_nonfinite = "skip"`: the step with the NaN gradient is discarded and run again,
+/// so every logged loss is bitwise that of a run without the fault (1 rank and a dp×tp×pp grid
+/// with ZeRO-1), and the metrics record the discarded step.
+#[test]
+fn skipped_step_leaves_the_run_bitwise_as_if_it_never_happened() {
+    let dir = scratch("rb-nan-skip");
+    for (np, sets) in [
+        (1, vec![]),
+        (
+            8,
+            vec![
+                "parallel.tp=2",
+                "parallel.pp=2",
+                "optim.zero=1",
+                "train.micro_batch_size=1",
+            ],
+        ),
+    ] {
+        let clean = format!("clean{np}");
+        train(&dir, np, &clean, &sets, &[], &[]).assert_ok();
+        let faulty = format!("skip{np}");
+        let mut with = sets.clone();
+        with.push("train.on_nonfinite=\"skip\"");
+        let o = train(
+            &dir,
+            np,
+            &faulty,
+            &with,
+            &[],
+            &[("FERROTRON_TEST_NAN_GRAD_AT", "4:0")],
+        );
+        o.assert_ok();
+        assert!(o.all().contains("step discarded"), "{}", o.all());
+        assert_eq!(
+            losses_of(&dir, &faulty),
+            losses_of(&dir, &clean),
+            "{np} ranks"
+        );
+        let m = std::fs::read_to_string(dir.join(&faulty).join("metrics.jsonl")).unwrap();
+        assert!(m.contains("\"skipped_step\":4"), "{m}");
+    }
+}
+
+/// A step that is non-finite every time it runs (NaN weights) under the skip policy stops after
+/// `train.max_skipped_steps` tries, naming the loss.
+#[test]
+fn persistent_nan_stops_after_max_skipped_steps() {
+    let dir = scratch("rb-nan-persist");
+    let o = train(
+        &dir,
+        2,
+        "p",
+        &[
+            "train.on_nonfinite=\"skip\"",
+            "train.max_skipped_steps=2",
+            "train.debug_nan_at_step=1",
+        ],
+        &[],
+        &[],
+    );
+    o.assert_clean_failure("more than train.max_skipped_steps = 2");
+    let msg = one_message(&o);
+    assert!(msg.contains("step 2: the loss (NaN)"), "{msg}");
+}
+
+/// Two runs on one checkpoint directory: the second is refused naming the first's host and
+/// pid; a lock left by a dead process on this host is taken over with a warning; a lock of
+/// another host is refused unless `--force-unlock`.
+#[test]
+fn checkpoint_dir_is_locked_against_a_second_run() {
+    let dir = scratch("rb-lock");
+    let ck = dir.join("ckpt");
+    let ckset = format!("checkpoint.dir={:?}", s(&ck));
+    // The first run holds the lock while its save of step 2 sleeps.
+    let cfg = tiny_config(&dir, "");
+    let mut first = std::process::Command::new("mpirun");
+    mpi_env(&mut first, &[("FERROTRON_TEST_SAVE_DELAY", "2:20000")]);
+    let log = std::fs::File::create(dir.join("first.log")).unwrap();
+    let mut child = first
+        .args([
+            "-np",
+            "1",
+            FERROTRON,
+            "train",
+            "--config",
+            s(&cfg),
+            "--set",
+            &ckset,
+        ])
+        .args([
+            "--set",
+            "checkpoint.every=2",
+            "--set",
+            "log.out_dir=\"first\"",
+        ])
+        .current_dir(&*dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let lock = ck.join("LOCK");
+    let t0 = std::time::Instant::now();
+    while !lock.exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(lock.exists(), "the first run never took the lock");
+    let held: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lock).unwrap()).unwrap();
+    let pid = held["pid"].as_u64().unwrap();
+    let host = held["host"].as_str().unwrap().to_string();
+    let o = train(&dir, 1, "second", &[&ckset], &["--resume", "auto"], &[]);
+    o.assert_clean_failure(&format!("is in use by another run (host {host}, pid {pid}"));
+    // The first run dies without cleaning up: SIGKILL to its rank, then to mpirun.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|t| {
+                t.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+            })
+            .unwrap_or(true)
+    };
+    let t0 = std::time::Instant::now();
+    while !gone() && t0.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(lock.exists(), "a killed run cannot remove its lock");
+    let o = train(
+        &dir,
+        1,
+        "third",
+        &[&ckset, "train.steps=2"],
+        &["--resume", "auto"],
+        &[],
+    );
+    o.assert_ok();
+    assert!(o.all().contains("taking over"), "{}", o.all());
+    assert!(!lock.exists(), "the lock outlived its run");
+    // A lock from another host: refused, then taken with --force-unlock.
+    let foreign = r#"{"job":null,"host":"elsewhere-node-7","pid":4242,"since":1}"#;
+    std::fs::write(&lock, foreign).unwrap();
+    let o = train(
+        &dir,
+        1,
+        "fourth",
+        &[&ckset, "train.steps=3"],
+        &["--resume", "auto"],
+        &[],
+    );
+    o.assert_clean_failure("host elsewhere-node-7, pid 4242");
+    let o = train(
+        &dir,
+        1,
+        "fifth",
+        &[&ckset, "train.steps=3"],
+        &["--resume", "auto", "--force-unlock"],
+        &[],
+    );
+    o.assert_ok();
+    assert!(
+        o.all().contains("--force-unlock: taking over"),
+        "{}",
+        o.all()
+    );
+}
+
+/// A tmpfs mounted at `path` (created) with `opts` for the life of the value.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(path: &Path, opts: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let o = run_timeout(
+            30,
+            "mount",
+            &["-t", "tmpfs", "-o", opts, "tmpfs", s(path)],
+            &[],
+            path,
+        );
+        assert_eq!(
+            o.code,
+            0,
+            "mounting a tmpfs at {} failed (these cases need root, as CI has):\n{}",
+            path.display(),
+            o.all()
+        );
+        Mount(path.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Checkpoint sizes of the tiny model: params + m + v ≈ 20 MB. A 30 MB disk holds one
+/// checkpoint, not two.
+const FITS_ONE: &str = "size=30m";
+
+/// A disk that fills during the second save: every rank stops with one message naming a file
+/// and "No space left on device"; the first checkpoint and `latest` stay and verify, the
+/// partial directory is gone. With `checkpoint.on_error = "continue"` the run finishes.
+#[test]
+fn full_disk_during_a_save_keeps_the_previous_checkpoint() {
+    let dir = scratch("rb-full");
+    for (policy, np) in [("stop", 2), ("continue", 2)] {
+        let ck = dir.join(format!("ckpt-{policy}"));
+        let _m = Mount::tmpfs(&ck, FITS_ONE);
+        let sets = [
+            format!("checkpoint.dir={:?}", s(&ck)),
+            "checkpoint.every=2".to_string(),
+            "checkpoint.keep_last=5".to_string(),
+            format!("checkpoint.on_error={policy:?}"),
+            "optim.zero=1".to_string(),
+        ];
+        let sets: Vec<&str> = sets.iter().map(|x| x.as_str()).collect();
+        let o = train(&dir, np, policy, &sets, &[], &[]);
+        if policy == "stop" {
+            o.assert_clean_failure("No space left on device");
+            let msg = one_message(&o);
+            assert!(msg.contains("step_00000004"), "{msg}");
+        } else {
+            o.assert_ok();
+            assert!(
+                o.all().contains("going on without this checkpoint"),
+                "{}",
+                o.all()
+            );
+            assert_eq!(losses_of(&dir, policy).len(), 6);
+        }
+        let latest = std::fs::read_to_string(ck.join("latest")).unwrap();
+        assert_eq!(latest.trim(), "step_00000002");
+        assert!(
+            !ck.join("step_00000004").exists(),
+            "partial checkpoint left"
+        );
+        ferrotron(&["ckpt", "verify", s(&ck.join("step_00000002"))], &dir).assert_ok();
+    }
+}
+
+/// A read-only checkpoint directory: the first save fails on every rank with one message
+/// naming the directory and the cause.
+#[test]
+fn read_only_checkpoint_dir_fails_cleanly() {
+    let dir = scratch("rb-ro");
+    let ck = dir.join("ckpt");
+    let _m = Mount::tmpfs(&ck, "size=1m,ro");
+    let set = format!("checkpoint.dir={:?}", s(&ck));
+    let o = train(&dir, 2, "ro", &[&set], &[], &[]);
+    o.assert_clean_failure("Read-only file system");
+    let msg = one_message(&o);
+    assert!(msg.contains(s(&ck)), "{msg}");
+}
