@@ -306,28 +306,43 @@ fn strong_scaling_study_on_one_two_and_four_hosts() {
     let cfg = tiny_config(&dir, "");
     let study = dir.join("study");
     let script = repo("scripts/scaling-study.sh");
-    let o = run_timeout(
-        420,
-        "bash",
-        &[
-            s(&script),
-            "--config",
-            s(&cfg),
-            "--nodes",
-            "1,2,4",
-            "--mode",
-            "strong",
-            "--out",
-            s(&study),
-            "--steps",
-            "4",
-            "--set",
-            "train.micro_batch_size=1",
-            "--wait",
-        ],
-        &[("FERROTRON", FERROTRON)],
-        &dir,
-    );
+    let run = || {
+        run_timeout(
+            420,
+            "bash",
+            &[
+                s(&script),
+                "--config",
+                s(&cfg),
+                "--nodes",
+                "1,2,4",
+                "--mode",
+                "strong",
+                "--out",
+                s(&study),
+                "--steps",
+                "4",
+                "--set",
+                "train.micro_batch_size=1",
+                "--wait",
+            ],
+            &[("FERROTRON", FERROTRON)],
+            &dir,
+        )
+    };
+    let mut o = run();
+    // Now and then a rank of a 4-host job on this machine's Slurm 22.05 + PMIx dies of a call
+    // through a NULL pointer (dmesg: "segfault at 0 ip 0"; once in about five runs of this
+    // file; cause not found yet, see the issue notes). One retry for exactly that, said on
+    // stderr; anything else fails at once.
+    if o.code != 0 && o.all().contains("Segmentation fault") {
+        eprintln!(
+            "study: a rank died of SIGSEGV (known local-cluster flake); retrying once:\n{}",
+            o.all()
+        );
+        std::fs::remove_dir_all(&study).unwrap();
+        o = run();
+    }
     assert_eq!(o.code, 0, "study failed:\n{}", o.all());
     let csv = std::fs::read_to_string(study.join("summary.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv
