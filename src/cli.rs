@@ -31,6 +31,12 @@ pub enum Command {
     Ckpt(CkptArgs),
     /// Scaling studies: summarise a study folder into summary.csv and plots.
     Study(StudyArgs),
+    /// After a watchdog ended a run: read <out_dir>/flight/rank*.jsonl and say which rank held
+    /// up which operation on which group.
+    Diagnose {
+        /// The run folder (log.out_dir).
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,8 +1,8 @@
 //! Run configuration: TOML files in `inputs/`, `--set section.key=value` overrides, and
 //! validation up front with messages that name the offending key and the allowed values.
 //!
-//! Sections: `[model] [data] [train] [optim] [parallel] [comm] [checkpoint] [log]`. Unknown sections and
-//! keys are errors (serde `deny_unknown_fields`), so a typo never silently falls back to a default.
+//! Sections: `[model] [data] [train] [optim] [parallel] [comm] [checkpoint] [log] [runtime]`.
+//! Unknown sections and keys are errors (serde `deny_unknown_fields`), so a typo never silently falls back to a default.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,19 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// How the run watches itself (`comm::flight`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Seconds a rank may go without progress (a completed communication, a step) before its
+    /// watchdog writes `<log.out_dir>/flight/rank<R>.jsonl` and ends the job; 0 turns it off.
+    /// Unset: 900 s until three steps are done, then max(120 s, 20 × the slowest of them).
+    #[serde(default)]
+    pub watchdog_s: Option<f64>,
 }
 
 /// GPT-2 shape. `vocab_size` is the real vocabulary (50257 for GPT-2's BPE); the model pads it
@@ -485,6 +498,11 @@ impl Config {
                 m.n_embd,
                 m.n_head
             );
+        }
+        if let Some(w) = self.runtime.watchdog_s {
+            if !(w.is_finite() && w >= 0.0) {
+                bail!("runtime.watchdog_s = {w} must be a number >= 0 (0 turns the watchdog off)");
+            }
         }
         if let Some(k) = &self.data.sampler {
             crate::data::SamplerKind::parse(k).context("data.sampler")?;

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod comm;
 pub mod config;
 pub mod data;
+pub mod diagnose;
 pub mod eval;
 pub mod generate;
 pub mod metrics;

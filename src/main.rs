@@ -50,6 +50,11 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
         } else {
             Ok(())
         }),
+        Command::Diagnose { out_dir } => rt.agree(if rt.rank == 0 {
+            ferrotron::diagnose::run(&out_dir)
+        } else {
+            Ok(())
+        }),
         Command::Study(a) => rt.agree(if rt.rank == 0 {
             ferrotron::study::run(a.command)
         } else {

@@ -45,17 +45,7 @@ pub struct HostRanks {
     pub ranks: Vec<usize>,
 }
 
-/// This process's host name.
-pub fn hostname() -> String {
-    let mut buf = [0u8; HOST_BYTES];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates when it fits.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
+pub use crate::runtime::hostname;
 
 /// The device this rank would use under `cfg`, without opening it: `cpu`, or `cuda:N` with
 /// N = local rank mod the devices it sees (the CUDA backend's own rule,

@@ -16,6 +16,18 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::CommunicatorCollectives;
 use std::io::Write;
 
+/// This process's host name.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256]; // HOST_NAME_MAX is 64 on Linux
+                              // SAFETY: the buffer is valid for its length; gethostname NUL-terminates when it fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 /// Exit code for every failure (bad input, runtime error).
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit code of a run stopped by SIGUSR1 or SIGTERM after saving a checkpoint: the job script

@@ -333,3 +333,205 @@ fn read_only_checkpoint_dir_fails_cleanly() {
     let msg = one_message(&o);
     assert!(msg.contains(s(&ck)), "{msg}");
 }
+
+/// The world ranks' pids of a running job whose command line holds `marker`.
+fn rank_pids(marker: &str) -> Vec<(usize, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains(marker)
+            || !cmd.contains("target/release/ferrotron")
+            || cmd.starts_with("mpirun")
+        {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let env = String::from_utf8_lossy(&env).to_string();
+        if let Some(r) = env
+            .split('\0')
+            .find_map(|kv| kv.strip_prefix("OMPI_COMM_WORLD_RANK="))
+        {
+            out.push((r.parse().unwrap(), pid));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A rank that stops making progress mid-step (outside MPI): every rank's watchdog ends the
+/// job within `runtime.watchdog_s` plus a margin, each writes its flight record, and
+/// `ferrotron diagnose` names the rank that held the job up.
+#[test]
+fn watchdog_ends_a_hung_job_and_diagnose_names_the_rank() {
+    let dir = scratch("rb-hang");
+    let t0 = std::time::Instant::now();
+    let o = train(
+        &dir,
+        4,
+        "hang",
+        &["parallel.tp=2", "runtime.watchdog_s=5", "train.steps=20"],
+        &[],
+        &[("FERROTRON_TEST_HANG_AT", "3:1")],
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(o.code != 0 && o.code != 124, "{}", o.all());
+    assert!(
+        o.all().contains("rank 1 made no progress for 5 s"),
+        "{}",
+        o.all()
+    );
+    eprintln!("job ended {secs:.1} s after it started");
+    let d = ferrotron(&["diagnose", s(&dir.join("hang"))], &dir);
+    d.assert_ok();
+    assert!(
+        d.stdout
+            .contains("=> held up by rank 1 at step 3 (step), in no communication"),
+        "{}",
+        d.stdout
+    );
+    assert!(
+        d.stdout.contains("rank 1 never entered all_reduce"),
+        "{}",
+        d.stdout
+    );
+}
+
+/// A rank stopped by SIGSTOP (hung hard: its watchdog cannot run either): the other rank's
+/// watchdog ends the job, and diagnose says rank 1 held it up.
+#[test]
+fn watchdog_ends_a_job_with_a_stopped_rank() {
+    let dir = scratch("rb-sigstop");
+    let cfg = tiny_config(&dir, "");
+    let mut c = std::process::Command::new("mpirun");
+    mpi_env(&mut c, &[]);
+    let log = std::fs::File::create(dir.join("job.log")).unwrap();
+    let out = dir.join("stopped");
+    let mut job = c
+        .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
+        .args(["--set", &format!("log.out_dir={:?}", s(&out))])
+        .args([
+            "--set",
+            "runtime.watchdog_s=5",
+            "--set",
+            "train.steps=100000",
+        ])
+        .current_dir(&*dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    let steps_done = || {
+        std::fs::read_to_string(&metrics)
+            .map(|t| t.lines().filter(|l| l.contains("\"loss\"")).count())
+            .unwrap_or(0)
+    };
+    while steps_done() < 2 && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pids = rank_pids(s(&out));
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let stopped = pids[1].1;
+    let kill = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &stopped.to_string()])
+            .status();
+    };
+    kill("-STOP");
+    let t1 = std::time::Instant::now();
+    let mut status = None;
+    while t1.elapsed().as_secs() < 60 {
+        if let Some(st) = job.try_wait().unwrap() {
+            status = Some(st);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    kill("-KILL");
+    let Some(st) = status else {
+        let _ = job.kill();
+        let _ = job.wait();
+        panic!("the job did not end within 60 s of SIGSTOP");
+    };
+    assert!(!st.success());
+    eprintln!(
+        "job ended {:.1} s after SIGSTOP",
+        t1.elapsed().as_secs_f64()
+    );
+    let d = ferrotron(&["diagnose", s(&out)], &dir);
+    d.assert_ok();
+    // mpirun continues the stopped rank to end it, so its own watchdog may still write.
+    assert!(d.stdout.contains("=> held up by rank 1"), "{}", d.stdout);
+}
+
+/// A rank killed with SIGKILL mid-run under mpirun: the job ends (no hang) with a non-zero
+/// exit, and the last complete checkpoint verifies and resumes.
+#[test]
+fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
+    let dir = scratch("rb-sigkill");
+    let cfg = tiny_config(&dir, "");
+    let ck = dir.join("ckpt");
+    let out = dir.join("killed");
+    let mut c = std::process::Command::new("mpirun");
+    mpi_env(&mut c, &[]);
+    let log = std::fs::File::create(dir.join("job.log")).unwrap();
+    let mut job = c
+        .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
+        .args(["--set", &format!("log.out_dir={:?}", s(&out))])
+        .args(["--set", &format!("checkpoint.dir={:?}", s(&ck))])
+        .args(["--set", "checkpoint.every=2", "--set", "train.steps=100000"])
+        .current_dir(&*dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !ck.join("latest").exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pids = rank_pids(s(&out));
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pids[1].1.to_string()])
+        .status();
+    let t1 = std::time::Instant::now();
+    let mut status = None;
+    while t1.elapsed().as_secs() < 60 {
+        if let Some(st) = job.try_wait().unwrap() {
+            status = Some(st);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let Some(st) = status else {
+        let _ = job.kill();
+        let _ = job.wait();
+        panic!("the job did not end within 60 s of SIGKILL to a rank");
+    };
+    assert!(!st.success());
+    let latest = std::fs::read_to_string(ck.join("latest")).unwrap();
+    ferrotron(&["ckpt", "verify", s(&ck.join(latest.trim()))], &dir).assert_ok();
+    let steps: usize = latest.trim().trim_start_matches("step_").parse().unwrap();
+    let o = train(
+        &dir,
+        2,
+        "resumed",
+        &[
+            &format!("checkpoint.dir={:?}", s(&ck)),
+            &format!("train.steps={}", steps + 2),
+        ],
+        &["--resume", "auto"],
+        &[],
+    );
+    o.assert_ok();
+    assert!(
+        o.all().contains("taking over"),
+        "the killed run's lock: {}",
+        o.all()
+    );
+}

@@ -36,7 +36,7 @@ impl Owner {
     pub fn me() -> Self {
         Self {
             job: std::env::var("SLURM_JOB_ID").ok().filter(|s| !s.is_empty()),
-            host: crate::placement::hostname(),
+            host: crate::runtime::hostname(),
             pid: std::process::id(),
             since: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

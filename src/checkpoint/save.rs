@@ -211,6 +211,8 @@ pub struct Checkpointer {
     pub reports: Vec<SaveReport>,
     /// The last snapshot, whose host buffers the next one reuses (no new page faults).
     spare: Option<Snapshot>,
+    /// The rank's flight recorder: waiting for this rank's own writer is progress.
+    flight: Option<std::sync::Arc<crate::comm::flight::FlightRecorder>>,
 }
 
 impl Checkpointer {
@@ -221,7 +223,14 @@ impl Checkpointer {
             pending: None,
             reports: Vec::new(),
             spare: None,
+            flight: None,
         }
+    }
+
+    /// Beats `rec` while waiting for this rank's writer (a long save is not a hang).
+    pub fn with_flight(mut self, rec: std::sync::Arc<crate::comm::flight::FlightRecorder>) -> Self {
+        self.flight = Some(rec);
+        self
     }
 
     /// The previous snapshot (once its save finished), to refill instead of allocating.
@@ -298,6 +307,12 @@ impl Checkpointer {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
+        while !p.writer.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if let Some(f) = &self.flight {
+                f.beat();
+            }
+        }
         let res = p
             .writer
             .join()

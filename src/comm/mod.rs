@@ -5,6 +5,7 @@
 //! the seconds it took, so per-step metrics can report communication per group and compare the
 //! bytes with the analytical volumes.
 
+pub mod flight;
 pub mod link;
 pub mod mpi;
 pub mod threads;

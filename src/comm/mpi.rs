@@ -1,11 +1,14 @@
 //! [`Communicator`] over MPI (rsmpi) on host memory.
 
+use super::flight::FlightRecorder;
 use super::link::{Plan, Transport};
 use super::{CommStats, Communicator};
 use anyhow::Result;
 use mpi::collective::SystemOperation;
 use mpi::topology::{Color, Communicator as _, SimpleCommunicator};
 use mpi::traits::CommunicatorCollectives;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One MPI sub-communicator, its counters, the run's transport plan and (with NCCL) the
@@ -15,6 +18,27 @@ pub struct MpiComm {
     stats: CommStats,
     plan: Plan,
     nccl: Option<cudarc::nccl::safe::Comm>,
+    /// The rank's flight recorder and this group's index in it ([`Self::set_flight`]).
+    flight: Option<(Arc<FlightRecorder>, usize)>,
+    /// Operations started on this group (the flight records' sequence numbers).
+    seq: AtomicU64,
+}
+
+/// A recorded operation in flight: ends its record when dropped (or completed).
+struct Op(Option<(Arc<FlightRecorder>, u64)>);
+
+impl Op {
+    fn finish(&mut self) {
+        if let Some((f, id)) = self.0.take() {
+            f.end(id);
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 impl MpiComm {
@@ -32,7 +56,27 @@ impl MpiComm {
                 p2p: Transport::Host,
             },
             nccl: None,
+            flight: None,
+            seq: AtomicU64::new(0),
         })
+    }
+
+    /// Records this group's operations in `rec` under `name`, with its members' world ranks
+    /// (gathered here: collective over the group).
+    pub fn set_flight(&mut self, rec: Arc<FlightRecorder>, name: &str, world_rank: usize) {
+        let mut members = vec![0u64; self.size()];
+        self.comm
+            .all_gather_into(&(world_rank as u64), &mut members[..]);
+        let g = rec.register_group(name, members.iter().map(|&m| m as usize).collect());
+        self.flight = Some((rec, g));
+    }
+
+    /// Starts the flight record of an operation (when recording).
+    fn op(&self, what: &str, bytes: usize) -> Op {
+        Op(self.flight.as_ref().map(|(f, g)| {
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            (f.clone(), f.begin(*g, seq, what, bytes))
+        }))
     }
 
     /// Sets the run's transports; with NCCL collectives, also creates the group's NCCL
@@ -71,6 +115,7 @@ impl Communicator for MpiComm {
         self.comm.size() as usize
     }
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let _op = self.op("all_reduce", std::mem::size_of_val(buf));
         let t0 = Instant::now();
         let send = buf.to_vec();
         self.comm
@@ -80,6 +125,7 @@ impl Communicator for MpiComm {
         Ok(())
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let _op = self.op("all_reduce", std::mem::size_of_val(buf));
         let t0 = Instant::now();
         let send = buf.to_vec();
         self.comm
@@ -93,6 +139,7 @@ impl Communicator for MpiComm {
             input.len() == out.len() * self.size(),
             "reduce_scatter: input must be size × output"
         );
+        let _op = self.op("reduce_scatter", std::mem::size_of_val(input));
         let t0 = Instant::now();
         self.comm
             .reduce_scatter_block_into(input, out, SystemOperation::sum());
@@ -105,6 +152,7 @@ impl Communicator for MpiComm {
             out.len() == input.len() * self.size(),
             "all_gather: output must be size × input"
         );
+        let _op = self.op("all_gather", std::mem::size_of_val(out));
         let t0 = Instant::now();
         self.comm.all_gather_into(input, out);
         self.stats
@@ -122,6 +170,7 @@ impl Communicator for MpiComm {
     }
     unsafe fn all_reduce_device(&self, input: u64, out: u64, count: usize) -> Result<()> {
         use mpi::raw::AsRaw;
+        let _op = self.op("all_reduce (device)", 4 * count);
         let t0 = Instant::now();
         // SAFETY: the caller guarantees both device buffers (see the trait); the MPI library
         // is CUDA-aware (checked when the plan was made).
@@ -155,6 +204,8 @@ pub struct Pending {
     _keep: Option<Box<dyn std::any::Any>>,
     req: mpi::ffi::MPI_Request,
     done: bool,
+    /// Its flight record, ended on completion.
+    op: Op,
 }
 
 /// `rc` of an MPI call as a Result.
@@ -173,6 +224,7 @@ impl Pending {
             // SAFETY: RSMPI_REQUEST_NULL is an initialised constant of the MPI library.
             req: unsafe { mpi::ffi::RSMPI_REQUEST_NULL },
             done: false,
+            op: Op(None),
         }
     }
 
@@ -186,6 +238,9 @@ impl Pending {
             };
             check(rc, "MPI_Test")?;
             self.done = flag != 0;
+            if self.done {
+                self.op.finish();
+            }
         }
         Ok(self.done)
     }
@@ -208,6 +263,7 @@ impl Pending {
             let rc = unsafe { mpi::ffi::MPI_Wait(&mut self.req, mpi::ffi::RSMPI_STATUS_IGNORE) };
             self.done = true;
             check(rc, "MPI_Wait")?;
+            self.op.finish();
         }
         Ok(())
     }
@@ -223,6 +279,7 @@ impl Drop for Pending {
         if matches!(self.test(), Ok(true)) {
             return;
         }
+        std::mem::forget(std::mem::replace(&mut self.op, Op(None))); // never completed
         log::warn!("abandoning an unfinished MPI operation (its buffers are leaked)");
         std::mem::forget(std::mem::take(&mut self.send));
         std::mem::forget(std::mem::take(&mut self.recv));
@@ -275,6 +332,7 @@ impl MpiComm {
     ) -> Result<()> {
         p.done = rc != 0;
         check(rc, what)?;
+        p.op = self.op(what, bytes);
         self.stats.add(bytes, t0.elapsed().as_secs_f64());
         Ok(())
     }
@@ -425,6 +483,7 @@ impl MpiComm {
     ) -> Result<(mpi::point_to_point::Message, f64)> {
         use mpi::datatype::Equivalence;
         use mpi::point_to_point::Source as _;
+        let _op = self.op(&format!("recv from group rank {src}"), 4 * count);
         let t0 = Instant::now();
         let p = self.comm.process_at_rank(i32::try_from(src)?);
         let (msg, status) = p.matched_probe_with_tag(tag);
@@ -451,6 +510,7 @@ impl MpiComm {
 
     /// `buf ← Σ over the group` (f64), not counted in the stats (used for metrics only).
     pub fn all_reduce_sum_f64_uncounted(&self, buf: &mut [f64]) {
+        let _op = self.op("all_reduce", std::mem::size_of_val(buf));
         let send = buf.to_vec();
         self.comm
             .all_reduce_into(&send[..], buf, SystemOperation::sum());

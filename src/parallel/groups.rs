@@ -46,6 +46,25 @@ impl Groups {
         self.pp.set_plan(messages_only, None)
     }
 
+    /// Records every group's operations in the rank's flight recorder (collective over each
+    /// group in turn; see `comm::flight`).
+    pub fn record(
+        &mut self,
+        rec: &std::sync::Arc<crate::comm::flight::FlightRecorder>,
+        rank: usize,
+    ) {
+        for (c, name) in [
+            (&mut self.tp, "tp"),
+            (&mut self.dp, "dp"),
+            (&mut self.pp, "pp"),
+            (&mut self.emb, "embedding"),
+            (&mut self.world, "world"),
+            (&mut self.metrics, "world (run control)"),
+        ] {
+            c.set_flight(rec.clone(), name, rank);
+        }
+    }
+
     /// The groups of grid `g`, on host memory until [`Groups::connect`]. Collective over `world`.
     pub fn new(world: &SimpleCommunicator, g: Grid, rank: usize) -> Result<Self> {
         let c = g.coords(rank);

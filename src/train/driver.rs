@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::checkpoint::hf;
 use crate::checkpoint::lock::DirLock;
 use crate::checkpoint::save::{Checkpointer, SavePolicy};
+use crate::comm::flight::{FlightRecorder, Watchdog};
 use crate::comm::link;
 use crate::comm::Communicator;
 use crate::config::{BackendKind, Config};
@@ -62,6 +63,14 @@ fn run_on<B: Backend>(
     let facts = gather_facts(&rt.world, &tr.model.be)?;
     let (plan, why) = rt.agree(link::resolve(cfg.comm.backend, &facts))?;
     let mut gr = rt.agree(Groups::new(&rt.world, tr.grid, rt.rank))?;
+    let flight = Arc::new(FlightRecorder::new());
+    gr.record(&flight, rt.rank);
+    let watchdog = Watchdog::start(
+        flight.clone(),
+        cfg.runtime.watchdog_s.unwrap_or(WATCHDOG_START_S),
+        out_dir.clone(),
+        rt.rank,
+    )?;
     record_placement(rt, cfg, &tr, opts.threads)?;
     // Not agreed: a failure aborts the job (see `Groups::connect`).
     gr.connect(plan, &tr.model.be)
@@ -89,7 +98,7 @@ fn run_on<B: Backend>(
             background: c.background,
             continue_on_error: c.on_error == crate::config::OnSaveError::Continue,
         };
-        Checkpointer::new(policy, rt.rank)
+        Checkpointer::new(policy, rt.rank).with_flight(flight.clone())
     });
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGTERM] {
@@ -101,6 +110,8 @@ fn run_on<B: Backend>(
         ckpt: ck.as_mut(),
         stop: &stop,
         rank: rt.rank,
+        flight: &flight,
+        watchdog: &watchdog,
     };
     let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val, &gr, run)?;
     if cfg.log.save_final && summary.stopped_at.is_none() {
@@ -216,7 +227,16 @@ struct Run<'a> {
     ckpt: Option<&'a mut Checkpointer>,
     stop: &'a AtomicBool,
     rank: usize,
+    flight: &'a FlightRecorder,
+    watchdog: &'a Watchdog,
 }
+
+/// The automatic watchdog timeout until three steps are done (start-up, first steps, kernel
+/// compilation), and its floor afterwards.
+const WATCHDOG_START_S: f64 = 900.0;
+const WATCHDOG_FLOOR_S: f64 = 120.0;
+/// After three steps the automatic timeout is this many times the slowest of them.
+const WATCHDOG_STEPS: f64 = 20.0;
 
 impl Run<'_> {
     /// Collective, after `done` steps: agree on a stop signal, complete a finished save, start
@@ -367,12 +387,15 @@ fn train_loop<B: Backend>(
     let (mut last_val, mut final_loss, mut stopped_at) = (first_val, f32::NAN, None);
     let mut profile = ProfileSummary::default();
     let mut skipped = 0usize;
+    let mut watch_times = Vec::new();
     let mut s = run.start;
     while s < steps {
         // The profile records the step's own ops only (not validation or saving). Taking it
         // waits for the device, so a profiled step's time includes its last kernels (an
         // unprofiled one leaves them to overlap the next step's start).
         tr.model.be.set_profiling(cfg.log.profile_ops);
+        run.flight.set_step(s as u64 + 1, "step");
+        test_hang(s, run.rank);
         let t0 = Instant::now();
         let out = tr.step(s, gr)?;
         let ops = tr.model.be.take_profile()?;
@@ -383,6 +406,15 @@ fn train_loop<B: Backend>(
             continue; // the same step again, on the same batch
         }
         let dt = t0.elapsed().as_secs_f64();
+        watch_times.push(dt);
+        if cfg.runtime.watchdog_s.is_none() && watch_times.len() == 3 {
+            let slowest = watch_times.iter().cloned().fold(0.0, f64::max);
+            run.watchdog
+                .set_timeout(WATCHDOG_FLOOR_S.max(WATCHDOG_STEPS * slowest));
+            log::debug!("watchdog timeout {:.0} s", run.watchdog.timeout_s());
+        }
+        run.flight
+            .set_step(s as u64 + 1, "validation and checkpoint");
         let (comm_bytes, comm_ms, bubble_ms, compute_ms) = step_comm(gr, dt, out.idle_s);
         let is_val = (cfg.train.val_every > 0 && (s + 1).is_multiple_of(cfg.train.val_every))
             || s + 1 == steps;
@@ -442,6 +474,26 @@ fn train_loop<B: Backend>(
         out_dir: PathBuf::new(),
         stopped_at,
     })
+}
+
+/// Testing aid: `FERROTRON_TEST_HANG_AT=STEP:RANK` (1-based step, world rank) makes that rank
+/// stop making progress at the start of that step, as a stuck rank would (the watchdog's test).
+fn test_hang(step: usize, rank: usize) {
+    let Ok(v) = std::env::var("FERROTRON_TEST_HANG_AT") else {
+        return;
+    };
+    if v.split_once(':')
+        .and_then(|(s, r)| Some((s.parse::<usize>().ok()?, r.parse::<usize>().ok()?)))
+        == Some((step + 1, rank))
+    {
+        log::warn!(
+            "FERROTRON_TEST_HANG_AT: rank {rank} hangs at step {}",
+            step + 1
+        );
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
 }
 
 /// A discarded step (`train.on_nonfinite = "skip"`): logged and recorded by rank 0 (the one
