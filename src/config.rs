@@ -507,6 +507,7 @@ impl Config {
         if let Some(k) = &self.data.sampler {
             crate::data::SamplerKind::parse(k).context("data.sampler")?;
         }
+        crate::model::gpt2::Gpt2Config::from_model_config(m).check_bounds("[model]")?;
         positive("train.steps", t.steps)?;
         positive("train.micro_batch_size", t.micro_batch_size)?;
         positive("train.global_batch_size", t.global_batch_size)?;

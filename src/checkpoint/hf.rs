@@ -21,7 +21,13 @@ pub fn read_config(dir: &Path) -> Result<Gpt2Config> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let v: Value = serde_json::from_str(&text)
+    parse_config(&text, &path)
+}
+
+/// A Hugging Face GPT-2 `config.json` (its text; `path` for messages) as a model shape, within
+/// [`Gpt2Config::check_bounds`].
+pub fn parse_config(text: &str, path: &Path) -> Result<Gpt2Config> {
+    let v: Value = serde_json::from_str(text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     let get = |k: &str| -> Result<usize> {
         v.get(k)
@@ -53,19 +59,20 @@ pub fn read_config(dir: &Path) -> Result<Gpt2Config> {
             path.display()
         );
     }
-    Ok(Gpt2Config::new(
+    let cfg = Gpt2Config::new(
         get("vocab_size")?,
         n_positions,
         n_embd,
         get("n_layer")?,
         n_head,
-    ))
+    );
+    cfg.check_bounds(&path.display().to_string())?;
+    Ok(cfg)
 }
 
 /// Load a Hugging Face GPT-2 directory: its shape and the flat parameter buffer (padded).
 pub fn load(dir: &Path) -> Result<(Gpt2Config, Vec<f32>)> {
     let cfg = read_config(dir)?;
-    let layout = ParamLayout::new(&cfg);
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
@@ -73,7 +80,23 @@ pub fn load(dir: &Path) -> Result<(Gpt2Config, Vec<f32>)> {
             path.display()
         )
     })?;
-    let st = SafeTensors::deserialize(&bytes)
+    Ok((cfg, params_from_safetensors(&cfg, &bytes, &path)?))
+}
+
+/// The flat (padded) parameter buffer of `cfg` from the bytes of a `model.safetensors` (`path`
+/// for messages). A file too small to hold the model is refused before anything is allocated.
+pub fn params_from_safetensors(cfg: &Gpt2Config, bytes: &[u8], path: &Path) -> Result<Vec<f32>> {
+    let layout = ParamLayout::new(cfg);
+    let real = layout.total - (cfg.padded_vocab - cfg.vocab_size) * cfg.n_embd;
+    if (bytes.len() as u64) < 2 * real as u64 {
+        bail!(
+            "{}: {} bytes cannot hold the {real} parameters config.json describes (at least 2 \
+             bytes each)",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
     let mut params = vec![0.0f32; layout.total];
     for e in &layout.entries {
@@ -101,7 +124,7 @@ pub fn load(dir: &Path) -> Result<(Gpt2Config, Vec<f32>)> {
         to_f32(&view, &mut params[e.offset..e.offset + n])
             .with_context(|| format!("{}: tensor \"{key}\"", path.display()))?;
     }
-    Ok((cfg, params))
+    Ok(params)
 }
 
 fn find_tensor<'a>(st: &'a SafeTensors<'a>, name: &str) -> Option<(String, TensorView<'a>)> {

@@ -108,6 +108,34 @@ impl Meta {
         let u = |k: &str| {
             read_u64_attr(&f, k).with_context(|| format!("{}: attribute {k}", path.display()))
         };
+        for (k, v) in [("dp", c[0]), ("tp", c[1]), ("pp", c[2])] {
+            anyhow::ensure!(
+                (1..=1 << 20).contains(&v),
+                "{}: attribute {k} = {v} is not a grid size",
+                path.display()
+            );
+        }
+        anyhow::ensure!(
+            c[3] <= 1,
+            "{}: attribute zero = {} (0 or 1)",
+            path.display(),
+            c[3]
+        );
+        Gpt2Config::new(c[7], c[8], c[9], c[10], c[11])
+            .check_bounds(&path.display().to_string())?;
+        // The grid sizes the list of files to read: it must fit what the directory holds (so a
+        // corrupt attribute cannot make ferrotron list or open millions of files).
+        let present = std::fs::read_dir(dir).map_or(0, |d| d.count());
+        let shards = c[1] as u128 * c[2] as u128;
+        anyhow::ensure!(
+            shards <= present as u128 && c[0] as u128 * shards <= 1 << 24,
+            "{}: a grid of dp {} × tp {} × pp {} does not fit the {present} files in {}",
+            path.display(),
+            c[0],
+            c[1],
+            c[2],
+            dir.display()
+        );
         Ok(Self {
             format_version: version,
             ferrotron_version: read_str_attr(&f, "ferrotron_version").with_context(ctx)?,

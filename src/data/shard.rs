@@ -108,7 +108,7 @@ pub fn read_header_tokens(path: &Path) -> Result<usize> {
 }
 
 /// Parse the bytes of a complete shard file.
-fn decode_shard(bytes: &[u8]) -> Result<Vec<u16>> {
+pub fn decode_shard(bytes: &[u8]) -> Result<Vec<u16>> {
     let n = check_layout(bytes, bytes.len())?;
     Ok(bytes[HEADER_BYTES..HEADER_BYTES + 2 * n]
         .chunks_exact(2)

@@ -57,6 +57,39 @@ impl Gpt2Config {
         }
     }
 
+    /// Whether the shape is one ferrotron can hold: every dimension positive and bounded
+    /// (vocab ≤ 2²², positions ≤ 2²⁰, width ≤ 2¹⁶, layers ≤ 4096, heads dividing the width)
+    /// and at most 2⁴⁰ parameters — so a corrupt header or config is an error, never a huge
+    /// allocation or an endless loop. `what` names the source in messages.
+    pub fn check_bounds(&self, what: &str) -> anyhow::Result<()> {
+        let dims = [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("n_positions", self.n_positions, 1 << 20),
+            ("n_embd", self.n_embd, 1 << 16),
+            ("n_layer", self.n_layer, 4096),
+            ("n_head", self.n_head, 1 << 16),
+        ];
+        for (k, v, max) in dims {
+            anyhow::ensure!(
+                (1..=max).contains(&v),
+                "{what}: {k} = {v} is outside 1..={max}"
+            );
+        }
+        anyhow::ensure!(
+            self.n_embd.is_multiple_of(self.n_head),
+            "{what}: n_embd {} is not divisible by n_head {}",
+            self.n_embd,
+            self.n_head
+        );
+        let (c, l) = (self.n_embd as u128, self.n_layer as u128);
+        let params = (self.padded_vocab as u128 + self.n_positions as u128) * c + l * 12 * c * c;
+        anyhow::ensure!(
+            params <= 1 << 40,
+            "{what}: {params} parameters is beyond 2^40"
+        );
+        Ok(())
+    }
+
     /// The same model with the vocabulary padded to a multiple of 64·tp, so each of `tp`
     /// vocab-parallel shards has a multiple of 64 rows (the padding is masked; the real model
     /// and its exported weights do not change).
