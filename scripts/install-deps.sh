@@ -113,10 +113,12 @@ for component in rustfmt clippy; do
 done
 
 # ---- NVRTC + CUDA headers from PyPI (compile-checks kernels/*.cu without a GPU) --------------
+# Only the tests need it (the kernel compile check): a machine whose pip cannot reach PyPI still
+# builds and runs the demo; scripts/test.sh then fails that test, saying what is missing.
 if bash "$(dirname "${BASH_SOURCE[0]}")/install-nvrtc.sh" >/dev/null; then
   skipped+=("nvrtc (.cache/nvrtc)")
 else
-  die "installing NVRTC from PyPI failed (scripts/install-nvrtc.sh)"
+  log "warning: installing NVRTC from PyPI failed (scripts/install-nvrtc.sh): the demo does not need it; the test suite's kernel compile check (tests/cuda_kernels.rs) will fail until it is installed"
 fi
 
 # ---- summary -----------------------------------------------------------------------------------

@@ -96,13 +96,19 @@ fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<i32> {
     }
     if rt.rank == 0 {
         let png = s.out_dir.join("loss.png");
-        if cfg.log.plot {
-            ferrotron::plot::plot_loss_curve(
+        // The run succeeded: a plot that cannot be drawn is a warning, not a failure.
+        let plotted = cfg.log.plot
+            && match ferrotron::plot::plot_loss_curve(
                 &s.metrics_path,
                 &png,
                 &format!("ferrotron — {}", a.config.display()),
-            )?;
-        }
+            ) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("could not draw the loss plot {}: {e:#}", png.display());
+                    false
+                }
+            };
         let fmt = |v: Option<f32>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
         println!(
             "trained {} steps: train loss {:.4}, val loss {} -> {}",
@@ -118,7 +124,7 @@ fn train(rt: &Runtime, a: TrainArgs, threads: usize) -> Result<i32> {
                 b as f64 / (1u64 << 20) as f64
             );
         }
-        if cfg.log.plot {
+        if plotted {
             println!("loss plot: {}", png.display());
         }
         if cfg.log.save_final {

@@ -88,7 +88,25 @@ impl Groups {
 /// What every rank found about its device and libraries, combined over `world` (the worst case
 /// of any rank, so all ranks resolve the same transport). Collective over `world`.
 pub fn gather_facts<B: Backend>(world: &SimpleCommunicator, be: &B) -> Result<Facts> {
-    let uuid = be.device_uuid()?;
+    // A rank that cannot read its device's UUID must not leave the others waiting in the
+    // collectives below: the failure is agreed first (the lowest failing rank reports it).
+    let uuid = be.device_uuid();
+    let mut failed = [i32::from(uuid.is_err())];
+    let mut any = [0i32];
+    world.all_reduce_into(&failed[..], &mut any[..], SystemOperation::max());
+    if any[0] != 0 {
+        failed[0] = if uuid.is_err() { world.rank() } else { i32::MAX };
+        let mut first = [0i32];
+        world.all_reduce_into(&failed[..], &mut first[..], SystemOperation::min());
+        return match uuid {
+            Err(e) if first[0] == world.rank() => {
+                crate::runtime::report(world.rank() as usize, world.size() as usize, &e.context("reading the device UUID"));
+                Err(crate::runtime::AgreedFailure.into())
+            }
+            _ => Err(crate::runtime::AgreedFailure.into()),
+        };
+    }
+    let uuid = uuid?;
     let cuda = uuid.is_some();
     let mine = [
         i32::from(link::mpi_cuda_aware()),
