@@ -95,12 +95,20 @@ pub fn gather_facts<B: Backend>(world: &SimpleCommunicator, be: &B) -> Result<Fa
     let mut any = [0i32];
     world.all_reduce_into(&failed[..], &mut any[..], SystemOperation::max());
     if any[0] != 0 {
-        failed[0] = if uuid.is_err() { world.rank() } else { i32::MAX };
+        failed[0] = if uuid.is_err() {
+            world.rank()
+        } else {
+            i32::MAX
+        };
         let mut first = [0i32];
         world.all_reduce_into(&failed[..], &mut first[..], SystemOperation::min());
         return match uuid {
             Err(e) if first[0] == world.rank() => {
-                crate::runtime::report(world.rank() as usize, world.size() as usize, &e.context("reading the device UUID"));
+                crate::runtime::report(
+                    world.rank() as usize,
+                    world.size() as usize,
+                    &e.context("reading the device UUID"),
+                );
                 Err(crate::runtime::AgreedFailure.into())
             }
             _ => Err(crate::runtime::AgreedFailure.into()),
