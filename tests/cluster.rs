@@ -604,3 +604,91 @@ fn prepare_data_job_on_two_hosts_matches_one_process() {
         );
     }
 }
+
+/// A rank killed with SIGKILL under `srun` on a 2-host job: `srun --kill-on-bad-exit` ends the
+/// other ranks, the job ends FAILED (no hang until the time limit) and the last complete
+/// checkpoint verifies.
+#[test]
+fn a_rank_killed_under_srun_ends_the_job() {
+    let _c = cluster(2);
+    let dir = scratch("cluster-sigkill");
+    let ckpt = dir.join("ckpt");
+    let cfg = tiny_config(
+        &dir,
+        &format!("[checkpoint]\ndir = {:?}\nevery = 2\n", s(&ckpt)),
+    );
+    let out = dir.join("job.out");
+    let template = repo("slurm/train-multinode.sbatch");
+    let args = [
+        "--parsable",
+        "-D",
+        s(&dir),
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "-o",
+        s(&out),
+        s(&template),
+        s(&cfg),
+        "--set",
+        "train.steps=100000",
+    ];
+    let o = run_timeout(60, "sbatch", &args, &[("FERROTRON", FERROTRON)], &dir);
+    assert_eq!(o.code, 0, "sbatch failed:\n{}", o.all());
+    let id = o.stdout.trim().split(';').next().unwrap().to_string();
+    let latest = ckpt.join("latest");
+    let t0 = Instant::now();
+    while !latest.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "job {id} wrote no checkpoint:\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The task with SLURM_PROCID=1 (on the second host).
+    let victim = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(s(&cfg))
+                && String::from_utf8_lossy(&cmd).starts_with(FERROTRON)
+                && String::from_utf8_lossy(&env).contains("\0SLURM_PROCID=1\0")
+        });
+    let Some(victim) = victim else {
+        let _ = run_timeout(30, "scancel", &[&id], &[], &dir);
+        panic!("no rank 1 process found");
+    };
+    let _ = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status();
+    let t1 = Instant::now();
+    loop {
+        let state = job_field(&id, "JobState");
+        if ["FAILED", "CANCELLED", "COMPLETED", "NODE_FAIL"].contains(&state.as_str()) {
+            assert_eq!(
+                state,
+                "FAILED",
+                "{}",
+                std::fs::read_to_string(&out).unwrap_or_default()
+            );
+            break;
+        }
+        if t1.elapsed() > Duration::from_secs(120) {
+            let _ = run_timeout(30, "scancel", &[&id], &[], &dir);
+            panic!("job {id} still {state} 120 s after SIGKILL to a rank");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "job ended {:.1} s after the SIGKILL",
+        t1.elapsed().as_secs_f64()
+    );
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(log.contains("Killed") || log.contains("task 1"), "{log}");
+    let step = std::fs::read_to_string(&latest).unwrap();
+    let o = ferrotron(&["ckpt", "verify", s(&ckpt.join(step.trim()))], &dir);
+    o.assert_ok();
+}

@@ -172,6 +172,10 @@ fn checkpoint_dir_is_locked_against_a_second_run() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let mut child = Job {
+        child,
+        marker: s(&cfg).to_string(),
+    };
     let lock = ck.join("LOCK");
     let t0 = std::time::Instant::now();
     while !lock.exists() && t0.elapsed().as_secs() < 60 {
@@ -188,8 +192,8 @@ fn checkpoint_dir_is_locked_against_a_second_run() {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
     let gone = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|t| {
@@ -334,6 +338,25 @@ fn read_only_checkpoint_dir_fails_cleanly() {
     assert!(msg.contains(s(&ck)), "{msg}");
 }
 
+/// A job started in the background: killed with its ranks (found by `marker`, a path in their
+/// command line) when dropped, so a failing test never leaves a training job behind.
+struct Job {
+    child: std::process::Child,
+    marker: String,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        for (_, pid) in rank_pids(&self.marker) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The world ranks' pids of a running job whose command line holds `marker`.
 fn rank_pids(marker: &str) -> Vec<(usize, u32)> {
     let mut out = Vec::new();
@@ -424,6 +447,10 @@ fn watchdog_ends_a_job_with_a_stopped_rank() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let mut job = Job {
+        child: job,
+        marker: s(&out).to_string(),
+    };
     let metrics = out.join("metrics.jsonl");
     let t0 = std::time::Instant::now();
     let steps_done = || {
@@ -446,7 +473,7 @@ fn watchdog_ends_a_job_with_a_stopped_rank() {
     let t1 = std::time::Instant::now();
     let mut status = None;
     while t1.elapsed().as_secs() < 60 {
-        if let Some(st) = job.try_wait().unwrap() {
+        if let Some(st) = job.child.try_wait().unwrap() {
             status = Some(st);
             break;
         }
@@ -454,8 +481,6 @@ fn watchdog_ends_a_job_with_a_stopped_rank() {
     }
     kill("-KILL");
     let Some(st) = status else {
-        let _ = job.kill();
-        let _ = job.wait();
         panic!("the job did not end within 60 s of SIGSTOP");
     };
     assert!(!st.success());
@@ -490,6 +515,10 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let mut job = Job {
+        child: job,
+        marker: s(&out).to_string(),
+    };
     let t0 = std::time::Instant::now();
     while !ck.join("latest").exists() && t0.elapsed().as_secs() < 60 {
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -502,15 +531,13 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
     let t1 = std::time::Instant::now();
     let mut status = None;
     while t1.elapsed().as_secs() < 60 {
-        if let Some(st) = job.try_wait().unwrap() {
+        if let Some(st) = job.child.try_wait().unwrap() {
             status = Some(st);
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let Some(st) = status else {
-        let _ = job.kill();
-        let _ = job.wait();
         panic!("the job did not end within 60 s of SIGKILL to a rank");
     };
     assert!(!st.success());
@@ -534,4 +561,84 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
         "the killed run's lock: {}",
         o.all()
     );
+}
+
+/// SIGTERM to every rank while step 2's checkpoint is being written (its writers delayed): the
+/// ranks finish that save, save the stop state and exit 75 for a requeue; every checkpoint left
+/// behind is complete and verifies, and `--resume auto` goes on.
+#[test]
+fn sigterm_during_a_save_finishes_it_and_exits_for_requeue() {
+    let dir = scratch("rb-sigterm");
+    let cfg = tiny_config(&dir, "");
+    let ck = dir.join("ckpt");
+    let out = dir.join("term");
+    let mut c = std::process::Command::new("mpirun");
+    mpi_env(&mut c, &[("FERROTRON_TEST_SAVE_DELAY", "2:3000")]);
+    let log = std::fs::File::create(dir.join("job.log")).unwrap();
+    let mut job = c
+        .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
+        .args(["--set", &format!("log.out_dir={:?}", s(&out))])
+        .args(["--set", &format!("checkpoint.dir={:?}", s(&ck))])
+        .args(["--set", "checkpoint.every=2", "--set", "train.steps=100000"])
+        .current_dir(&*dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut job = Job {
+        child: job,
+        marker: s(&out).to_string(),
+    };
+    let partial = ck.join("step_00000002");
+    let t0 = std::time::Instant::now();
+    while !partial.join("meta.h5").exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !partial.join("COMPLETE").exists(),
+        "the save was not slowed down"
+    );
+    for (_, pid) in rank_pids(s(&out)) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let t1 = std::time::Instant::now();
+    let mut status = None;
+    while t1.elapsed().as_secs() < 90 {
+        if let Some(st) = job.child.try_wait().unwrap() {
+            status = Some(st);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let Some(st) = status else {
+        panic!("the job did not end within 90 s of SIGTERM");
+    };
+    let log = std::fs::read_to_string(dir.join("job.log")).unwrap();
+    assert_eq!(st.code(), Some(75), "{log}");
+    assert!(
+        partial.join("COMPLETE").exists(),
+        "the save in flight was not finished:\n{log}"
+    );
+    let latest = std::fs::read_to_string(ck.join("latest")).unwrap();
+    for e in std::fs::read_dir(&ck).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("step_") {
+            ferrotron(&["ckpt", "verify", s(&e.path())], &dir).assert_ok();
+        }
+    }
+    let steps: usize = latest.trim().trim_start_matches("step_").parse().unwrap();
+    let o = train(
+        &dir,
+        2,
+        "resumed",
+        &[
+            &format!("checkpoint.dir={:?}", s(&ck)),
+            &format!("train.steps={}", steps + 1),
+        ],
+        &["--resume", "auto"],
+        &[],
+    );
+    o.assert_ok();
 }
