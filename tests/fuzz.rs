@@ -264,11 +264,13 @@ fn fixture(name: &str) -> Vec<u8> {
 fn fuzz_hf_config_json() {
     let seeds = vec![fixture("config.json")];
     let p = Path::new("config.json");
+    // The parse allocates in proportion to the text; the layout of an accepted shape (up to
+    // 4096 layers, see Gpt2Config::check_bounds) holds about 12 entries per layer.
     fuzz(
         "hf-config",
         37,
         &seeds,
-        |n| 64 * n + (1 << 16),
+        |n| 64 * n + (8 << 20),
         |x| {
             if let Ok(cfg) = ferrotron::checkpoint::hf::parse_config(&String::from_utf8_lossy(x), p)
             {

@@ -150,7 +150,7 @@ fn checkpoint_dir_is_locked_against_a_second_run() {
     let mut first = std::process::Command::new("mpirun");
     mpi_env(&mut first, &[("FERROTRON_TEST_SAVE_DELAY", "2:20000")]);
     let log = std::fs::File::create(dir.join("first.log")).unwrap();
-    let mut child = first
+    let child = first
         .args([
             "-np",
             "1",
@@ -433,7 +433,7 @@ fn watchdog_ends_a_job_with_a_stopped_rank() {
     mpi_env(&mut c, &[]);
     let log = std::fs::File::create(dir.join("job.log")).unwrap();
     let out = dir.join("stopped");
-    let mut job = c
+    let job = c
         .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
         .args(["--set", &format!("log.out_dir={:?}", s(&out))])
         .args([
@@ -505,7 +505,7 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
     let mut c = std::process::Command::new("mpirun");
     mpi_env(&mut c, &[]);
     let log = std::fs::File::create(dir.join("job.log")).unwrap();
-    let mut job = c
+    let job = c
         .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
         .args(["--set", &format!("log.out_dir={:?}", s(&out))])
         .args(["--set", &format!("checkpoint.dir={:?}", s(&ck))])
@@ -575,7 +575,7 @@ fn sigterm_during_a_save_finishes_it_and_exits_for_requeue() {
     let mut c = std::process::Command::new("mpirun");
     mpi_env(&mut c, &[("FERROTRON_TEST_SAVE_DELAY", "2:3000")]);
     let log = std::fs::File::create(dir.join("job.log")).unwrap();
-    let mut job = c
+    let job = c
         .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
         .args(["--set", &format!("log.out_dir={:?}", s(&out))])
         .args(["--set", &format!("checkpoint.dir={:?}", s(&ck))])

@@ -13,7 +13,8 @@
 //! - dp (dp > 1): 4·P (all-reduce of the local gradients, in buckets that partition them), or
 //!   with ZeRO-1 4·P + 4·dp·⌈P/dp⌉ (bucketed reduce-scatter, then all-gather of the padded
 //!   parameter buffer), P = the rank's local parameters.
-//! - world: 16 per rank (one all-reduce of the loss and the squared gradient norm, f64).
+//! - world: 24 per rank (one all-reduce of the loss, the squared gradient norm and the non-finite
+//!   guard's sum over the gradients the norm does not count; f64).
 
 use super::shard::StageLayout;
 use super::Grid;
@@ -70,7 +71,7 @@ pub fn step_bytes(
                     );
                 }
                 if g.world() > 1 {
-                    add("world", 16);
+                    add("world", 24);
                 }
             };
             for _ in 0..g.dp {
