@@ -32,6 +32,16 @@ impl RankFlight {
         Some((r, self.header.groups.get(r.group)?))
     }
 
+    /// Seconds this rank's watchdog fired late: the rank did not run for about that long.
+    fn overshoot_s(&self) -> f64 {
+        let h = &self.header;
+        if h.timeout_s > 0.0 {
+            h.idle_s - h.timeout_s
+        } else {
+            0.0
+        }
+    }
+
     fn whereabouts(&self) -> String {
         let h = &self.header;
         let doing = match self.pending() {
@@ -150,6 +160,28 @@ pub fn report(out_dir: &Path) -> Result<Vec<String>> {
         .filter(|m| ranks.get(m).is_none_or(|f| f.pending().is_none()))
         .copied()
         .collect();
+    // Every member entered the operation: the one that did not run (its watchdog fired late,
+    // e.g. a SIGSTOPped or starved process) held it up.
+    let frozen: Vec<String> = ranks
+        .iter()
+        .filter(|(_, f)| f.overshoot_s() > 1.0)
+        .map(|(r, f)| {
+            format!(
+                "rank {r} did not run for about {:.0} s ({})",
+                f.overshoot_s(),
+                f.whereabouts()
+            )
+        })
+        .collect();
+    if roots.is_empty() && !frozen.is_empty() {
+        lines.push(format!(
+            "=> held up by a rank that stopped running: {}",
+            frozen.join("; ")
+        ));
+    }
+    if roots.is_empty() && frozen.is_empty() && !stuck.is_empty() {
+        lines.push("=> every member entered the operations ranks wait in and none stands out: a stall inside MPI or the network".into());
+    }
     if !roots.is_empty() {
         let how: Vec<String> = roots
             .iter()
@@ -189,4 +221,69 @@ pub fn run(out_dir: &Path) -> Result<()> {
         println!("{l}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rank: usize, idle: f64, records: &[(u64, Option<f64>)]) {
+        let h = Header {
+            rank,
+            host: "h".into(),
+            step: 4,
+            phase: "step".into(),
+            idle_s: idle,
+            timeout_s: 5.0,
+            reason: "test".into(),
+            groups: vec![GroupInfo {
+                name: "dp".into(),
+                members: vec![0, 1],
+            }],
+        };
+        let mut text = serde_json::to_string(&h).unwrap() + "\n";
+        for &(seq, end_s) in records {
+            let r = Record {
+                group: 0,
+                seq,
+                op: "all_reduce".into(),
+                bytes: 8,
+                start_s: 1.0,
+                end_s,
+                step: 4,
+            };
+            text += &(serde_json::to_string(&r).unwrap() + "\n");
+        }
+        std::fs::create_dir_all(dir.join("flight")).unwrap();
+        std::fs::write(dir.join("flight").join(format!("rank{rank}.jsonl")), text).unwrap();
+    }
+
+    #[test]
+    fn names_the_rank_that_never_entered_and_the_one_that_stopped_running() {
+        let d = std::env::temp_dir().join(format!("ferrotron-diag-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        // Rank 1 never entered #8.
+        write(&d, 0, 5.1, &[(7, Some(2.0)), (8, None)]);
+        write(&d, 1, 5.1, &[(7, Some(2.0))]);
+        let r = report(&d).unwrap().join("\n");
+        assert!(
+            r.contains("rank 1 never entered all_reduce #8 on group dp [0, 1]"),
+            "{r}"
+        );
+        assert!(r.contains("=> held up by rank 1"), "{r}");
+        // Both entered #8; rank 1's watchdog fired 3 s late: it did not run.
+        write(&d, 1, 8.0, &[(7, Some(2.0)), (8, None)]);
+        let r = report(&d).unwrap().join("\n");
+        assert!(
+            r.contains(
+                "=> held up by a rank that stopped running: rank 1 did not run for about 3 s"
+            ),
+            "{r}"
+        );
+        // Only rank 0 wrote: rank 1 left no record.
+        std::fs::remove_file(d.join("flight/rank1.jsonl")).unwrap();
+        let r = report(&d).unwrap().join("\n");
+        assert!(r.contains("=> held up by rank 1 (no flight record)"), "{r}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }

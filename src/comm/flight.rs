@@ -63,6 +63,10 @@ pub struct Header {
     pub phase: String,
     /// Seconds without progress when the file was written.
     pub idle_s: f64,
+    /// The watchdog's timeout then (0 when written otherwise). `idle_s` well beyond it means
+    /// the rank itself did not run for that long (stopped, swapped out, starved).
+    #[serde(default)]
+    pub timeout_s: f64,
     pub reason: String,
     pub groups: Vec<GroupInfo>,
 }
@@ -180,9 +184,10 @@ impl FlightRecorder {
     }
 
     /// Writes the header and every kept record to `path` (JSON lines).
-    pub fn dump(&self, path: &Path, rank: usize, reason: &str) -> Result<()> {
+    pub fn dump(&self, path: &Path, rank: usize, reason: &str, timeout_s: f64) -> Result<()> {
         let header = Header {
             rank,
+            timeout_s,
             host: crate::runtime::hostname(),
             step: self.step.load(Ordering::Relaxed),
             phase: self
@@ -299,7 +304,7 @@ fn watch(
         let reason = format!(
             "watchdog: rank {rank} made no progress for {idle:.0} s (runtime.watchdog_s = {t}) at step {step} ({phase}), {pending}"
         );
-        let written = match rec.dump(&path, rank, &reason) {
+        let written = match rec.dump(&path, rank, &reason, t) {
             Ok(()) => format!("flight record: {}", path.display()),
             Err(e) => format!("could not write the flight record: {e:#}"),
         };
@@ -331,7 +336,7 @@ mod tests {
         );
         let path =
             std::env::temp_dir().join(format!("ferrotron-flight-{}.jsonl", std::process::id()));
-        r.dump(&path, 3, "test").unwrap();
+        r.dump(&path, 3, "test", 0.0).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1 + CAPACITY);
         let h: Header = serde_json::from_str(text.lines().next().unwrap()).unwrap();

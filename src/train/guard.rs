@@ -4,9 +4,10 @@
 //! NaN or an infinity on any rank — and `train.on_nonfinite` decides: stop every rank, or
 //! discard the step and run it again (see `Trainer::step`).
 //!
-//! Also the testing aid `FERROTRON_TEST_NAN_GRAD_AT=STEP[:RANK]` (1-based step, world rank,
+//! Also the testing aids `FERROTRON_TEST_NAN_GRAD_AT=STEP[:RANK]` (1-based step, world rank,
 //! default the last): that rank's gradient gets one NaN after the step's reductions, once per
-//! process — a non-finite gradient under a finite loss.
+//! process — a non-finite gradient under a finite loss; and `FERROTRON_TEST_INF_LOSS_AT=STEP`:
+//! the loss of that step is +∞ (gradients finite).
 
 use anyhow::Result;
 
@@ -78,4 +79,13 @@ pub fn nan_grad_hook(world: usize) -> Option<(usize, usize)> {
         None => (v.parse::<usize>().ok()?, world - 1),
     };
     Some((step.checked_sub(1)?, rank))
+}
+
+/// `FERROTRON_TEST_INF_LOSS_AT=STEP` (1-based): the 0-based step whose loss is made infinite.
+pub fn inf_loss_hook() -> Option<usize> {
+    std::env::var("FERROTRON_TEST_INF_LOSS_AT")
+        .ok()?
+        .parse::<usize>()
+        .ok()?
+        .checked_sub(1)
 }
