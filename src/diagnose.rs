@@ -32,14 +32,16 @@ impl RankFlight {
         Some((r, self.header.groups.get(r.group)?))
     }
 
-    /// Seconds this rank's watchdog fired late: the rank did not run for about that long.
+    /// Seconds this rank did not run, as its watchdog saw it: its longest late wake-up, or how
+    /// late it fired.
     fn overshoot_s(&self) -> f64 {
         let h = &self.header;
-        if h.timeout_s > 0.0 {
+        let late = if h.timeout_s > 0.0 {
             h.idle_s - h.timeout_s
         } else {
             0.0
-        }
+        };
+        late.max(h.frozen_s)
     }
 
     fn whereabouts(&self) -> String {
@@ -162,17 +164,22 @@ pub fn report(out_dir: &Path) -> Result<Vec<String>> {
         .collect();
     // Every member entered the operation: the one that did not run (its watchdog fired late,
     // e.g. a SIGSTOPped or starved process) held it up.
-    let frozen: Vec<String> = ranks
+    let mut frozen: Vec<(f64, String)> = ranks
         .iter()
         .filter(|(_, f)| f.overshoot_s() > 1.0)
         .map(|(r, f)| {
-            format!(
-                "rank {r} did not run for about {:.0} s ({})",
-                f.overshoot_s(),
-                f.whereabouts()
+            let secs = f.overshoot_s();
+            (
+                secs,
+                format!(
+                    "rank {r} did not run for about {secs:.0} s ({})",
+                    f.whereabouts()
+                ),
             )
         })
         .collect();
+    frozen.sort_by(|a, b| b.0.total_cmp(&a.0)); // the longest first
+    let frozen: Vec<String> = frozen.into_iter().map(|f| f.1).collect();
     if roots.is_empty() && !frozen.is_empty() {
         lines.push(format!(
             "=> held up by a rank that stopped running: {}",
@@ -235,6 +242,7 @@ mod tests {
             phase: "step".into(),
             idle_s: idle,
             timeout_s: 5.0,
+            frozen_s: 0.0,
             reason: "test".into(),
             groups: vec![GroupInfo {
                 name: "dp".into(),
@@ -280,6 +288,16 @@ mod tests {
             ),
             "{r}"
         );
+        // Both entered #8 and fired on time, but rank 1's watchdog saw itself not run for 4 s.
+        let f = d.join("flight/rank1.jsonl");
+        let t = std::fs::read_to_string(&f).unwrap().replacen(
+            "\"frozen_s\":0.0",
+            "\"frozen_s\":4.0",
+            1,
+        );
+        std::fs::write(&f, t.replacen("\"idle_s\":8.0", "\"idle_s\":5.1", 1)).unwrap();
+        let r = report(&d).unwrap().join("\n");
+        assert!(r.contains("rank 1 did not run for about 4 s"), "{r}");
         // Only rank 0 wrote: rank 1 left no record.
         std::fs::remove_file(d.join("flight/rank1.jsonl")).unwrap();
         let r = report(&d).unwrap().join("\n");

@@ -67,6 +67,10 @@ pub struct Header {
     /// the rank itself did not run for that long (stopped, swapped out, starved).
     #[serde(default)]
     pub timeout_s: f64,
+    /// The longest time the watchdog thread saw itself not run (a wake-up that came this much
+    /// later than asked): a stopped, swapped-out or starved process.
+    #[serde(default)]
+    pub frozen_s: f64,
     pub reason: String,
     pub groups: Vec<GroupInfo>,
 }
@@ -86,6 +90,8 @@ pub struct FlightRecorder {
     beat_ms: AtomicU64,
     step: AtomicU64,
     phase: Mutex<&'static str>,
+    /// Longest late wake-up of the watchdog, in milliseconds (see [`Header::frozen_s`]).
+    frozen_ms: AtomicU64,
 }
 
 impl Default for FlightRecorder {
@@ -106,6 +112,7 @@ impl FlightRecorder {
             beat_ms: AtomicU64::new(0),
             step: AtomicU64::new(0),
             phase: Mutex::new("set-up"),
+            frozen_ms: AtomicU64::new(0),
         }
     }
 
@@ -188,6 +195,7 @@ impl FlightRecorder {
         let header = Header {
             rank,
             timeout_s,
+            frozen_s: self.frozen_ms.load(Ordering::Relaxed) as f64 / 1e3,
             host: crate::runtime::hostname(),
             step: self.step.load(Ordering::Relaxed),
             phase: self
@@ -279,8 +287,12 @@ fn watch(
     out_dir: &Path,
     rank: usize,
 ) {
+    const NAP: Duration = Duration::from_millis(200);
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
+        let t0 = Instant::now();
+        std::thread::sleep(NAP);
+        let late = t0.elapsed().saturating_sub(NAP).as_millis() as u64;
+        rec.frozen_ms.fetch_max(late, Ordering::Relaxed);
         let t = timeout_ms.load(Ordering::Relaxed) as f64 / 1e3;
         let idle = rec.idle_s();
         if t <= 0.0 || idle < t {
