@@ -210,16 +210,8 @@ fn corpus_documents() -> Vec<String> {
 }
 
 fn shard_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect();
-    v.sort();
+    let mut v = folder_bytes(dir);
+    v.retain(|(name, _)| name.ends_with(".bin"));
     v
 }
 

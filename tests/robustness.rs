@@ -361,6 +361,52 @@ struct Job {
     marker: String,
 }
 
+impl Job {
+    /// `mpirun -np N ferrotron train` with the tiny config in `dir`, `log.out_dir = out` (also
+    /// the marker that finds its ranks) and `sets`, its output in `dir/job.log`.
+    fn train(dir: &Path, np: usize, out: &Path, sets: &[String], envs: &[(&str, &str)]) -> Self {
+        let cfg = tiny_config(dir, "");
+        let mut c = std::process::Command::new("mpirun");
+        mpi_env(&mut c, envs);
+        let log = std::fs::File::create(dir.join("job.log")).unwrap();
+        c.args([
+            "-np",
+            &np.to_string(),
+            FERROTRON,
+            "train",
+            "--config",
+            s(&cfg),
+        ])
+        .args(["--set", &format!("log.out_dir={:?}", s(out))]);
+        for x in sets {
+            c.args(["--set", x]);
+        }
+        let child = c
+            .current_dir(dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Job {
+            child,
+            marker: s(out).to_string(),
+        }
+    }
+
+    /// The exit status once the job has ended, waiting at most `secs`; panics (the job is then
+    /// killed by `drop`) naming `what` otherwise.
+    fn wait_for(&mut self, secs: u64, what: &str) -> std::process::ExitStatus {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed().as_secs() < secs {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the job did not end within {secs} s of {what}");
+    }
+}
+
 impl Drop for Job {
     fn drop(&mut self) {
         for (_, pid) in rank_pids(&self.marker) {
@@ -444,29 +490,9 @@ fn watchdog_ends_a_hung_job_and_diagnose_names_the_rank() {
 #[test]
 fn watchdog_ends_a_job_with_a_stopped_rank() {
     let dir = scratch("rb-sigstop");
-    let cfg = tiny_config(&dir, "");
-    let mut c = std::process::Command::new("mpirun");
-    mpi_env(&mut c, &[]);
-    let log = std::fs::File::create(dir.join("job.log")).unwrap();
     let out = dir.join("stopped");
-    let job = c
-        .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
-        .args(["--set", &format!("log.out_dir={:?}", s(&out))])
-        .args([
-            "--set",
-            "runtime.watchdog_s=5",
-            "--set",
-            "train.steps=100000",
-        ])
-        .current_dir(&*dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut job = Job {
-        child: job,
-        marker: s(&out).to_string(),
-    };
+    let sets = ["runtime.watchdog_s=5", "train.steps=100000"].map(String::from);
+    let mut job = Job::train(&dir, 2, &out, &sets, &[]);
     let metrics = out.join("metrics.jsonl");
     let t0 = std::time::Instant::now();
     let steps_done = || {
@@ -487,18 +513,9 @@ fn watchdog_ends_a_job_with_a_stopped_rank() {
     };
     kill("-STOP");
     let t1 = std::time::Instant::now();
-    let mut status = None;
-    while t1.elapsed().as_secs() < 60 {
-        if let Some(st) = job.child.try_wait().unwrap() {
-            status = Some(st);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let st = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.wait_for(60, "SIGSTOP")));
     kill("-KILL");
-    let Some(st) = status else {
-        panic!("the job did not end within 60 s of SIGSTOP");
-    };
+    let st = st.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(!st.success());
     eprintln!(
         "job ended {:.1} s after SIGSTOP",
@@ -523,26 +540,14 @@ fn watchdog_ends_a_job_with_a_stopped_rank() {
 #[test]
 fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
     let dir = scratch("rb-sigkill");
-    let cfg = tiny_config(&dir, "");
     let ck = dir.join("ckpt");
     let out = dir.join("killed");
-    let mut c = std::process::Command::new("mpirun");
-    mpi_env(&mut c, &[]);
-    let log = std::fs::File::create(dir.join("job.log")).unwrap();
-    let job = c
-        .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
-        .args(["--set", &format!("log.out_dir={:?}", s(&out))])
-        .args(["--set", &format!("checkpoint.dir={:?}", s(&ck))])
-        .args(["--set", "checkpoint.every=2", "--set", "train.steps=100000"])
-        .current_dir(&*dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut job = Job {
-        child: job,
-        marker: s(&out).to_string(),
-    };
+    let sets = [
+        format!("checkpoint.dir={:?}", s(&ck)),
+        "checkpoint.every=2".into(),
+        "train.steps=100000".into(),
+    ];
+    let mut job = Job::train(&dir, 2, &out, &sets, &[]);
     let t0 = std::time::Instant::now();
     while !ck.join("latest").exists() && t0.elapsed().as_secs() < 60 {
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -552,18 +557,7 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &pids[1].1.to_string()])
         .status();
-    let t1 = std::time::Instant::now();
-    let mut status = None;
-    while t1.elapsed().as_secs() < 60 {
-        if let Some(st) = job.child.try_wait().unwrap() {
-            status = Some(st);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let Some(st) = status else {
-        panic!("the job did not end within 60 s of SIGKILL to a rank");
-    };
+    let st = job.wait_for(60, "SIGKILL to a rank");
     assert!(!st.success());
     let latest = std::fs::read_to_string(ck.join("latest")).unwrap();
     ferrotron(&["ckpt", "verify", s(&ck.join(latest.trim()))], &dir).assert_ok();
@@ -593,26 +587,20 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_survives() {
 #[test]
 fn sigterm_during_a_save_finishes_it_and_exits_for_requeue() {
     let dir = scratch("rb-sigterm");
-    let cfg = tiny_config(&dir, "");
     let ck = dir.join("ckpt");
     let out = dir.join("term");
-    let mut c = std::process::Command::new("mpirun");
-    mpi_env(&mut c, &[("FERROTRON_TEST_SAVE_DELAY", "2:3000")]);
-    let log = std::fs::File::create(dir.join("job.log")).unwrap();
-    let job = c
-        .args(["-np", "2", FERROTRON, "train", "--config", s(&cfg)])
-        .args(["--set", &format!("log.out_dir={:?}", s(&out))])
-        .args(["--set", &format!("checkpoint.dir={:?}", s(&ck))])
-        .args(["--set", "checkpoint.every=2", "--set", "train.steps=100000"])
-        .current_dir(&*dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut job = Job {
-        child: job,
-        marker: s(&out).to_string(),
-    };
+    let sets = [
+        format!("checkpoint.dir={:?}", s(&ck)),
+        "checkpoint.every=2".into(),
+        "train.steps=100000".into(),
+    ];
+    let mut job = Job::train(
+        &dir,
+        2,
+        &out,
+        &sets,
+        &[("FERROTRON_TEST_SAVE_DELAY", "2:3000")],
+    );
     let partial = ck.join("step_00000002");
     let t0 = std::time::Instant::now();
     while !partial.join("meta.h5").exists() && t0.elapsed().as_secs() < 60 {
@@ -627,18 +615,7 @@ fn sigterm_during_a_save_finishes_it_and_exits_for_requeue() {
             .args(["-TERM", &pid.to_string()])
             .status();
     }
-    let t1 = std::time::Instant::now();
-    let mut status = None;
-    while t1.elapsed().as_secs() < 90 {
-        if let Some(st) = job.child.try_wait().unwrap() {
-            status = Some(st);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let Some(st) = status else {
-        panic!("the job did not end within 90 s of SIGTERM");
-    };
+    let st = job.wait_for(90, "SIGTERM");
     let log = std::fs::read_to_string(dir.join("job.log")).unwrap();
     assert_eq!(st.code(), Some(75), "{log}");
     assert!(
