@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what ferrotron needs on Debian/Ubuntu: the system packages (compiler, OpenMPI, HDF5,
+# OpenBLAS and BLIS for the CPU backend's matrix products,
 # the `fortunes` demo corpus, a font for loss plots, python3) and a Rust toolchain via rustup
 # (Debian's own rustc is too old). Idempotent: anything already present is skipped.
 # Works as root or through sudo; exits non-zero with a message if it cannot install.
@@ -15,6 +16,7 @@ PACKAGES=(
   build-essential pkg-config libclang-dev clang ca-certificates curl git
   libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools
   fortunes fonts-dejavu-core python3 python3-pip python3-numpy python3-h5py
+  libopenblas0-pthread libblis4-pthread
 )
 
 # A clean environment (e.g. `env -i` under chroot) may lack HOME; rustup needs it.

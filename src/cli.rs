@@ -31,6 +31,19 @@ pub enum Command {
     Ckpt(CkptArgs),
     /// Scaling studies: summarise a study folder into summary.csv and plots.
     Study(StudyArgs),
+    /// Measure the CPU GEMM providers (built-in, and every system BLAS library found) side by
+    /// side: median GFLOP/s per shape over alternating rounds.
+    BenchGemm {
+        /// Product shapes MxNxK[:ta,tb] (default: 2048³ and GPT-2 small's products).
+        #[arg(long = "shape", value_name = "MxNxK[:ta,tb]")]
+        shapes: Vec<String>,
+        /// Timed rounds per shape (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// One JSON object per provider and shape instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// After a watchdog ended a run: read <out_dir>/flight/rank*.jsonl and say which rank held
     /// up which operation on which group.
     Diagnose {

@@ -108,6 +108,12 @@ pub struct TrainConfig {
     /// GELU kernels.
     #[serde(default)]
     pub fuse_gelu: bool,
+    /// CPU backend: who computes the matrix products — "auto" (a system BLAS library if one
+    /// loads: `$FERROTRON_BLAS`, else MKL, OpenBLAS, BLIS, … by name; else the built-in
+    /// kernels), "blas" (a system BLAS or an error) or "builtin" (the `gemm` crate). Unset:
+    /// `$FERROTRON_CPU_GEMM`, else "auto".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_gemm: Option<crate::backend::cpu::matmul::GemmChoice>,
     /// Rows of the LM head (logits, cross-entropy and their backward) computed at once on the
     /// last stage; 0 = automatic (a logits chunk of about 512 MiB).
     #[serde(default)]
@@ -572,6 +578,9 @@ impl Config {
         }
         if self.train.flash_attention && self.train.backend != BackendKind::Cuda {
             bail!("train.flash_attention = true needs train.backend = \"cuda\" (the CPU backend materialises attention)");
+        }
+        if self.train.cpu_gemm.is_some() && self.train.backend != BackendKind::Cpu {
+            bail!("train.cpu_gemm is set but train.backend is not \"cpu\": it chooses the CPU backend's GEMM provider");
         }
         if self.train.fuse_gelu && self.train.backend != BackendKind::Cuda {
             bail!("train.fuse_gelu = true needs train.backend = \"cuda\" (it fuses GELU into cuBLASLt GEMMs)");

@@ -43,7 +43,11 @@ pub fn run(
     if k == 0 || k > full {
         bail!("--data {data}: {} sequences of {seq} tokens give {full} full batches of {batch}; asked for {k}", windows.num_sequences());
     }
-    let model = Gpt2::new(cfg, threads);
+    let gemm = crate::backend::cpu::matmul::Gemm::resolve(None, threads)?;
+    if let Some(why) = &gemm.fallback {
+        log::info!("{why}");
+    }
+    let model = Gpt2::with_backend(cfg, crate::backend::cpu::Cpu::with_gemm(gemm));
     let mut acts = model.activations(batch, seq)?;
     let (mut inputs, mut targets) = (vec![0u32; batch * seq], vec![0u32; batch * seq]);
     let mut sum = 0.0f64;

@@ -30,6 +30,7 @@ fn step(model: &Gpt2, params: &[f32], token: u32, cache: &mut KvCache) -> Vec<f3
     let cfg = &model.cfg;
     let (c, nh, hd, pos) = (cfg.n_embd, cfg.n_head, cfg.head_dim(), cache.len);
     let ly = &model.layout;
+    let g = &model.be.gemm;
     let (wte, wpe) = (ly.slice(params, ly.wte), ly.slice(params, ly.wpe));
     let mut x: Vec<f32> = (0..c)
         .map(|j| wte[token as usize * c + j] + wpe[pos * c + j])
@@ -40,7 +41,7 @@ fn step(model: &Gpt2, params: &[f32], token: u32, cache: &mut KvCache) -> Vec<f3
     for (l, bi) in ly.blocks.iter().enumerate() {
         let p = |i: usize| ly.slice(params, i);
         layernorm::forward(&mut h, &mut m, &mut r, &x, p(bi.ln1_w), p(bi.ln1_b));
-        linear::forward(&mut qkv, &h, p(bi.qkv_w), p(bi.qkv_b), 1, c, 3 * c, 1);
+        linear::forward(&mut qkv, &h, p(bi.qkv_w), p(bi.qkv_b), 1, c, 3 * c, g);
         cache.k[l][pos * c..pos * c + c].copy_from_slice(&qkv[c..2 * c]);
         cache.v[l][pos * c..pos * c + c].copy_from_slice(&qkv[2 * c..3 * c]);
         let scale = 1.0 / (hd as f32).sqrt();
@@ -60,10 +61,10 @@ fn step(model: &Gpt2, params: &[f32], token: u32, cache: &mut KvCache) -> Vec<f3
                 out.iter_mut().zip(v).for_each(|(o, &vv)| *o += ws * vv);
             }
         }
-        linear::forward(&mut tmp, &y, p(bi.proj_w), p(bi.proj_b), 1, c, c, 1);
+        linear::forward(&mut tmp, &y, p(bi.proj_w), p(bi.proj_b), 1, c, c, g);
         x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         layernorm::forward(&mut h, &mut m, &mut r, &x, p(bi.ln2_w), p(bi.ln2_b));
-        linear::forward(&mut fc, &h, p(bi.fc_w), p(bi.fc_b), 1, c, 4 * c, 1);
+        linear::forward(&mut fc, &h, p(bi.fc_w), p(bi.fc_b), 1, c, 4 * c, g);
         mlp::gelu_forward(&mut gl, &fc);
         linear::forward(
             &mut tmp,
@@ -73,7 +74,7 @@ fn step(model: &Gpt2, params: &[f32], token: u32, cache: &mut KvCache) -> Vec<f3
             1,
             4 * c,
             c,
-            1,
+            g,
         );
         x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
     }
@@ -87,15 +88,7 @@ fn step(model: &Gpt2, params: &[f32], token: u32, cache: &mut KvCache) -> Vec<f3
     );
     cache.len += 1;
     let mut logits = vec![0.0f32; cfg.padded_vocab];
-    crate::model::gpt2::head::logits_forward(
-        &mut logits,
-        &h,
-        wte,
-        1,
-        c,
-        cfg.padded_vocab,
-        model.be.threads,
-    );
+    crate::model::gpt2::head::logits_forward(&mut logits, &h, wte, 1, c, cfg.padded_vocab, g);
     logits
 }
 

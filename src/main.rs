@@ -50,6 +50,11 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
         } else {
             Ok(())
         }),
+        Command::BenchGemm {
+            shapes,
+            rounds,
+            json,
+        } => rt.agree(bench_gemm(&shapes, rounds, json, threads)),
         Command::Diagnose { out_dir } => rt.agree(if rt.rank == 0 {
             ferrotron::diagnose::run(&out_dir)
         } else {
@@ -174,7 +179,14 @@ fn generate(a: GenerateArgs, threads: usize) -> Result<()> {
     let (cfg, params) = ferrotron::checkpoint::hf::load(&a.hf)?;
     let tok = ferrotron::data::Gpt2Tokenizer::new()?;
     let prompt = tok.encode(&a.prompt);
-    let model = ferrotron::model::gpt2::Gpt2::new(cfg, threads);
+    let gemm = ferrotron::backend::cpu::matmul::Gemm::resolve(None, threads)?;
+    if let Some(why) = &gemm.fallback {
+        log::info!("{why}");
+    }
+    let model = ferrotron::model::gpt2::Gpt2::with_backend(
+        cfg,
+        ferrotron::backend::cpu::Cpu::with_gemm(gemm),
+    );
     let s = ferrotron::generate::Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -184,6 +196,39 @@ fn generate(a: GenerateArgs, threads: usize) -> Result<()> {
     let ids =
         ferrotron::generate::generate_ids(&model, &params, &prompt, a.max_new_tokens, &s, eot)?;
     println!("{}{}", a.prompt, tok.decode(&ids)?);
+    Ok(())
+}
+
+fn bench_gemm(shapes: &[String], rounds: usize, json: bool, threads: usize) -> Result<()> {
+    use ferrotron::backend::cpu::bench;
+    let names: Vec<&str> = if shapes.is_empty() {
+        bench::DEFAULT_SHAPES.to_vec()
+    } else {
+        shapes.iter().map(String::as_str).collect()
+    };
+    let shapes = names
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<Vec<bench::Shape>>>()?;
+    let rows = bench::run(&shapes, threads, rounds.max(1))?;
+    for r in &rows {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            let s = &r.shape;
+            println!(
+                "{:>6}x{:<6}x{:<6}{:<3}{:<3} {:>9.2} ms {:>8.1} GFLOP/s  {}",
+                s.m,
+                s.n,
+                s.k,
+                if s.ta { "ta" } else { "" },
+                if s.tb { "tb" } else { "" },
+                r.median_ms,
+                r.gflops,
+                r.provider
+            );
+        }
+    }
     Ok(())
 }
 

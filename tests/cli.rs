@@ -291,3 +291,69 @@ fn op_profile_counts_every_op() {
         assert!(ms.is_finite() && ms >= 0.0, "{ops}");
     }
 }
+
+/// `train.cpu_gemm` / `FERROTRON_BLAS`: the provider is named in the log; a library that does
+/// not load, or is not a CBLAS library, is one clear error on every rank; `auto` without any
+/// library falls back to the built-in kernels with one log line, and `blas` without one fails;
+/// the system BLAS and the built-in kernels train to the same losses within f32 rounding.
+#[test]
+fn cpu_gemm_provider_is_named_and_checked() {
+    let dir = scratch("cpu-gemm");
+    let cfg = tiny_config(&dir, "");
+    let train = |envs: &[(&str, &str)], sets: &[&str], m: &str| {
+        let metrics = dir.join(m);
+        let mut a = vec!["train", "--config", s(&cfg), "--metrics", s(&metrics)];
+        for x in sets {
+            a.extend(["--set", x]);
+        }
+        (mpirun(2, &a, envs, &dir), metrics)
+    };
+    // A named library that does not exist, and one that is not BLAS: every rank fails.
+    let (o, _) = train(
+        &[("FERROTRON_BLAS", "/nonexistent/libnope.so")],
+        &[],
+        "x.jsonl",
+    );
+    o.assert_clean_failure("cannot load the BLAS library /nonexistent/libnope.so");
+    assert!(o.stderr.contains("FERROTRON_BLAS"), "{}", o.stderr);
+    let libz = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libz.so.1 (a shared library without cblas_sgemm)");
+    let (o, _) = train(&[("FERROTRON_BLAS", libz)], &[], "x.jsonl");
+    o.assert_clean_failure("is not a CBLAS library: it has no cblas_sgemm");
+    // No library to be found: auto falls back (one line), blas refuses.
+    let none = [("FERROTRON_BLAS_SEARCH", "libnothing-here.so.9")];
+    let (o, fallback) = train(&none, &[], "fallback.jsonl");
+    o.assert_ok();
+    let line = "no BLAS library loads (tried libnothing-here.so.9); using the built-in gemm crate";
+    assert_eq!(o.all().matches(line).count(), 1, "{}", o.all());
+    assert!(
+        o.all().contains("backend cpu (built-in gemm crate"),
+        "{}",
+        o.all()
+    );
+    let (o, _) = train(&none, &["train.cpu_gemm=\"blas\""], "x.jsonl");
+    o.assert_clean_failure("cpu_gemm = \"blas\" but no BLAS library loads");
+    // The setup command installs OpenBLAS: auto finds a library and names it.
+    let (o, blas) = train(&[], &["train.cpu_gemm=\"blas\""], "blas.jsonl");
+    o.assert_ok();
+    assert!(
+        o.all().contains("rayon threads, BLAS at 1 thread per call"),
+        "{}",
+        o.all()
+    );
+    let (o, builtin) = train(&[], &["train.cpu_gemm=\"builtin\""], "builtin.jsonl");
+    o.assert_ok();
+    assert_eq!(losses(&builtin), losses(&fallback), "the same kernels");
+    for ((sa, a), (sb, b)) in losses(&blas).iter().zip(losses(&builtin)) {
+        let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert!(
+            *sa == sb && (a - b).abs() < 1e-4 * b.abs(),
+            "step {sa}: {a} (blas) vs {b} (builtin)"
+        );
+    }
+}

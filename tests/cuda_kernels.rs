@@ -374,7 +374,13 @@ fn attention_case(g: &Gpu, d: AttnShape, seed: u64) {
         nh: d.nh,
     };
     let (mut out, mut att) = (vec![0.0; d.numel()], vec![0.0; bh * t * t]);
-    attention::forward(&mut out, &mut att, &qkv, ad);
+    attention::forward(
+        &mut out,
+        &mut att,
+        &qkv,
+        ad,
+        &ferrotron::backend::cpu::matmul::Gemm::builtin(1),
+    );
 
     let qkv_d = g.up(&qkv);
     let zeros = vec![0.0f32; d.numel()];
@@ -417,7 +423,14 @@ fn attention_case(g: &Gpu, d: AttnShape, seed: u64) {
     // Backward.
     let dout = r.vec(d.numel(), 1.0);
     let mut dqkv = vec![0.0; 3 * d.numel()];
-    attention::backward(&mut dqkv, &dout, &qkv, &att, ad);
+    attention::backward(
+        &mut dqkv,
+        &dout,
+        &qkv,
+        &att,
+        ad,
+        &ferrotron::backend::cpu::matmul::Gemm::builtin(1),
+    );
     let dout_d = g.up(&dout);
     let mut dy_d = g.up(&zeros);
     g.k.attn_split_heads(&mut dy_d.as_view_mut(), &dout_d.as_view(), d)
@@ -492,9 +505,22 @@ fn flash_case(g: &Gpu, tc: bool, shapes: &[(usize, usize, usize, usize)], tol: [
         let qkv = r.vec(3 * b * t * c, 1.5);
         let dout = r.vec(b * t * c, 1.0);
         let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
-        attention::forward(&mut out, &mut att, &qkv, ad);
+        attention::forward(
+            &mut out,
+            &mut att,
+            &qkv,
+            ad,
+            &ferrotron::backend::cpu::matmul::Gemm::builtin(1),
+        );
         let mut dqkv = vec![0.0; 3 * b * t * c];
-        attention::backward(&mut dqkv, &dout, &qkv, &att, ad);
+        attention::backward(
+            &mut dqkv,
+            &dout,
+            &qkv,
+            &att,
+            ad,
+            &ferrotron::backend::cpu::matmul::Gemm::builtin(1),
+        );
         let (mut y_twin, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
         ferrotron::model::gpt2::flash::forward(&mut y_twin, &mut lse, &qkv, ad);
 

@@ -148,9 +148,22 @@ fn flash_case(mode: &str, shapes: &[(usize, usize, usize, usize)], tol: [f64; 3]
         a.push(dir.to_str().unwrap().into());
         run(bin, &a);
         let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
-        attention::forward(&mut out, &mut att, &qkv, d);
+        attention::forward(
+            &mut out,
+            &mut att,
+            &qkv,
+            d,
+            &ferrotron::backend::cpu::matmul::Gemm::builtin(1),
+        );
         let mut dqkv = vec![0.0; 3 * b * t * c];
-        attention::backward(&mut dqkv, &dout, &qkv, &att, d);
+        attention::backward(
+            &mut dqkv,
+            &dout,
+            &qkv,
+            &att,
+            d,
+            &ferrotron::backend::cpu::matmul::Gemm::builtin(1),
+        );
         let (mut y, mut lse) = (vec![0.0; b * t * c], vec![0.0; flash::saved_len(d)]);
         flash::forward(&mut y, &mut lse, &qkv, d);
         let name = format!("{mode} b{b} t{t} c{c} nh{nh}");

@@ -2,6 +2,7 @@
 //! and stop signals, and the final export.
 
 use super::{ckpt, describe, TrainOptions, TrainSummary, Trainer};
+use crate::backend::cpu::matmul::Gemm;
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::checkpoint::hf;
@@ -28,7 +29,13 @@ use std::time::Instant;
 /// ranks before any work.
 pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     match cfg.train.backend {
-        BackendKind::Cpu => run_on(rt, cfg, opts, Cpu::new(opts.threads)),
+        BackendKind::Cpu => {
+            let gemm = rt.agree(Gemm::resolve(cfg.train.cpu_gemm, opts.threads))?;
+            if let (0, Some(why)) = (rt.rank, &gemm.fallback) {
+                log::info!("{why}");
+            }
+            run_on(rt, cfg, opts, Cpu::with_gemm(gemm))
+        }
         BackendKind::Cuda => {
             let be = rt.agree(
                 crate::backend::cuda::CudaBackend::with_options(rt.local_rank, cfg.train.precision)

@@ -1,5 +1,7 @@
 //! The CPU backend: f32, rayon-parallel, bitwise deterministic for a fixed thread count.
 
+pub mod bench;
+pub mod blas;
 pub mod math;
 pub mod matmul;
 
@@ -48,14 +50,29 @@ use anyhow::{ensure, Result};
 pub struct Cpu {
     /// Worker threads GEMMs may use (the process-wide rayon pool should have as many).
     pub threads: usize,
+    /// The GEMM provider (built-in or a system BLAS) on those threads.
+    pub gemm: matmul::Gemm,
     /// Per-op times (`log.profile_ops`), on the host clock.
     prof: OpProfiler<std::time::Instant>,
 }
 
 impl Cpu {
+    /// For tests and tools: the GEMM provider the environment asks for (`FERROTRON_CPU_GEMM`,
+    /// `FERROTRON_BLAS`; auto otherwise), so the test suite runs with each provider. Panics if
+    /// they name a library that does not load; the commands call [`matmul::Gemm::resolve`]
+    /// and report that as an error instead.
     pub fn new(threads: usize) -> Self {
+        match matmul::Gemm::resolve(None, threads) {
+            Ok(g) => Self::with_gemm(g),
+            Err(e) => panic!("CPU GEMM provider: {e:#}"),
+        }
+    }
+
+    /// The backend with a chosen GEMM provider (see [`matmul::Gemm::resolve`]).
+    pub fn with_gemm(gemm: matmul::Gemm) -> Self {
         Self {
-            threads: threads.max(1),
+            threads: gemm.threads(),
+            gemm,
             prof: OpProfiler::default(),
         }
     }
@@ -101,7 +118,7 @@ impl Backend for Cpu {
     type Tokens = Vec<u32>;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", self.threads)
+        format!("cpu ({})", self.gemm.describe())
     }
     fn set_profiling(&self, on: bool) {
         self.prof.set(on);
@@ -206,16 +223,7 @@ impl Backend for Cpu {
         oc: usize,
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "linear_forward");
-        linear::forward(
-            out,
-            x,
-            &p[w.range()],
-            &p[b.range()],
-            n,
-            ic,
-            oc,
-            self.threads,
-        );
+        linear::forward(out, x, &p[w.range()], &p[b.range()], n, ic, oc, &self.gemm);
         Ok(())
     }
     fn linear_backward(
@@ -234,7 +242,7 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "linear_backward");
         let (gw, gb) = two_mut(g, dw, db);
-        linear::backward(dx, gw, gb, dy, x, &p[w.range()], n, ic, oc, self.threads);
+        linear::backward(dx, gw, gb, dy, x, &p[w.range()], n, ic, oc, &self.gemm);
         Ok(())
     }
     fn linear_backward_dgelu(
@@ -265,7 +273,7 @@ impl Backend for Cpu {
         d: AttnDims,
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "attention_forward");
-        attention::forward(out, att, qkv, d);
+        attention::forward(out, att, qkv, d, &self.gemm);
         Ok(())
     }
     fn attention_backward(
@@ -278,7 +286,7 @@ impl Backend for Cpu {
         d: AttnDims,
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "attention_backward");
-        attention::backward(dqkv, dout, qkv, att, d);
+        attention::backward(dqkv, dout, qkv, att, d, &self.gemm);
         Ok(())
     }
     fn gelu_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
@@ -309,7 +317,7 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "logits_forward");
         let (rows, z) = (rows_of(xf, row0, n, c)?, prefix_mut(logits, n * vp)?);
-        head::logits_forward(z, rows, &p[wte.range()], n, c, vp, self.threads);
+        head::logits_forward(z, rows, &p[wte.range()], n, c, vp, &self.gemm);
         Ok(())
     }
     fn logits_backward(
@@ -337,7 +345,7 @@ impl Backend for Cpu {
             n,
             c,
             vp,
-            self.threads,
+            &self.gemm,
         );
         Ok(())
     }

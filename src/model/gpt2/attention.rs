@@ -7,7 +7,7 @@
 //!   Y = P·V                      `[T, hd]`, written to `out [B, T, C]` at channels h·hd..
 //! Heads run in parallel (rayon), each with serial GEMMs; deterministic for any thread count.
 
-use crate::backend::cpu::matmul::{matmul, Mat};
+use crate::backend::cpu::matmul::{Gemm, Mat};
 use rayon::prelude::*;
 
 /// Dimensions of one attention call.
@@ -32,7 +32,8 @@ impl AttnDims {
 }
 
 /// Forward. Writes `out [B, T, C]` and the probabilities `att [B, NH, T, T]`.
-pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], d: AttnDims) {
+pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], d: AttnDims, g: &Gemm) {
+    let g = &g.serial();
     let (t, c, hd) = (d.t, d.c, d.hd());
     let scale = 1.0 / (hd as f32).sqrt();
     let mut y_heads = vec![0.0f32; d.b * d.nh * t * hd];
@@ -42,11 +43,11 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], d: AttnDims) {
         .for_each(|(bh, (p, y))| {
             let (bi, h) = (bh / d.nh, bh % d.nh);
             let [q, k, v] = d.qkv_views(qkv, bi, h);
-            matmul(p, t, q, k.t(), false, 1);
+            g.matmul(p, t, q, k.t(), false);
             for row in 0..t {
                 causal_softmax_row(&mut p[row * t..row * t + t], row, scale);
             }
-            matmul(y, hd, Mat::new(p, t, t), v, false, 1);
+            g.matmul(y, hd, Mat::new(p, t, t), v, false);
         });
     // [B, NH, T, hd] -> [B, T, C]
     out.par_chunks_mut(t * c).enumerate().for_each(|(bi, ob)| {
@@ -81,7 +82,8 @@ fn causal_softmax_row(p: &mut [f32], t: usize, scale: f32) {
 /// Backward. Given `dout [B, T, C]`, writes `dqkv [B, T, 3C]` (overwritten):
 ///   dV = Pᵀ·dY,  dP = dY·Vᵀ,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(hd),
 ///   dQ = dS·K,   dK = dSᵀ·Q.
-pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], d: AttnDims) {
+pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], d: AttnDims, g: &Gemm) {
+    let g = &g.serial();
     let (t, c, hd) = (d.t, d.c, d.hd());
     let scale = 1.0 / (hd as f32).sqrt();
     // Per head: dQ | dK | dV, each [T, hd].
@@ -97,9 +99,9 @@ pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], d: Att
             let pm = Mat::new(p, t, t);
             let (dq, rest) = dh.split_at_mut(t * hd);
             let (dk, dv) = rest.split_at_mut(t * hd);
-            matmul(dv, hd, pm.t(), dy, false, 1);
+            g.matmul(dv, hd, pm.t(), dy, false);
             let mut ds = vec![0.0f32; t * t];
-            matmul(&mut ds, t, dy, v.t(), false, 1);
+            g.matmul(&mut ds, t, dy, v.t(), false);
             for row in 0..t {
                 let pr = &p[row * t..row * t + row + 1];
                 let dr = &mut ds[row * t..row * t + t];
@@ -110,8 +112,8 @@ pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], d: Att
                 dr[row + 1..].fill(0.0);
             }
             let dsm = Mat::new(&ds, t, t);
-            matmul(dq, hd, dsm, k, false, 1);
-            matmul(dk, hd, dsm.t(), q, false, 1);
+            g.matmul(dq, hd, dsm, k, false);
+            g.matmul(dk, hd, dsm.t(), q, false);
         });
     // [B, NH, 3, T, hd] -> [B, T, 3C]
     dqkv.par_chunks_mut(t * 3 * c)

@@ -164,6 +164,7 @@ pub fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::matmul::Gemm;
     use crate::model::gpt2::attention;
 
     fn wave(n: usize, k: usize) -> Vec<f32> {
@@ -187,9 +188,9 @@ mod tests {
             let qkv = wave(b * t * 3 * c, 37);
             let dout = wave(b * t * c, 53);
             let (mut y0, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
-            attention::forward(&mut y0, &mut att, &qkv, d);
+            attention::forward(&mut y0, &mut att, &qkv, d, &Gemm::builtin(1));
             let mut dq0 = vec![0.0; b * t * 3 * c];
-            attention::backward(&mut dq0, &dout, &qkv, &att, d);
+            attention::backward(&mut dq0, &dout, &qkv, &att, d, &Gemm::builtin(1));
             let (mut y1, mut lse) = (vec![0.0; b * t * c], vec![0.0; saved_len(d)]);
             forward(&mut y1, &mut lse, &qkv, d);
             assert!(rel(&y1, &y0) < 1e-5, "{d:?} out: {}", rel(&y1, &y0));

@@ -7,6 +7,7 @@
 use super::attention::{self, AttnDims};
 use super::model::Gpt2;
 use super::{embedding, layernorm, linear, loss, mlp, Gpt2Config};
+use crate::backend::cpu::matmul::Gemm;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -84,11 +85,22 @@ fn linear_backward() {
     let r = randn(&mut rng, n * oc, 1.0);
     let f = |x: &[f32], w: &[f32], b: &[f32]| {
         let mut y = vec![0.0; n * oc];
-        linear::forward(&mut y, x, w, b, n, ic, oc, 1);
+        linear::forward(&mut y, x, w, b, n, ic, oc, &Gemm::builtin(1));
         dot(&y, &r)
     };
     let (mut dx, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; ic * oc], vec![0.0; oc]);
-    linear::backward(&mut dx, &mut dw, &mut db, &r, &x, &w, n, ic, oc, 1);
+    linear::backward(
+        &mut dx,
+        &mut dw,
+        &mut db,
+        &r,
+        &x,
+        &w,
+        n,
+        ic,
+        oc,
+        &Gemm::builtin(1),
+    );
     check_dir("linear dx", &x, &dx, &mut |v| f(v, &w, &b), 6);
     check_dir("linear dw", &w, &dw, &mut |v| f(&x, v, &b), 7);
     check_dir("linear db", &b, &db, &mut |v| f(&x, &w, v), 8);
@@ -125,12 +137,12 @@ fn attention_backward() {
             vec![0.0; d.b * d.t * d.c],
             vec![0.0; d.b * d.nh * d.t * d.t],
         );
-        attention::forward(&mut y, &mut att, qkv, d);
+        attention::forward(&mut y, &mut att, qkv, d, &Gemm::builtin(1));
         (dot(&y, &r), att)
     };
     let (_, att) = f(&qkv);
     let mut dqkv = vec![0.0; qkv.len()];
-    attention::backward(&mut dqkv, &r, &qkv, &att, d);
+    attention::backward(&mut dqkv, &r, &qkv, &att, d, &Gemm::builtin(1));
     check_dir("attention dqkv", &qkv, &dqkv, &mut |v| f(v).0, 12);
 }
 

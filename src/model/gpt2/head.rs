@@ -1,7 +1,7 @@
 //! The LM head: final LayerNorm, then logits against the tied token embedding.
 //! `logits[N, Vp] = ln_f(x)[N, C] · wteᵀ` (wte `[Vp, C]`, no bias).
 
-use crate::backend::cpu::matmul::{matmul, Mat};
+use crate::backend::cpu::matmul::{Gemm, Mat};
 
 /// `logits [N, Vp] = xf [N, C] · wteᵀ`.
 pub fn logits_forward(
@@ -11,15 +11,14 @@ pub fn logits_forward(
     n: usize,
     c: usize,
     vp: usize,
-    threads: usize,
+    g: &Gemm,
 ) {
-    matmul(
+    g.matmul(
         logits,
         vp,
         Mat::new(xf, n, c),
         Mat::new(wte, vp, c).t(),
         false,
-        threads,
     );
 }
 
@@ -35,22 +34,20 @@ pub fn logits_backward(
     n: usize,
     c: usize,
     vp: usize,
-    threads: usize,
+    g: &Gemm,
 ) {
-    matmul(
+    g.matmul(
         dxf,
         c,
         Mat::new(dlogits, n, vp),
         Mat::new(wte, vp, c),
         false,
-        threads,
     );
-    matmul(
+    g.matmul(
         dwte,
         c,
         Mat::new(dlogits, n, vp).t(),
         Mat::new(xf, n, c),
         true,
-        threads,
     );
 }

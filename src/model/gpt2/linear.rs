@@ -1,7 +1,7 @@
 //! Conv1D-style linear layer of GPT-2: `y[N, OC] = x[N, IC] · W[IC, OC] + b[OC]`
 //! (Hugging Face stores `W` as `[in, out]`, and so do we).
 
-use crate::backend::cpu::matmul::{add_column_sums, matmul, Mat};
+use crate::backend::cpu::matmul::{add_column_sums, Gemm, Mat};
 use rayon::prelude::*;
 
 /// Forward: `out[N, OC] = x[N, IC] · w[IC, OC] + b`.
@@ -13,7 +13,7 @@ pub fn forward(
     n: usize,
     ic: usize,
     oc: usize,
-    threads: usize,
+    g: &Gemm,
 ) {
     if b.is_empty() {
         out[..n * oc].fill(0.0);
@@ -22,14 +22,7 @@ pub fn forward(
             .par_chunks_mut(oc)
             .for_each(|row| row.copy_from_slice(b));
     }
-    matmul(
-        out,
-        oc,
-        Mat::new(x, n, ic),
-        Mat::new(w, ic, oc),
-        true,
-        threads,
-    );
+    g.matmul(out, oc, Mat::new(x, n, ic), Mat::new(w, ic, oc), true);
 }
 
 /// Backward, accumulating into the gradients:
@@ -45,23 +38,9 @@ pub fn backward(
     n: usize,
     ic: usize,
     oc: usize,
-    threads: usize,
+    g: &Gemm,
 ) {
-    matmul(
-        dx,
-        ic,
-        Mat::new(dy, n, oc),
-        Mat::new(w, ic, oc).t(),
-        false,
-        threads,
-    );
-    matmul(
-        dw,
-        oc,
-        Mat::new(x, n, ic).t(),
-        Mat::new(dy, n, oc),
-        true,
-        threads,
-    );
+    g.matmul(dx, ic, Mat::new(dy, n, oc), Mat::new(w, ic, oc).t(), false);
+    g.matmul(dw, oc, Mat::new(x, n, ic).t(), Mat::new(dy, n, oc), true);
     add_column_sums(db, dy, n, oc);
 }
