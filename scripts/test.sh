@@ -2,7 +2,9 @@
 # Runs the whole test suite, stopping at the first failing stage:
 #   cargo fmt --check; cargo clippy --all-targets -D warnings; cargo build --release;
 #   a local 4-host Slurm cluster (scripts/cluster-local.sh, for the sbatch template tests; taken
-#   down at the end); cargo test --release.
+#   down at the end); cargo test --release (CPU GEMMs by `auto`: the system BLAS the setup
+#   installs); then the numerical tests again with the built-in GEMM kernels
+#   (FERROTRON_CPU_GEMM=builtin): unit tests, HF parity, every grid vs 1×1×1, checkpoints.
 # Integration tests launch `mpirun` on the release binary ($FERROTRON_BIN). Works from any
 # directory; expects the dependencies of scripts/install-deps.sh.
 set -euo pipefail
@@ -61,5 +63,8 @@ as_root() { if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi; }
 trap 'as_root bash scripts/cluster-local.sh down >/dev/null 2>&1 || true' EXIT
 stage "local 4-host Slurm cluster (scripts/cluster-local.sh up 4)" as_root bash scripts/cluster-local.sh up 4
 stage "tests (cargo test --release)" cargo test --release
+stage "numerical tests with the built-in GEMM kernels (FERROTRON_CPU_GEMM=builtin)" \
+  env FERROTRON_CPU_GEMM=builtin cargo test --release --lib \
+  --test hf_parity --test parallel --test checkpoint --test mpi --test cli
 
 printf '\ntest.sh: all stages passed\n'
