@@ -109,9 +109,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub fuse_gelu: bool,
     /// CPU backend: who computes the matrix products — "auto" (a system BLAS library if one
-    /// loads: `$FERROTRON_BLAS`, else MKL, OpenBLAS, BLIS, … by name; else the built-in
-    /// kernels), "blas" (a system BLAS or an error) or "builtin" (the `gemm` crate). Unset:
-    /// `$FERROTRON_CPU_GEMM`, else "auto".
+    /// loads: `$FERROTRON_BLAS`, else searched by name, MKL first on Intel CPUs and OpenBLAS
+    /// first elsewhere; else the built-in kernels), "blas" (a system BLAS or an error) or
+    /// "builtin" (the `gemm` crate). Unset: `$FERROTRON_CPU_GEMM`, else "auto".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_gemm: Option<crate::backend::cpu::matmul::GemmChoice>,
     /// Rows of the LM head (logits, cross-entropy and their backward) computed at once on the

@@ -78,7 +78,7 @@ impl<'a> Mat<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GemmChoice {
-    /// A system BLAS if one is found ([`super::blas::SEARCH`] or `FERROTRON_BLAS`), else the
+    /// A system BLAS if one is found ([`super::blas::search_list`] or `FERROTRON_BLAS`), else the
     /// built-in kernels.
     #[default]
     Auto,
@@ -122,7 +122,7 @@ impl Gemm {
 
     /// Resolves `choice` (None: `$FERROTRON_CPU_GEMM`, else auto). The library is
     /// `$FERROTRON_BLAS` when set — a path, or `builtin`/`none` for no library — else the first
-    /// of [`super::blas::SEARCH`] that loads. A library named in `FERROTRON_BLAS` that does
+    /// of [`super::blas::search_list`] that loads. A library named in `FERROTRON_BLAS` that does
     /// not load is an error even under auto; auto without any library is the built-in one, and
     /// says so in [`Gemm::fallback`].
     pub fn resolve(choice: Option<GemmChoice>, threads: usize) -> anyhow::Result<Self> {

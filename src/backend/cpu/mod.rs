@@ -4,6 +4,7 @@ pub mod bench;
 pub mod blas;
 pub mod math;
 pub mod matmul;
+pub mod simd;
 
 /// Threads for this rank: `--threads`, else `OMP_NUM_THREADS`, else the cores this process may
 /// run on. A process bound to a subset of the machine (srun `--cpus-per-task`, mpirun's default

@@ -8,6 +8,7 @@
 //! Heads run in parallel (rayon), each with serial GEMMs; deterministic for any thread count.
 
 use crate::backend::cpu::matmul::{Gemm, Mat};
+use crate::backend::cpu::simd;
 use rayon::prelude::*;
 
 /// Dimensions of one attention call.
@@ -61,22 +62,36 @@ pub fn forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], d: AttnDims, g: &G
     });
 }
 
-/// In place: `p[s] = softmax(scale · p[0..=t])[s]` for s ≤ t, 0 for s > t.
-fn causal_softmax_row(p: &mut [f32], t: usize, scale: f32) {
-    let mut max = f32::NEG_INFINITY;
-    for &v in &p[..=t] {
-        max = max.max(v * scale);
+crate::backend::cpu::simd::multiversion! {
+    /// In place: `p[s] = softmax(scale · p[0..=t])[s]` for s ≤ t, 0 for s > t.
+    fn causal_softmax_row(p: &mut [f32], t: usize, scale: f32) {
+        // max(scale·p) = scale·max(p) for scale > 0.
+        let max = simd::max(&p[..=t]) * scale;
+        let mut acc = [0.0f32; simd::LANES];
+        for ch in p[..=t].chunks_mut(simd::LANES) {
+            for (a, v) in acc.iter_mut().zip(ch.iter_mut()) {
+                *v = crate::backend::cpu::math::exp(*v * scale - max);
+                *a += *v;
+            }
+        }
+        let inv = 1.0 / acc.iter().sum::<f32>();
+        for v in &mut p[..=t] {
+            *v *= inv;
+        }
+        p[t + 1..].fill(0.0);
     }
-    let mut sum = 0.0f32;
-    for v in &mut p[..=t] {
-        *v = crate::backend::cpu::math::exp(*v * scale - max);
-        sum += *v;
+}
+
+crate::backend::cpu::simd::multiversion! {
+    /// One row of the softmax backward, in place: `ds[s] = p[s]·(ds[s] − Σ p·ds)·scale` for
+    /// s ≤ t, 0 beyond.
+    fn softmax_backward_row(dr: &mut [f32], pr: &[f32], t: usize, scale: f32) {
+        let dot = simd::dot(&pr[..=t], &dr[..=t]);
+        for (d, &p) in dr[..=t].iter_mut().zip(&pr[..=t]) {
+            *d = p * (*d - dot) * scale;
+        }
+        dr[t + 1..].fill(0.0);
     }
-    let inv = 1.0 / sum;
-    for v in &mut p[..=t] {
-        *v *= inv;
-    }
-    p[t + 1..].fill(0.0);
 }
 
 /// Backward. Given `dout [B, T, C]`, writes `dqkv [B, T, 3C]` (overwritten):
@@ -103,13 +118,8 @@ pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], d: Att
             let mut ds = vec![0.0f32; t * t];
             g.matmul(&mut ds, t, dy, v.t(), false);
             for row in 0..t {
-                let pr = &p[row * t..row * t + row + 1];
-                let dr = &mut ds[row * t..row * t + t];
-                let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                for s in 0..=row {
-                    dr[s] = pr[s] * (dr[s] - dot) * scale;
-                }
-                dr[row + 1..].fill(0.0);
+                let pr = &p[row * t..row * t + t];
+                softmax_backward_row(&mut ds[row * t..row * t + t], pr, row, scale);
             }
             let dsm = Mat::new(&ds, t, t);
             g.matmul(dq, hd, dsm, k, false);

@@ -305,9 +305,13 @@ pub fn add_inplace(y: &mut [f32], x: &[f32]) {
     use rayon::prelude::*;
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(a, b)| {
-            for (a, b) in a.iter_mut().zip(b) {
-                *a += b;
-            }
-        });
+        .for_each(|(a, b)| add_chunk(a, b));
+}
+
+crate::backend::cpu::simd::multiversion! {
+    fn add_chunk(a: &mut [f32], b: &[f32]) {
+        for (a, b) in a.iter_mut().zip(b) {
+            *a += b;
+        }
+    }
 }
