@@ -40,6 +40,10 @@ pub enum Command {
         /// Timed rounds per shape (after one warm-up).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Another CBLAS library to measure besides those auto would find (repeatable); an
+        /// error if it does not load.
+        #[arg(long = "blas", value_name = "PATH")]
+        blas: Vec<PathBuf>,
         /// One JSON object per provider and shape instead of a table.
         #[arg(long)]
         json: bool,

@@ -53,8 +53,9 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
         Command::BenchGemm {
             shapes,
             rounds,
+            blas,
             json,
-        } => rt.agree(bench_gemm(&shapes, rounds, json, threads)),
+        } => rt.agree(bench_gemm(&shapes, rounds, &blas, json, threads)),
         Command::Diagnose { out_dir } => rt.agree(if rt.rank == 0 {
             ferrotron::diagnose::run(&out_dir)
         } else {
@@ -199,7 +200,13 @@ fn generate(a: GenerateArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn bench_gemm(shapes: &[String], rounds: usize, json: bool, threads: usize) -> Result<()> {
+fn bench_gemm(
+    shapes: &[String],
+    rounds: usize,
+    blas: &[std::path::PathBuf],
+    json: bool,
+    threads: usize,
+) -> Result<()> {
     use ferrotron::backend::cpu::bench;
     let names: Vec<&str> = if shapes.is_empty() {
         bench::DEFAULT_SHAPES.to_vec()
@@ -210,7 +217,7 @@ fn bench_gemm(shapes: &[String], rounds: usize, json: bool, threads: usize) -> R
         .iter()
         .map(|s| s.parse())
         .collect::<Result<Vec<bench::Shape>>>()?;
-    let rows = bench::run(&shapes, threads, rounds.max(1))?;
+    let rows = bench::run(&shapes, threads, rounds.max(1), blas)?;
     for r in &rows {
         if json {
             println!("{}", serde_json::to_string(r)?);

@@ -86,10 +86,12 @@ def pytorch(shape, threads):
             "transformers": r["transformers"]}
 
 
-def gemm_peak(bin_, threads, rounds):
-    """2048³ f32 GEMM, median GFLOP/s per provider: ferrotron's (bench-gemm) and torch.mm's."""
+def gemm_peak(bin_, threads, rounds, extra_blas):
+    """2048³ f32 GEMM, median GFLOP/s per provider: ferrotron's (bench-gemm: built-in and every
+    BLAS library of auto's search list, plus `extra_blas`) and torch.mm's."""
+    extra = [x for lib in extra_blas for x in ("--blas", lib)]
     p = subprocess.run([bin_, "--threads", str(threads), "bench-gemm", "--json", "--rounds", str(rounds),
-                        "--shape", "2048x2048x2048"], capture_output=True, text=True, check=True)
+                        "--shape", "2048x2048x2048"] + extra, capture_output=True, text=True, check=True)
     out = {f"ferrotron {json.loads(l)['provider']}": json.loads(l)["gflops"] for l in p.stdout.splitlines()}
     code = f"""
 import json, statistics, time, torch
@@ -128,13 +130,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ferrotron", default=os.path.join(ROOT, "target/release/ferrotron"))
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
+    ap.add_argument("--extra-blas", action="append", default=[],
+                    help="another CBLAS library for the GEMM-peak probe only (e.g. MKL from PyPI: "
+                         "VENV/lib/libmkl_rt.so.3); repeatable")
     a = ap.parse_args()
     shapes = [s for s in SHAPES if s in a.shapes.split(",")]
     res = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads_used": a.threads},
            "libraries": libraries(), "rounds": a.rounds, "warmup_steps": WARMUP,
            "statistic": "median step after 2 warm-up steps per process; median over alternating rounds",
            "model_flops_per_token": "6*N + 6*L*T*C", "shapes": {}}
-    peak = gemm_peak(a.ferrotron, a.threads, 7)
+    peak = gemm_peak(a.ferrotron, a.threads, 7, a.extra_blas)
     res["gemm_2048_gflops"] = peak
     res["gemm_peak_gflops"] = max(peak.values())
     print("GEMM 2048³:", {k: round(v, 1) for k, v in peak.items()}, flush=True)

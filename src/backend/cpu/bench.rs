@@ -67,10 +67,14 @@ pub struct Row {
     pub gflops: f64,
 }
 
-/// Every provider this machine has: the built-in one, `$FERROTRON_BLAS` if set, and each
-/// library of the search list that loads.
-fn providers(threads: usize) -> Vec<(String, Gemm)> {
+/// Every provider this machine has: the built-in one, the `extra` libraries (each must load),
+/// `$FERROTRON_BLAS` if set, and each library of the search list that loads.
+fn providers(threads: usize, extra: &[std::path::PathBuf]) -> Result<Vec<(String, Gemm)>> {
     let mut out = vec![("builtin".to_string(), Gemm::builtin(threads))];
+    for p in extra {
+        let b = Blas::load(p).context("--blas")?;
+        out.push((b.name.clone(), Gemm::with_blas(b, threads)));
+    }
     let mut paths: Vec<String> = std::env::var("FERROTRON_BLAS")
         .ok()
         .filter(|p| !p.trim().is_empty() && p != "builtin" && p != "none")
@@ -83,7 +87,7 @@ fn providers(threads: usize) -> Vec<(String, Gemm)> {
             Ok(b) => {
                 // Two sonames of one library describe themselves the same way.
                 let real = b.name.clone();
-                if seen.contains(&real) {
+                if seen.contains(&real) || out.iter().any(|(n, _)| *n == real) {
                     continue;
                 }
                 seen.push(real);
@@ -92,13 +96,18 @@ fn providers(threads: usize) -> Vec<(String, Gemm)> {
             Err(e) => log::debug!("bench-gemm: {p}: {e:#}"),
         }
     }
-    out
+    Ok(out)
 }
 
 /// Times every provider on every shape: `rounds` rounds, each running each provider once per
 /// shape in turn (order alternating between rounds), after one warm-up product each.
-pub fn run(shapes: &[Shape], threads: usize, rounds: usize) -> Result<Vec<Row>> {
-    let provs = providers(threads);
+pub fn run(
+    shapes: &[Shape],
+    threads: usize,
+    rounds: usize,
+    extra: &[std::path::PathBuf],
+) -> Result<Vec<Row>> {
+    let provs = providers(threads, extra)?;
     let mut rows = Vec::new();
     for s in shapes {
         let a = operand(s.m, s.k, 1);
