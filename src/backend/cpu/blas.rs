@@ -233,6 +233,28 @@ fn describe(lib: &libloading::Library, path: &Path) -> String {
             return format!("OpenBLAS ({})", s.trim());
         }
     }
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+    let file = file.unwrap_or_default();
+    // SAFETY: MKL_Get_Version_String(char *buf, int len) writes at most len bytes.
+    if let Ok(f) =
+        unsafe { lib.get::<unsafe extern "C" fn(*mut c_char, c_int)>(b"MKL_Get_Version_String\0") }
+    {
+        let mut buf = [0 as c_char; 256];
+        unsafe { f(buf.as_mut_ptr(), buf.len() as c_int - 1) };
+        // SAFETY: NUL-terminated within the zeroed buffer (one byte kept free).
+        let v = unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        return format!("Intel MKL ({}, {file})", v.trim());
+    }
+    // SAFETY: bli_info_get_version_str returns a static NUL-terminated string.
+    if let Ok(f) = unsafe { lib.get::<GetConfigFn>(b"bli_info_get_version_str\0") } {
+        let p = unsafe { f() };
+        if !p.is_null() {
+            let v = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+            return format!("BLIS {} ({file})", v.trim());
+        }
+    }
     let has = |sym: &[u8]| unsafe { lib.get::<*const ()>(sym) }.is_ok();
     let family = if has(b"MKL_Set_Num_Threads\0") {
         "Intel MKL"
@@ -245,8 +267,7 @@ fn describe(lib: &libloading::Library, path: &Path) -> String {
     } else {
         "CBLAS"
     };
-    let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
-    format!("{family} ({})", file.unwrap_or_default())
+    format!("{family} ({file})")
 }
 
 /// Asks the library for one thread through whichever setter it exports; says which.
