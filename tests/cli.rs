@@ -300,7 +300,11 @@ fn op_profile_counts_every_op() {
 fn cpu_gemm_provider_is_named_and_checked() {
     let dir = scratch("cpu-gemm");
     let cfg = tiny_config(&dir, "");
+    // The suite also runs under FERROTRON_CPU_GEMM=builtin: this test sets its own choice.
     let train = |envs: &[(&str, &str)], sets: &[&str], m: &str| {
+        let mut envs = envs.to_vec();
+        envs.push(("FERROTRON_CPU_GEMM", ""));
+        let envs = envs.as_slice();
         let metrics = dir.join(m);
         let mut a = vec!["train", "--config", s(&cfg), "--metrics", s(&metrics)];
         for x in sets {
