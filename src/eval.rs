@@ -48,6 +48,7 @@ pub fn run(
         log::info!("{why}");
     }
     let model = Gpt2::with_backend(cfg, crate::backend::cpu::Cpu::with_gemm(gemm));
+    let params = crate::backend::Backend::upload_vec(&model.be, params)?;
     let mut acts = model.activations(batch, seq)?;
     let (mut inputs, mut targets) = (vec![0u32; batch * seq], vec![0u32; batch * seq]);
     let mut sum = 0.0f64;

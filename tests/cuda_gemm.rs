@@ -637,8 +637,9 @@ fn gelu_epilogues_match_cpu() {
 
     // CPU reference: forward, then the projection's backward (input x = gelu(pre), so the
     // layer's "ic" is the MLP width): here a [n, oc] → [n, ic] projection with weight wp.
-    let (mut pre_c, mut out_c) = (vec![0.0; n * oc], vec![0.0; n * oc]);
-    cpu.linear_gelu_forward(&mut pre_c, &mut out_c, &x, &p, w, b, n, ic, oc)
+    let (mut pre_c, mut out_c) = (cpu.zeros(n * oc).unwrap(), cpu.zeros(n * oc).unwrap());
+    let (x_c, p_c) = (cpu.upload(&x).unwrap(), cpu.upload(&p).unwrap());
+    cpu.linear_gelu_forward(&mut pre_c, &mut out_c, &x_c, &p_c, w, b, n, ic, oc)
         .unwrap();
     let wp = Region {
         off: 3,
@@ -649,16 +650,17 @@ fn gelu_epilogues_match_cpu() {
         len: ic,
     };
     let dyp = r.vec(n * ic);
-    let (mut dpre_c, mut g_c) = (vec![0.0; n * oc], g0.clone());
+    let (mut dpre_c, mut g_c) = (cpu.zeros(n * oc).unwrap(), cpu.upload(&g0).unwrap());
+    let dyp_c = cpu.upload(&dyp).unwrap();
     cpu.linear_backward_dgelu(
         &mut dpre_c,
         &mut g_c,
         wp,
         bp,
-        &dyp,
+        &dyp_c,
         &out_c,
         &pre_c,
-        &p,
+        &p_c,
         wp,
         n,
         oc,

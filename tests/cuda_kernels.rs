@@ -568,8 +568,9 @@ fn lm_head_row_range_matches_cpu() {
     let (xf_d, p_d) = (be.upload(&xf).unwrap(), be.upload(&p).unwrap());
 
     let fill = vec![7.0f32; (n + 2) * vp];
-    let mut lc = fill.clone();
-    cpu.logits_forward(&mut lc, &xf, row0, &p, wte, n, c, vp)
+    let mut lc = cpu.upload(&fill).unwrap();
+    let (xf_c, p_c) = (cpu.upload(&xf).unwrap(), cpu.upload(&p).unwrap());
+    cpu.logits_forward(&mut lc, &xf_c, row0, &p_c, wte, n, c, vp)
         .unwrap();
     let mut lg = be.upload(&fill).unwrap();
     be.logits_forward(&mut lg, &xf_d, row0, &p_d, wte, n, c, vp)
@@ -581,7 +582,7 @@ fn lm_head_row_range_matches_cpu() {
         1e-5,
     );
 
-    let mut loss_c = vec![-1.0f32; n + 3];
+    let mut loss_c = cpu.upload(&[-1.0f32; 10][..n + 3]).unwrap();
     let tc = cpu.tokens(&tgt).unwrap();
     cpu.softmax_xent(&mut lc, &mut loss_c, &tc, n, vp, v, Some(0.5))
         .unwrap();
@@ -598,9 +599,11 @@ fn lm_head_row_range_matches_cpu() {
     check("head dlogits", &be.download(&lg).unwrap(), &lc, 1e-5);
 
     let (dxf0, g0) = (r.vec(rows * c, 1.0), r.vec(p.len(), 0.1));
-    let (mut dxf_c, mut g_c) = (dxf0.clone(), g0.clone());
-    cpu.logits_backward(&mut dxf_c, row0, &mut g_c, wte, &lc, &xf, &p, wte, n, c, vp)
-        .unwrap();
+    let (mut dxf_c, mut g_c) = (cpu.upload(&dxf0).unwrap(), cpu.upload(&g0).unwrap());
+    cpu.logits_backward(
+        &mut dxf_c, row0, &mut g_c, wte, &lc, &xf_c, &p_c, wte, n, c, vp,
+    )
+    .unwrap();
     let (mut dxf_g, mut g_g) = (be.upload(&dxf0).unwrap(), be.upload(&g0).unwrap());
     be.logits_backward(
         &mut dxf_g, row0, &mut g_g, wte, &lg, &xf_d, &p_d, wte, n, c, vp,
@@ -643,9 +646,18 @@ fn vocab_parallel_ops_match_cpu() {
         },
     );
     for wpe in [Some(wpe), None] {
-        let mut want = vec![0.0; n * c];
-        cpu.embedding_forward_shard(&mut want, &tok, &p, wte, wpe, t, c, v0)
-            .unwrap();
+        let mut want = cpu.zeros(n * c).unwrap();
+        cpu.embedding_forward_shard(
+            &mut want,
+            &tok,
+            &cpu.upload(&p).unwrap(),
+            wte,
+            wpe,
+            t,
+            c,
+            v0,
+        )
+        .unwrap();
         let mut got = be.zeros(n * c).unwrap();
         be.embedding_forward_shard(&mut got, &tok, &be.upload(&p).unwrap(), wte, wpe, t, c, v0)
             .unwrap();
@@ -658,9 +670,18 @@ fn vocab_parallel_ops_match_cpu() {
     }
     let dx = r.vec(n * c, 1.0);
     let g0 = r.vec(vl * c + t * c, 0.1);
-    let mut want = g0.clone();
-    cpu.embedding_backward_shard(&mut want, wte, wpe, &dx, &tok, t, c, v0)
-        .unwrap();
+    let mut want = cpu.upload(&g0).unwrap();
+    cpu.embedding_backward_shard(
+        &mut want,
+        wte,
+        wpe,
+        &cpu.upload(&dx).unwrap(),
+        &tok,
+        t,
+        c,
+        v0,
+    )
+    .unwrap();
     let mut got = be.upload(&g0).unwrap();
     be.embedding_backward_shard(&mut got, wte, wpe, &be.upload(&dx).unwrap(), &tok, t, c, v0)
         .unwrap();
@@ -672,8 +693,9 @@ fn vocab_parallel_ops_match_cpu() {
     );
 
     let z = r.vec(n * vl, 4.0);
-    let mut st = vec![0.0; 3 * n];
-    cpu.xent_partial(&z, &mut st, &tok, vl, v0, v).unwrap();
+    let mut st = cpu.zeros(3 * n).unwrap();
+    cpu.xent_partial(&cpu.upload(&z).unwrap(), &mut st, &tok, vl, v0, v)
+        .unwrap();
     let mut st_d = be.zeros(3 * n).unwrap();
     be.xent_partial(&be.upload(&z).unwrap(), &mut st_d, &tok, vl, v0, v)
         .unwrap();
@@ -681,8 +703,9 @@ fn vocab_parallel_ops_match_cpu() {
     let ms: Vec<f32> = (0..n)
         .flat_map(|i| [st[3 * i], 1.0 / (st[3 * i + 1] + 1.0)])
         .collect();
-    let mut zc = z.clone();
-    cpu.xent_grad(&mut zc, &ms, &tok, vl, v0, v, 0.25).unwrap();
+    let mut zc = cpu.upload(&z).unwrap();
+    cpu.xent_grad(&mut zc, &cpu.upload(&ms).unwrap(), &tok, vl, v0, v, 0.25)
+        .unwrap();
     let mut z_d = be.upload(&z).unwrap();
     be.xent_grad(&mut z_d, &be.upload(&ms).unwrap(), &tok, vl, v0, v, 0.25)
         .unwrap();
@@ -749,7 +772,11 @@ fn adamw_matches_cpu() {
     for step in 1..=3u64 {
         let grads = r.vec(n, 0.1);
         let lr = 1e-3 * step as f32;
-        opt.step(&cpu, &mut p, &grads, lr).unwrap();
+        use ferrotron::backend::Backend as _;
+        let mut pb = cpu.upload(&p).unwrap();
+        opt.step(&cpu, &mut pb, &cpu.upload(&grads).unwrap(), lr)
+            .unwrap();
+        p = pb.to_vec();
         let g_d = g.up(&grads);
         for e in &layout.entries {
             let range = e.offset..e.offset + e.len;
@@ -797,7 +824,11 @@ fn adamw_multi_matches_cpu() {
     for step in 1..=3u64 {
         let grads = r.vec(n, 0.1);
         let lr = 1e-3 * step as f32;
-        opt.step(&cpu, &mut p, &grads, lr).unwrap();
+        use ferrotron::backend::Backend as _;
+        let mut pb = cpu.upload(&p).unwrap();
+        opt.step(&cpu, &mut pb, &cpu.upload(&grads).unwrap(), lr)
+            .unwrap();
+        p = pb.to_vec();
         let g_d = g.up(&grads);
         let h = ferrotron::backend::AdamStep::new(&cfg, lr, step, true);
         g.k.adamw_multi(&mut p_d, &g_d, &mut m_d, &mut v_d, &ranges, h)

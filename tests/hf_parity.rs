@@ -2,6 +2,7 @@
 //! (PyTorch float64). Logits, loss, every parameter gradient, and 5 AdamW steps with warmup,
 //! cosine decay and clipping.
 
+use ferrotron::backend::Backend;
 use ferrotron::checkpoint::hf;
 use ferrotron::model::gpt2::Gpt2;
 use ferrotron::optim::{clip, AdamW, AdamWConfig, LrSchedule};
@@ -79,6 +80,7 @@ fn check_fixture(name: &str) {
     let (cfg, params) = hf::load(&fixture_dir(name)).unwrap();
     let (b, t) = (ex.num(&["batch"]) as usize, ex.num(&["seq"]) as usize);
     let model = Gpt2::new(cfg, 2);
+    let params = model.be.upload_vec(params).unwrap();
     let tokens = ex.u32s("input_ids");
     let targets = ex.u32s("targets");
     let mut acts = model.activations(b, t).unwrap();
@@ -98,7 +100,7 @@ fn check_fixture(name: &str) {
     assert!(max_abs <= 1e-4, "{name}: logits max abs diff {max_abs}");
 
     // Loss and gradients.
-    let mut grads = vec![0.0f32; model.layout.total];
+    let mut grads = model.be.zeros(model.layout.total).unwrap();
     let loss = model
         .forward(
             &params,
@@ -155,7 +157,7 @@ fn check_fixture(name: &str) {
         weight_decay: tr("weight_decay"),
     };
     let mut opt = AdamW::new(&model.be, acfg, &model.layout).unwrap();
-    let mut p = params.clone();
+    let mut p = model.be.upload(&params).unwrap();
     let want_losses = ex.nums("step_losses");
     let want_norms = ex.nums("grad_norms");
     for s in 0..want_losses.len() {

@@ -273,8 +273,9 @@ fn adamw_multi_kernel_matches_the_twin() {
         ],
     );
     let cpu = Cpu::new(1);
-    let (mut pw, mut mw, mut vw) = (p.clone(), m.clone(), v.clone());
-    cpu.adamw_multi(&mut pw, &g, &mut mw, &mut vw, &ranges, s)
+    let up = |x: &Vec<f32>| cpu.upload(x).unwrap();
+    let (mut pw, mut mw, mut vw) = (up(&p), up(&m), up(&v));
+    cpu.adamw_multi(&mut pw, &up(&g), &mut mw, &mut vw, &ranges, s)
         .unwrap();
     check("adamw_multi p", &get(&dir, "p"), &pw, 1e-6);
     check("adamw_multi m", &get(&dir, "m"), &mw, 1e-6);

@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod ledger;
 pub mod profile;
 pub mod staged;
 
@@ -64,6 +65,16 @@ pub trait Backend: Send + Sync {
     type Tokens;
 
     fn name(&self) -> String;
+    /// Charges the buffers allocated from now on to `c` (memory accounting); returns the
+    /// category it replaces.
+    fn set_mem_category(&self, c: ledger::MemCategory) -> ledger::MemCategory {
+        c
+    }
+    /// The peak of this backend's accounted buffers, by category; None where the backend does
+    /// not account (CUDA, for now).
+    fn mem_peak(&self) -> Option<ledger::MemBytes> {
+        None
+    }
     /// Floats in `buf`.
     fn buf_len(&self, buf: &Self::Buf) -> usize;
     fn zeros(&self, n: usize) -> Result<Self::Buf>;

@@ -8,6 +8,7 @@
 
 use super::shard::StageLayout;
 use super::Tp;
+use crate::backend::ledger::MemCategory;
 use crate::backend::{Backend, Region};
 use crate::model::gpt2::attention::AttnDims;
 use crate::model::gpt2::block::{self, BlockActs, BlockScratch, BlockTensors};
@@ -181,11 +182,14 @@ impl<B: Backend> StageModel<B> {
         let (be, c) = (&self.be, self.cfg.n_embd);
         let rows = self.head_rows(n);
         let head = if self.is_last() {
-            Some(HeadScratch {
+            let was = be.set_mem_category(MemCategory::Logits);
+            let head = HeadScratch {
                 logits: be.zeros(rows * self.layout.vl)?,
                 losses: be.zeros(rows)?,
                 stats: be.zeros(rows * 3)?,
-            })
+            };
+            be.set_mem_category(was);
+            Some(head)
         } else {
             None
         };
@@ -327,7 +331,10 @@ impl<B: Backend> StageModel<B> {
         let (mut ms, mut losses) = (vec![0.0f32; 2 * k], vec![0.0f32; k]);
         vocab_parallel::xent_combine(&gathered, tp.size, &mut ms, &mut losses);
         if let Some(s) = scale {
-            let ms = be.upload(&ms)?;
+            let was = be.set_mem_category(MemCategory::Logits);
+            let ms = be.upload(&ms);
+            be.set_mem_category(was);
+            let ms = ms?;
             be.xent_grad(&mut hs.logits, &ms, y, vl, ly.v0, v, s)?;
         }
         Ok(losses.iter().map(|&l| l as f64).sum())
@@ -436,24 +443,25 @@ mod tests {
             let mut params = vec![0.0f32; ly.total];
             ly.init(&c, 7, &mut params);
             let model = StageModel::new(c, ly.clone(), Cpu::new(1));
+            let params = model.be.upload(&params).unwrap();
             let mut a = model.acts(b, t).unwrap();
             a.tokens = (0..b * t).map(|i| (i * 37 % 150) as u32).collect();
             a.targets = (0..b * t).map(|i| (i * 53 % 150) as u32).collect();
             if !model.is_first() {
-                a.input = wave(b * t * c.n_embd, 13);
+                *a.input = wave(b * t * c.n_embd, 13);
             }
             let tp = Tp::single();
             let mut sc = model.scratch(b * t).unwrap();
             // Start from earlier micro-batches' (nonzero) gradients.
-            let mut grads = wave(ly.total, 31);
+            let mut grads = model.be.upload(&wave(ly.total, 31)).unwrap();
             let train = Some((&mut grads, 0.1));
             model.forward(&params, &mut a, &mut sc, train, &tp).unwrap();
             if !model.is_last() {
-                sc.dres = wave(b * t * c.n_embd, 29);
+                *sc.dres = wave(b * t * c.n_embd, 29);
             }
             let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
-            let mut hook = |g: &mut Vec<f32>, o: usize| {
-                seen.push((o, g.clone()));
+            let mut hook = |g: &mut crate::backend::cpu::HostBuf, o: usize| {
+                seen.push((o, g.to_vec()));
                 Ok(())
             };
             model

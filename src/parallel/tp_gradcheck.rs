@@ -46,6 +46,7 @@ fn loss_and_grad(
                     ly.extract(global, params, &mut local);
                     let model =
                         StageModel::new(c, ly.clone(), Cpu::new(1)).with_head_chunk_rows(rows);
+                    let local = model.be.upload_vec(local).unwrap();
                     let mut acts = model.acts(B, T).unwrap();
                     acts.tokens.copy_from_slice(tok);
                     acts.targets.copy_from_slice(tgt);
@@ -59,7 +60,7 @@ fn loss_and_grad(
                     model
                         .backward(&local, &mut grads, &acts, &mut sc, &tpc, None)
                         .unwrap();
-                    (loss, ly, grads)
+                    (loss, ly, grads.into_vec())
                 })
             })
             .collect();
@@ -153,18 +154,19 @@ fn unsharded_stage_is_the_plain_model() {
     let model = Gpt2::new(c, 1);
     let mut acts = model.activations(B, T).unwrap();
     let scale = Some(1.0 / (B * T) as f32);
+    let pb = model.be.upload(&p).unwrap();
     let want = model
-        .forward(&p, &tok, Some(&tgt), scale, &mut acts)
+        .forward(&pb, &tok, Some(&tgt), scale, &mut acts)
         .unwrap();
-    let mut gw = vec![0.0f32; global.total];
-    model.backward(&p, &mut gw, &tok, &mut acts).unwrap();
+    let mut gw = model.be.zeros(global.total).unwrap();
+    model.backward(&pb, &mut gw, &tok, &mut acts).unwrap();
     for rows in [0, 1, 3, B * T - 1, B * T, 4 * B * T] {
         let (loss, g) = loss_and_grad(1, rows, &p, &tok, &tgt);
         assert!(
             (loss - want as f64).abs() <= 1e-6 * want.abs() as f64,
             "rows {rows}: {loss} vs {want}"
         );
-        for (a, b) in g.iter().zip(&gw) {
+        for (a, b) in g.iter().zip(gw.iter()) {
             assert!(
                 (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
                 "rows {rows}: {a} vs {b}"

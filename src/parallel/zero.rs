@@ -23,6 +23,12 @@ pub struct ZeroShard {
 }
 
 impl ZeroShard {
+    /// The peak of the host buffers it owns (the AdamW state shards and each step's parameter
+    /// and gradient shard), all charged to the optimizer.
+    pub fn mem_peak(&self) -> crate::backend::ledger::MemBytes {
+        self.cpu.ledger().peak()
+    }
+
     pub fn new(cfg: AdamWConfig, layout: &StageLayout, dp: usize, r: usize) -> Result<Self> {
         let chunk = layout.total.div_ceil(dp);
         let (lo, hi) = (
@@ -30,6 +36,7 @@ impl ZeroShard {
             ((r + 1) * chunk).min(layout.total),
         );
         let cpu = Cpu::new(1);
+        cpu.set_mem_category(crate::backend::ledger::MemCategory::Optimizer);
         let ranges = crate::optim::adamw::shard_ranges(&layout.entries, lo, hi);
         let opt = AdamW::with_ranges(&cpu, cfg, chunk, ranges)?;
         let counted = layout
@@ -101,11 +108,13 @@ impl ZeroShard {
         let host = be.download(params)?;
         let mut shard_p = host[self.lo..self.hi].to_vec();
         shard_p.resize(self.chunk, 0.0);
+        let mut shard_p = self.cpu.upload_vec(shard_p)?;
+        let shard_g = self.cpu.upload_vec(shard_g)?;
         self.opt.step(&self.cpu, &mut shard_p, &shard_g, lr)?;
         let mut full = vec![0.0f32; self.chunk * comm.size()];
         comm.all_gather_f32(&shard_p, &mut full)?;
         full.truncate(host.len());
-        *params = be.upload(&full)?;
+        be.upload_region(params, 0, &full)?;
         Ok(())
     }
 }

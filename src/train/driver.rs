@@ -4,6 +4,7 @@
 use super::{ckpt, describe, TrainOptions, TrainSummary, Trainer};
 use crate::backend::cpu::matmul::Gemm;
 use crate::backend::cpu::Cpu;
+use crate::backend::ledger::{MemBytes, MemCategory};
 use crate::backend::Backend;
 use crate::checkpoint::hf;
 use crate::checkpoint::lock::DirLock;
@@ -469,6 +470,7 @@ fn train_loop<B: Backend>(
     if writer.is_some() {
         profile.log();
     }
+    report_memory(tr, gr, writer.as_deref_mut())?;
     if skipped > 0 && writer.is_some() {
         log::warn!("{skipped} step(s) were discarded as non-finite and run again");
     }
@@ -566,6 +568,44 @@ fn report_step(bar: &Option<indicatif::ProgressBar>, m: &StepMetrics, steps: usi
         }
         None => {}
     }
+}
+
+/// Gathers every rank's accounted peak memory (collective over the run-control group); rank 0
+/// writes the largest as `{"mem_peak_bytes": {by category, "total"}, "rank": r}` to the metrics
+/// and logs it. Nothing where the backend does not account (CUDA, for now).
+fn report_memory<B: Backend>(
+    tr: &Trainer<B>,
+    gr: &Groups,
+    writer: Option<&mut MetricsWriter>,
+) -> Result<()> {
+    let Some(mine) = tr.mem_peak() else {
+        return Ok(());
+    };
+    let k = MemCategory::ALL.len();
+    let (n, r) = (gr.metrics.size(), gr.metrics.rank());
+    let mut all = vec![0f64; n * k];
+    for (i, v) in mine.0.iter().enumerate() {
+        all[r * k + i] = *v as f64;
+    }
+    gr.metrics.all_reduce_sum_f64(&mut all)?;
+    let Some(w) = writer else {
+        return Ok(());
+    };
+    let per_rank = |q: usize| MemBytes(std::array::from_fn(|i| all[q * k + i] as i64));
+    let rank = (0..n).max_by_key(|&q| per_rank(q).total()).unwrap_or(0);
+    let best = per_rank(rank);
+    w.write_json(&serde_json::json!({ "mem_peak_bytes": best.to_json(), "rank": rank }))?;
+    let mib = |b: i64| b as f64 / (1u64 << 20) as f64;
+    let parts: Vec<String> = MemCategory::ALL
+        .iter()
+        .map(|&c| format!("{} {:.1}", c.name(), mib(best.get(c))))
+        .collect();
+    log::info!(
+        "peak memory of the backend's buffers (largest on rank {rank}): {:.1} MiB = {} MiB",
+        mib(best.total()),
+        parts.join(" + ")
+    );
+    Ok(())
 }
 
 /// The per-op profile summed over the steps after the first (which includes one-time work:

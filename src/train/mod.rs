@@ -7,6 +7,7 @@
 //!   (b) global gradient norm, clip; (c) AdamW at the scheduled learning rate.
 //! Validation runs at step 0, every `train.val_every` steps and at the last step.
 
+use crate::backend::ledger::MemCategory;
 use crate::backend::{Backend, Region};
 use crate::checkpoint::hf;
 use crate::comm::Communicator;
@@ -220,24 +221,34 @@ impl<B: Backend> Trainer<B> {
         let zero = (cfg.optim.zero == 1 && grid.dp > 1)
             .then(|| ZeroShard::new(acfg, ly, grid.dp, coords.dp))
             .transpose()?;
+        let (b, seq) = (t.micro_batch_size, t.seq_len);
+        let be = &model.be;
+        be.set_mem_category(MemCategory::Optimizer);
         let opt = match zero {
             Some(_) => None,
-            None => Some(AdamW::for_entries(&model.be, acfg, &ly.entries, ly.total)?),
+            None => Some(AdamW::for_entries(be, acfg, &ly.entries, ly.total)?),
         };
-        let (b, seq) = (t.micro_batch_size, t.seq_len);
+        be.set_mem_category(MemCategory::Params);
+        let params = be.upload(&host)?;
+        be.set_mem_category(MemCategory::Grads);
+        let grads = be.zeros(ly.total)?;
+        be.set_mem_category(MemCategory::Activations);
+        let slots = (0..in_flight.max(1))
+            .map(|_| model.acts(b, seq))
+            .collect::<Result<_>>()?;
+        be.set_mem_category(MemCategory::Workspace);
+        let scratch = model.scratch(b * seq)?;
         let p = &cfg.parallel;
         let bucket_elems = (p.bucket_mb * (1u64 << 20) as f64 / 4.0) as usize;
         let buckets = dp::buckets(ly, bucket_elems, p.overlap_grad_reduce);
         Ok(Self {
             cfg: cfg.clone(),
-            params: model.be.upload(&host)?,
-            grads: model.be.zeros(ly.total)?,
+            params,
+            grads,
             opt,
             zero,
-            slots: (0..in_flight.max(1))
-                .map(|_| model.acts(b, seq))
-                .collect::<Result<_>>()?,
-            scratch: model.scratch(b * seq)?,
+            slots,
+            scratch,
             model,
             gcfg,
             glayout,
@@ -255,6 +266,19 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
+    /// The peak of the buffers this rank's backend accounted, plus ZeRO-1's optimizer shards
+    /// (which live on a host backend of their own); None where the backend does not account.
+    pub fn mem_peak(&self) -> Option<crate::backend::ledger::MemBytes> {
+        let mut m = self.model.be.mem_peak()?;
+        if let Some(z) = &self.zero {
+            let zp = z.mem_peak();
+            for c in MemCategory::ALL {
+                m.add(c, zp.get(c));
+            }
+        }
+        Some(m)
+    }
+
     /// One optimizer step (0-based `step`). The global batch is samples `step·G .. step·G + G`;
     /// micro-batch j of data-parallel rank r takes samples `step·G + (j·dp + r)·B ..` (+B), so
     /// every grid trains on the same global batch. Then, in order (DESIGN invariant 5): tied
@@ -267,7 +291,7 @@ impl<B: Backend> Trainer<B> {
             let be = &self.model.be;
             let mut host = be.download(&self.params)?;
             host[0] = f32::NAN;
-            self.params = be.upload(&host)?;
+            be.upload_region(&mut self.params, 0, &host)?;
         }
         let scale = 1.0 / (gbs * seq) as f32;
         self.model.be.zero(&mut self.grads)?;
@@ -365,7 +389,7 @@ impl<B: Backend> Trainer<B> {
                 None => {
                     let mut host = be.download(&self.grads)?;
                     host[0] = f32::NAN;
-                    self.grads = be.upload(&host)?;
+                    be.upload_region(&mut self.grads, 0, &host)?;
                 }
             }
         }

@@ -40,12 +40,49 @@ fn online_cpus() -> usize {
         .unwrap_or(0)
 }
 
+use super::ledger::{Ledger, MemCategory};
 use super::profile::{HostClock, OpProfiler, Profile};
 use super::{AdamStep, Backend, Region};
 use crate::model::gpt2::attention::{self, AttnDims};
 use crate::model::gpt2::{embedding, head, layernorm, linear, loss, mlp, vocab_parallel};
 use crate::optim::{adamw, clip};
 use anyhow::{ensure, Result};
+use std::sync::Arc;
+
+/// A CPU backend buffer: a `Vec<f32>` charged to the backend's [`Ledger`] while it lives.
+#[derive(Debug)]
+pub struct HostBuf {
+    data: Vec<f32>,
+    charged: usize,
+    category: MemCategory,
+    ledger: Arc<Ledger>,
+}
+
+impl HostBuf {
+    /// The floats, given back (the charge is released).
+    pub fn into_vec(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.data)
+    }
+}
+
+impl std::ops::Deref for HostBuf {
+    type Target = Vec<f32>;
+    fn deref(&self) -> &Vec<f32> {
+        &self.data
+    }
+}
+
+impl std::ops::DerefMut for HostBuf {
+    fn deref_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.data
+    }
+}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        self.ledger.free(self.category, self.charged);
+    }
+}
 
 /// The CPU backend: host `Vec<f32>` buffers, rayon threads, the `gemm` crate.
 pub struct Cpu {
@@ -55,6 +92,8 @@ pub struct Cpu {
     pub gemm: matmul::Gemm,
     /// Per-op times (`log.profile_ops`), on the host clock.
     prof: OpProfiler<std::time::Instant>,
+    /// Bytes of the buffers it has handed out, by category.
+    ledger: Arc<Ledger>,
 }
 
 impl Cpu {
@@ -74,8 +113,29 @@ impl Cpu {
         Self {
             threads: gemm.threads(),
             gemm,
+            ledger: Arc::default(),
             prof: OpProfiler::default(),
         }
+    }
+}
+
+impl Cpu {
+    /// Wraps `data` as a buffer charged to the current category.
+    fn charge(&self, data: Vec<f32>) -> HostBuf {
+        let category = self.ledger.category();
+        let charged = data.len() * std::mem::size_of::<f32>();
+        self.ledger.alloc(category, charged);
+        HostBuf {
+            data,
+            charged,
+            category,
+            ledger: self.ledger.clone(),
+        }
+    }
+
+    /// The accounting of this backend's buffers.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 }
 
@@ -115,11 +175,17 @@ fn two_mut(buf: &mut [f32], a: Region, b: Region) -> (&mut [f32], &mut [f32]) {
 }
 
 impl Backend for Cpu {
-    type Buf = Vec<f32>;
+    type Buf = HostBuf;
     type Tokens = Vec<u32>;
 
     fn name(&self) -> String {
         format!("cpu ({})", self.gemm.describe())
+    }
+    fn set_mem_category(&self, c: MemCategory) -> MemCategory {
+        self.ledger.set_category(c)
+    }
+    fn mem_peak(&self) -> Option<super::ledger::MemBytes> {
+        Some(self.ledger.peak())
     }
     fn set_profiling(&self, on: bool) {
         self.prof.set(on);
@@ -127,35 +193,35 @@ impl Backend for Cpu {
     fn take_profile(&self) -> Result<Option<Profile>> {
         self.prof.take(&HostClock)
     }
-    fn buf_len(&self, buf: &Vec<f32>) -> usize {
+    fn buf_len(&self, buf: &HostBuf) -> usize {
         buf.len()
     }
-    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+    fn zeros(&self, n: usize) -> Result<HostBuf> {
         let _op = self.prof.span(&HostClock, "zeros");
-        Ok(vec![0.0; n])
+        Ok(self.charge(vec![0.0; n]))
     }
-    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
+    fn upload(&self, host: &[f32]) -> Result<HostBuf> {
         let _op = self.prof.span(&HostClock, "upload");
-        Ok(host.to_vec())
+        Ok(self.charge(host.to_vec()))
     }
-    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+    fn download(&self, buf: &HostBuf) -> Result<Vec<f32>> {
         let _op = self.prof.span(&HostClock, "download");
-        Ok(buf.clone())
+        Ok(buf.to_vec())
     }
     fn tokens(&self, ids: &[u32]) -> Result<Vec<u32>> {
         let _op = self.prof.span(&HostClock, "tokens");
         Ok(ids.to_vec())
     }
-    fn zero(&self, buf: &mut Vec<f32>) -> Result<()> {
+    fn zero(&self, buf: &mut HostBuf) -> Result<()> {
         let _op = self.prof.span(&HostClock, "zero");
         buf.fill(0.0);
         Ok(())
     }
     fn embedding_forward(
         &self,
-        out: &mut Vec<f32>,
+        out: &mut HostBuf,
         tok: &Vec<u32>,
-        p: &Vec<f32>,
+        p: &HostBuf,
         wte: Region,
         wpe: Region,
         t: usize,
@@ -167,10 +233,10 @@ impl Backend for Cpu {
     }
     fn embedding_backward(
         &self,
-        g: &mut Vec<f32>,
+        g: &mut HostBuf,
         dwte: Region,
         dwpe: Region,
-        dx: &Vec<f32>,
+        dx: &HostBuf,
         tok: &Vec<u32>,
         t: usize,
         c: usize,
@@ -182,11 +248,11 @@ impl Backend for Cpu {
     }
     fn layernorm_forward(
         &self,
-        out: &mut Vec<f32>,
-        mean: &mut Vec<f32>,
-        rstd: &mut Vec<f32>,
-        x: &Vec<f32>,
-        p: &Vec<f32>,
+        out: &mut HostBuf,
+        mean: &mut HostBuf,
+        rstd: &mut HostBuf,
+        x: &HostBuf,
+        p: &HostBuf,
         w: Region,
         b: Region,
     ) -> Result<()> {
@@ -196,16 +262,16 @@ impl Backend for Cpu {
     }
     fn layernorm_backward(
         &self,
-        dx: &mut Vec<f32>,
-        g: &mut Vec<f32>,
+        dx: &mut HostBuf,
+        g: &mut HostBuf,
         dw: Region,
         db: Region,
-        dy: &Vec<f32>,
-        x: &Vec<f32>,
-        p: &Vec<f32>,
+        dy: &HostBuf,
+        x: &HostBuf,
+        p: &HostBuf,
         w: Region,
-        mean: &Vec<f32>,
-        rstd: &Vec<f32>,
+        mean: &HostBuf,
+        rstd: &HostBuf,
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "layernorm_backward");
         let (gw, gb) = two_mut(g, dw, db);
@@ -214,9 +280,9 @@ impl Backend for Cpu {
     }
     fn linear_forward(
         &self,
-        out: &mut Vec<f32>,
-        x: &Vec<f32>,
-        p: &Vec<f32>,
+        out: &mut HostBuf,
+        x: &HostBuf,
+        p: &HostBuf,
         w: Region,
         b: Region,
         n: usize,
@@ -229,13 +295,13 @@ impl Backend for Cpu {
     }
     fn linear_backward(
         &self,
-        dx: &mut Vec<f32>,
-        g: &mut Vec<f32>,
+        dx: &mut HostBuf,
+        g: &mut HostBuf,
         dw: Region,
         db: Region,
-        dy: &Vec<f32>,
-        x: &Vec<f32>,
-        p: &Vec<f32>,
+        dy: &HostBuf,
+        x: &HostBuf,
+        p: &HostBuf,
         w: Region,
         n: usize,
         ic: usize,
@@ -248,14 +314,14 @@ impl Backend for Cpu {
     }
     fn linear_backward_dgelu(
         &self,
-        dpre: &mut Vec<f32>,
-        g: &mut Vec<f32>,
+        dpre: &mut HostBuf,
+        g: &mut HostBuf,
         dw: Region,
         db: Region,
-        dy: &Vec<f32>,
-        x: &Vec<f32>,
-        pre: &Vec<f32>,
-        p: &Vec<f32>,
+        dy: &HostBuf,
+        x: &HostBuf,
+        pre: &HostBuf,
+        p: &HostBuf,
         w: Region,
         n: usize,
         ic: usize,
@@ -268,9 +334,9 @@ impl Backend for Cpu {
     }
     fn attention_forward(
         &self,
-        out: &mut Vec<f32>,
-        att: &mut Vec<f32>,
-        qkv: &Vec<f32>,
+        out: &mut HostBuf,
+        att: &mut HostBuf,
+        qkv: &HostBuf,
         d: AttnDims,
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "attention_forward");
@@ -279,38 +345,38 @@ impl Backend for Cpu {
     }
     fn attention_backward(
         &self,
-        dqkv: &mut Vec<f32>,
-        dout: &Vec<f32>,
-        _out: &Vec<f32>,
-        qkv: &Vec<f32>,
-        att: &Vec<f32>,
+        dqkv: &mut HostBuf,
+        dout: &HostBuf,
+        _out: &HostBuf,
+        qkv: &HostBuf,
+        att: &HostBuf,
         d: AttnDims,
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "attention_backward");
         attention::backward(dqkv, dout, qkv, att, d, &self.gemm);
         Ok(())
     }
-    fn gelu_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+    fn gelu_forward(&self, out: &mut HostBuf, x: &HostBuf) -> Result<()> {
         let _op = self.prof.span(&HostClock, "gelu_forward");
         mlp::gelu_forward(out, x);
         Ok(())
     }
-    fn gelu_backward(&self, dx: &mut Vec<f32>, x: &Vec<f32>, dy: &Vec<f32>) -> Result<()> {
+    fn gelu_backward(&self, dx: &mut HostBuf, x: &HostBuf, dy: &HostBuf) -> Result<()> {
         let _op = self.prof.span(&HostClock, "gelu_backward");
         mlp::gelu_backward(dx, x, dy);
         Ok(())
     }
-    fn add_inplace(&self, y: &mut Vec<f32>, x: &Vec<f32>) -> Result<()> {
+    fn add_inplace(&self, y: &mut HostBuf, x: &HostBuf) -> Result<()> {
         let _op = self.prof.span(&HostClock, "add_inplace");
         crate::model::gpt2::block::add_inplace(y, x);
         Ok(())
     }
     fn logits_forward(
         &self,
-        logits: &mut Vec<f32>,
-        xf: &Vec<f32>,
+        logits: &mut HostBuf,
+        xf: &HostBuf,
         row0: usize,
-        p: &Vec<f32>,
+        p: &HostBuf,
         wte: Region,
         n: usize,
         c: usize,
@@ -323,13 +389,13 @@ impl Backend for Cpu {
     }
     fn logits_backward(
         &self,
-        dxf: &mut Vec<f32>,
+        dxf: &mut HostBuf,
         row0: usize,
-        g: &mut Vec<f32>,
+        g: &mut HostBuf,
         dwte: Region,
-        dlogits: &Vec<f32>,
-        xf: &Vec<f32>,
-        p: &Vec<f32>,
+        dlogits: &HostBuf,
+        xf: &HostBuf,
+        p: &HostBuf,
         wte: Region,
         n: usize,
         c: usize,
@@ -352,8 +418,8 @@ impl Backend for Cpu {
     }
     fn softmax_xent(
         &self,
-        logits: &mut Vec<f32>,
-        losses: &mut Vec<f32>,
+        logits: &mut HostBuf,
+        losses: &mut HostBuf,
         targets: &Vec<u32>,
         n: usize,
         vp: usize,
@@ -370,33 +436,47 @@ impl Backend for Cpu {
         loss::softmax_xent(z, l, targets, vp, v, grad_scale);
         Ok(())
     }
-    fn sum(&self, x: &Vec<f32>) -> Result<f64> {
+    fn sum(&self, x: &HostBuf) -> Result<f64> {
         let _op = self.prof.span(&HostClock, "sum");
         Ok(x.iter().map(|&v| v as f64).sum())
     }
-    fn upload_vec(&self, host: Vec<f32>) -> Result<Vec<f32>> {
+    fn upload_vec(&self, host: Vec<f32>) -> Result<HostBuf> {
         let _op = self.prof.span(&HostClock, "upload_vec");
-        Ok(host)
+        Ok(self.charge(host))
     }
-    fn download_into(&self, buf: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn download_into(&self, buf: &HostBuf, out: &mut Vec<f32>) -> Result<()> {
         let _op = self.prof.span(&HostClock, "download_into");
         out.clear();
         out.extend_from_slice(buf);
         Ok(())
     }
-    fn download_region(&self, buf: &Vec<f32>, r: Region) -> Result<Vec<f32>> {
+    fn download_region(&self, buf: &HostBuf, r: Region) -> Result<Vec<f32>> {
         let _op = self.prof.span(&HostClock, "download_region");
         Ok(buf[r.range()].to_vec())
     }
-    fn upload_region(&self, buf: &mut Vec<f32>, off: usize, host: &[f32]) -> Result<()> {
+    fn upload_region(&self, buf: &mut HostBuf, off: usize, host: &[f32]) -> Result<()> {
         let _op = self.prof.span(&HostClock, "upload_region");
         buf[off..off + host.len()].copy_from_slice(host);
         Ok(())
     }
-    fn host_mut<'a>(&self, buf: &'a mut Vec<f32>) -> Option<&'a mut [f32]> {
-        Some(buf)
+    /// Received in place (no buffer is replaced, so nothing is allocated per message).
+    fn recv_buf(
+        &self,
+        comm: &crate::comm::mpi::MpiComm,
+        buf: &mut HostBuf,
+        len: usize,
+        src: usize,
+        tag: i32,
+    ) -> Result<f64> {
+        if buf.len() != len {
+            *buf = self.charge(vec![0.0; len]);
+        }
+        comm.recv_f32(src, tag, &mut buf.data)
     }
-    fn sum_squares_ranges(&self, x: &Vec<f32>, ranges: &[Region]) -> Result<f64> {
+    fn host_mut<'a>(&self, buf: &'a mut HostBuf) -> Option<&'a mut [f32]> {
+        Some(&mut buf.data)
+    }
+    fn sum_squares_ranges(&self, x: &HostBuf, ranges: &[Region]) -> Result<f64> {
         let _op = self.prof.span(&HostClock, "sum_squares_ranges");
         Ok(ranges
             .iter()
@@ -405,9 +485,9 @@ impl Backend for Cpu {
     }
     fn embedding_forward_shard(
         &self,
-        out: &mut Vec<f32>,
+        out: &mut HostBuf,
         tok: &[u32],
-        p: &Vec<f32>,
+        p: &HostBuf,
         wte: Region,
         wpe: Option<Region>,
         t: usize,
@@ -421,10 +501,10 @@ impl Backend for Cpu {
     }
     fn embedding_backward_shard(
         &self,
-        g: &mut Vec<f32>,
+        g: &mut HostBuf,
         dwte: Region,
         dwpe: Region,
-        dx: &Vec<f32>,
+        dx: &HostBuf,
         tok: &[u32],
         t: usize,
         c: usize,
@@ -437,8 +517,8 @@ impl Backend for Cpu {
     }
     fn xent_partial(
         &self,
-        logits: &Vec<f32>,
-        stats: &mut Vec<f32>,
+        logits: &HostBuf,
+        stats: &mut HostBuf,
         targets: &[u32],
         vl: usize,
         v0: usize,
@@ -452,8 +532,8 @@ impl Backend for Cpu {
     }
     fn xent_grad(
         &self,
-        logits: &mut Vec<f32>,
-        ms: &Vec<f32>,
+        logits: &mut HostBuf,
+        ms: &HostBuf,
         targets: &[u32],
         vl: usize,
         v0: usize,
@@ -466,21 +546,21 @@ impl Backend for Cpu {
         vocab_parallel::xent_grad(z, ms, targets, vl, v0, v, scale);
         Ok(())
     }
-    fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
+    fn sum_squares(&self, x: &HostBuf) -> Result<f64> {
         let _op = self.prof.span(&HostClock, "sum_squares");
         Ok(clip::sum_squares(x))
     }
-    fn scale(&self, x: &mut Vec<f32>, k: f32) -> Result<()> {
+    fn scale(&self, x: &mut HostBuf, k: f32) -> Result<()> {
         let _op = self.prof.span(&HostClock, "scale");
         clip::scale(x, k);
         Ok(())
     }
     fn adamw(
         &self,
-        p: &mut Vec<f32>,
-        g: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
+        p: &mut HostBuf,
+        g: &HostBuf,
+        m: &mut HostBuf,
+        v: &mut HostBuf,
         r: Region,
         s: AdamStep,
     ) -> Result<()> {

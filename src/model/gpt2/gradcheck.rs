@@ -8,6 +8,7 @@ use super::attention::{self, AttnDims};
 use super::model::Gpt2;
 use super::{embedding, layernorm, linear, loss, mlp, Gpt2Config};
 use crate::backend::cpu::matmul::Gemm;
+use crate::backend::Backend;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -195,17 +196,18 @@ fn whole_model_backward() {
     let tok: Vec<u32> = (0..b * t).map(|i| (i * 37 % 100) as u32).collect();
     let tgt: Vec<u32> = (0..b * t).map(|i| (i * 53 % 100) as u32).collect();
     let mut acts = model.activations(b, t).unwrap();
-    let mut grads = vec![0.0; model.layout.total];
+    let mut grads = model.be.zeros(model.layout.total).unwrap();
+    let params_b = model.be.upload(&params).unwrap();
     model
-        .forward(&params, &tok, Some(&tgt), Some(1.0), &mut acts)
+        .forward(&params_b, &tok, Some(&tgt), Some(1.0), &mut acts)
         .unwrap();
     model
-        .backward(&params, &mut grads, &tok, &mut acts)
+        .backward(&params_b, &mut grads, &tok, &mut acts)
         .unwrap();
     let mut f = |p: &[f32]| {
         let mut a = model.activations(b, t).unwrap();
         model
-            .forward(&p.to_vec(), &tok, Some(&tgt), None, &mut a)
+            .forward(&model.be.upload(p).unwrap(), &tok, Some(&tgt), None, &mut a)
             .unwrap();
         a.losses.iter().map(|&x| x as f64).sum::<f64>()
     };
