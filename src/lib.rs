@@ -20,6 +20,7 @@ pub mod model;
 pub mod optim;
 pub mod parallel;
 pub mod placement;
+pub mod plan;
 pub mod plot;
 pub mod runtime;
 pub mod schedule;

@@ -12,6 +12,15 @@ mod one_f_one_b;
 pub use gpipe::gpipe;
 pub use one_f_one_b::one_f_one_b;
 
+/// Stage `s`'s training schedule for `schedule` with `pp` stages and `m` micro-batches (1F1B
+/// when there is no pipeline: one activation set).
+pub fn training(schedule: crate::config::Schedule, pp: usize, m: usize, s: usize) -> Vec<Action> {
+    match schedule {
+        crate::config::Schedule::Gpipe if pp > 1 => gpipe(pp, m, s),
+        _ => one_f_one_b(pp, m, s),
+    }
+}
+
 use anyhow::{bail, Result};
 
 /// One thing a stage does.

@@ -11,7 +11,7 @@ use crate::backend::ledger::MemCategory;
 use crate::backend::{Backend, Region};
 use crate::checkpoint::hf;
 use crate::comm::Communicator;
-use crate::config::{Config, OnNonFinite, Schedule};
+use crate::config::{Config, OnNonFinite};
 use crate::data::{EvalWindows, SamplerKind, TokenData, TrainSampler};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
@@ -101,10 +101,7 @@ pub fn check_grid(cfg: &Config, world: usize) -> Result<Grid> {
 
 /// Stage `s`'s training schedule (1F1B when there is no pipeline: one activation set).
 fn schedule_for(cfg: &Config, pp: usize, m: usize, s: usize) -> Vec<Action> {
-    match cfg.parallel.schedule {
-        Schedule::Gpipe if pp > 1 => crate::schedule::gpipe(pp, m, s),
-        _ => crate::schedule::one_f_one_b(pp, m, s),
-    }
+    crate::schedule::training(cfg.parallel.schedule, pp, m, s)
 }
 
 /// Everything one rank needs to train its stage and shard, on backend `B`.

@@ -1,0 +1,120 @@
+//! Per-rank memory of a training run, by category, from the planner's own arithmetic: the sizes
+//! of the buffers the trainer allocates through its backend (see `backend::ledger`), written out
+//! here from the shapes. With N = B·T, Cl = C/tp, Hl = H/tp, P_s the stage's local parameters
+//! (`StageLayout`), K_s the schedule's micro-batches in flight on stage s, in floats:
+//!
+//! - params, grads: P_s each.
+//! - optimizer: AdamW m and v, 2·P_s; with ZeRO-1 (dp > 1) 2·⌈P_s/dp⌉ of state plus the step's
+//!   parameter and gradient shards, 4·⌈P_s/dp⌉.
+//! - activations: K_s slots of N·C (stage input) + L_s·(4NC + 8N·Cl + 4N + B·Hl·T²) (per layer:
+//!   ln1, res2, ln2, out; qkv, atty, fch; the LayerNorm statistics; the attention probabilities)
+//!   + on the last stage 2NC + 2N (ln_f, its statistics, and ∂ln_f kept per slot).
+//! - logits (last stage): the head chunk R·Vl, its row losses R and statistics 3R, and with
+//!   tp > 1 the 2R combined statistics uploaded per chunk.
+//! - workspace: the block scratch N·C + 12·N·Cl and the stage-gradient buffer N·C.
+//! - comm: 0 (pipeline messages are received in place; DP and TP staging is host memory
+//!   outside the backend).
+
+use crate::backend::ledger::{MemBytes, MemCategory};
+use crate::config::{Config, Schedule};
+use crate::model::gpt2::{Gpt2Config, ParamLayout};
+use crate::parallel::shard::StageLayout;
+use crate::parallel::stage::HEAD_CHUNK_FLOATS;
+use crate::parallel::Grid;
+use anyhow::Result;
+
+/// One training configuration on one grid: everything the memory depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Job {
+    /// The model, vocabulary unpadded (padding for TP is applied here).
+    pub model: Gpt2Config,
+    pub grid: Grid,
+    pub micro_batch: usize,
+    pub seq: usize,
+    /// Micro-batches per step on a dp rank (gradient accumulation).
+    pub accum: usize,
+    pub schedule: Schedule,
+    /// ZeRO-1.
+    pub zero: bool,
+    /// `train.head_chunk_rows` (0 = automatic).
+    pub head_chunk_rows: usize,
+}
+
+impl Job {
+    /// The job `cfg` describes on `grid` (its validation is the trainer's: see `Config`).
+    pub fn from_config(cfg: &Config, grid: Grid) -> Job {
+        let t = &cfg.train;
+        Job {
+            model: Gpt2Config::from_model_config(&cfg.model),
+            grid,
+            micro_batch: t.micro_batch_size,
+            seq: t.seq_len,
+            accum: t.global_batch_size / (t.micro_batch_size * grid.dp).max(1),
+            schedule: cfg.parallel.schedule,
+            zero: cfg.optim.zero == 1,
+            head_chunk_rows: t.head_chunk_rows,
+        }
+    }
+
+    /// Micro-batches in flight on stage `s` (activation slots the trainer allocates).
+    pub fn in_flight(&self, s: usize) -> Result<usize> {
+        let pp = self.grid.pp;
+        let lists: Vec<_> = (0..pp)
+            .map(|q| crate::schedule::training(self.schedule, pp, self.accum, q))
+            .collect();
+        Ok(crate::schedule::simulate(&lists, self.accum)?.max_in_flight[s].max(1))
+    }
+}
+
+/// Bytes by category on one rank of stage `s` (every TP and DP rank of a stage is the same).
+pub fn stage_bytes(job: &Job, s: usize) -> Result<MemBytes> {
+    let g = job.grid;
+    let cfg = job.model.with_tp_padding(g.tp);
+    let global = ParamLayout::new(&cfg);
+    let ly = StageLayout::new(&cfg, &global, g.tp, 0, g.pp, s)?;
+    let (b, t, c, h) = (job.micro_batch, job.seq, cfg.n_embd, cfg.n_head);
+    let (n, cl, hl) = (b * t, c / g.tp, h / g.tp);
+    let last = s + 1 == g.pp;
+    let p = ly.total;
+    let mut f = MemBytes::default();
+    f.add(MemCategory::Params, p as i64);
+    f.add(MemCategory::Grads, p as i64);
+    let opt = if job.zero && g.dp > 1 {
+        4 * p.div_ceil(g.dp)
+    } else {
+        2 * p
+    };
+    f.add(MemCategory::Optimizer, opt as i64);
+    let layer = 4 * n * c + 8 * n * cl + 4 * n + b * hl * t * t;
+    let mut slot = n * c + ly.layers.len() * layer;
+    if last {
+        slot += 2 * n * c + 2 * n;
+    }
+    f.add(MemCategory::Activations, (job.in_flight(s)? * slot) as i64);
+    if last {
+        let rows = match job.head_chunk_rows {
+            0 => HEAD_CHUNK_FLOATS / ly.vl.max(1),
+            r => r,
+        }
+        .clamp(1, n.max(1));
+        let staged = if g.tp > 1 { 2 * rows } else { 0 };
+        f.add(
+            MemCategory::Logits,
+            (rows * ly.vl + 4 * rows + staged) as i64,
+        );
+    }
+    f.add(MemCategory::Workspace, (2 * n * c + 12 * n * cl) as i64);
+    Ok(MemBytes(f.0.map(|x| x * 4)))
+}
+
+/// The stage whose ranks need the most memory, and their bytes.
+pub fn peak(job: &Job) -> Result<(usize, MemBytes)> {
+    let mut best = (0, stage_bytes(job, 0)?);
+    for s in 1..job.grid.pp {
+        let m = stage_bytes(job, s)?;
+        if m.total() > best.1.total() {
+            best = (s, m);
+        }
+    }
+    Ok(best)
+}
