@@ -31,6 +31,9 @@ pub enum Command {
     Ckpt(CkptArgs),
     /// Scaling studies: summarise a study folder into summary.csv and plots.
     Study(StudyArgs),
+    /// Before a run: per-rank memory (by category), communication per group and a predicted
+    /// step time for every grid of a world size (or one grid), ranked; see README "Planning a run".
+    Plan(PlanArgs),
     /// Measure the CPU GEMM providers (built-in, and every system BLAS library found) side by
     /// side: median GFLOP/s per shape over alternating rounds.
     BenchGemm {
@@ -85,6 +88,37 @@ pub struct TrainArgs {
     /// would use) and exit 0 without training. Checks an sbatch script before node-hours.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Run configuration (TOML), e.g. inputs/gpt2-124m.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config key: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Machine profile (TOML), e.g. inputs/machines/h100-sxm-node.toml.
+    #[arg(long)]
+    pub machine: PathBuf,
+    /// World size.
+    #[arg(long, conflicts_with = "nodes")]
+    pub ranks: Option<usize>,
+    /// Nodes (world = nodes × --gpus-per-node, default the profile's devices per node).
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// Ranks per node with --nodes.
+    #[arg(long, requires = "nodes")]
+    pub gpus_per_node: Option<usize>,
+    /// Evaluate only this grid (with the config's micro-batch, schedule and ZeRO).
+    #[arg(long, value_name = "DP,TP,PP")]
+    pub grid: Option<String>,
+    /// Rows of the ranked table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// One JSON object ({"grids": [...], "rejected": [...]}) instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -50,6 +50,11 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
         } else {
             Ok(())
         }),
+        Command::Plan(a) => rt.agree(if rt.rank == 0 {
+            ferrotron::plan::report::run(&a)
+        } else {
+            Ok(())
+        }),
         Command::BenchGemm {
             shapes,
             rounds,

@@ -89,5 +89,155 @@ fn planned_memory_equals_the_accounted_peak() {
             (g - w).abs() as f64 <= 0.02 * w as f64,
             "combo {i}: total {g} vs {w}"
         );
+        // Communication: the bytes the plan gives for this combination are the bytes counted.
+        let job = memory::Job::from_config(&cfg, grid);
+        let padded = job.model.with_tp_padding(grid.tp);
+        let planned = ferrotron::parallel::plan::step_bytes(
+            &padded,
+            grid,
+            job.micro_batch,
+            job.seq,
+            job.accum,
+            job.zero && grid.dp > 1,
+        )
+        .unwrap();
+        let steps: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("comm_bytes").is_some())
+            .collect();
+        assert_eq!(steps.len(), 2, "combo {i}");
+        for v in steps {
+            for (k, b) in &planned {
+                assert_eq!(
+                    v["comm_bytes"][*k].as_u64().unwrap_or(0),
+                    *b,
+                    "combo {i}: {k} bytes measured vs planned"
+                );
+            }
+        }
     }
+}
+
+fn plan(args: &[&str], dir: &Path) -> Out {
+    let mut a = vec!["plan"];
+    a.extend_from_slice(args);
+    ferrotron(&a, dir)
+}
+
+fn machine_profile() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("inputs/machines/cpu-local.toml")
+}
+
+/// Every grid `plan` calls feasible passes the trainer's set-up (`train --dry-run` on that many
+/// ranks), and every grid it rejects is rejected by the trainer with the same message.
+#[test]
+fn plan_and_trainer_agree_on_every_grid() {
+    let dir = scratch("plan-agree");
+    let cfg = config(&dir, "");
+    let machine = machine_profile();
+    let o = plan(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--machine",
+            machine.to_str().unwrap(),
+            "--ranks",
+            "4",
+            "--json",
+        ],
+        &dir,
+    );
+    o.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    let dry = |k: [u64; 4]| {
+        let sets = [
+            format!("parallel.dp={}", k[0]),
+            format!("parallel.tp={}", k[1]),
+            format!("parallel.pp={}", k[2]),
+            format!("train.micro_batch_size={}", k[3]),
+        ];
+        let mut a = vec!["train", "--config", cfg.to_str().unwrap(), "--dry-run"];
+        for s in &sets {
+            a.extend(["--set", s.as_str()]);
+        }
+        mpirun(4, &a, &[], &dir)
+    };
+    let key = |g: &serde_json::Value| {
+        ["dp", "tp", "pp", "micro_batch_size"].map(|k| g[k].as_u64().unwrap())
+    };
+    let mut done = Vec::new();
+    let grids = v["grids"].as_array().unwrap();
+    assert!(grids.len() >= 4, "{v}");
+    for g in grids {
+        let k = key(g);
+        if !done.contains(&k) {
+            done.push(k);
+            dry(k).assert_ok();
+        }
+        for f in ["params", "grads", "optimizer", "activations", "total"] {
+            assert!(g["mem_bytes"][f].as_i64().unwrap() > 0, "{g}");
+        }
+        assert!(g["step_ms"].as_f64().unwrap() > 0.0 && g["mfu"].as_f64().unwrap() > 0.0);
+    }
+    let rejected = v["rejected"].as_array().unwrap();
+    assert!(
+        !rejected.is_empty(),
+        "pp = 4 > n_layer = 2 must be rejected: {v}"
+    );
+    let mut reasons = Vec::new();
+    for r in rejected {
+        let reason = r["reason"].as_str().unwrap().to_string();
+        if !reasons.contains(&reason) {
+            dry(key(r)).assert_clean_failure(&reason);
+            reasons.push(reason);
+        }
+    }
+}
+
+/// Bad input to `plan`: one clear message each, non-zero exit.
+#[test]
+fn plan_bad_input_is_one_clear_message() {
+    let dir = scratch("plan-bad");
+    let cfg = config(&dir, "");
+    let cfg = cfg.to_str().unwrap();
+    let good = std::fs::read_to_string(machine_profile()).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let run = |m: &str, extra: &[&str]| {
+        let mut a = vec!["--config", cfg, "--machine", m];
+        a.extend_from_slice(extra);
+        plan(&a, &dir)
+    };
+    let missing = dir.join("nope.toml");
+    run(missing.to_str().unwrap(), &["--ranks", "2"])
+        .assert_clean_failure("cannot read the machine profile");
+    let no_key = write("nokey.toml", &good.replace("gemm_tflops", "# gemm_tflops"));
+    run(&no_key, &["--ranks", "2"]).assert_clean_failure("missing field `gemm_tflops`");
+    let negative = write(
+        "neg.toml",
+        &good.replace("memory_gib = 11", "memory_gib = -1"),
+    );
+    run(&negative, &["--ranks", "2"])
+        .assert_clean_failure("machine.memory_gib = -1 must be a positive number");
+    let good_p = write("good.toml", &good);
+    run(&good_p, &["--ranks", "0"]).assert_clean_failure("the world size must be ≥ 1");
+    run(&good_p, &["--ranks", "2", "--grid", "2,x,1"])
+        .assert_clean_failure("--grid \"2,x,1\": expected DP,TP,PP");
+    run(&good_p, &["--ranks", "3", "--grid", "1,3,1"])
+        .assert_clean_failure("is not divisible by parallel.tp = 3");
+    let small = write(
+        "small.toml",
+        &good.replace("memory_gib = 11", "memory_gib = 0.001"),
+    );
+    let o = run(&small, &["--ranks", "2"]);
+    o.assert_clean_failure("no grid fits on 2 rank(s): the smallest needs");
+    assert!(
+        o.stdout.contains("| fits |"),
+        "the table is still shown:\n{}",
+        o.all()
+    );
 }
