@@ -107,6 +107,22 @@ pub fn stage_bytes(job: &Job, s: usize) -> Result<MemBytes> {
     Ok(MemBytes(f.0.map(|x| x * 4)))
 }
 
+/// One line for logs: the planned peak per rank and its split, e.g. "planned memory per rank
+/// (stage 1): 3.10 GiB = params 0.23 + grads 0.23 + …".
+pub fn describe(m: &MemBytes, stage: usize) -> String {
+    let gib = |b: i64| b as f64 / (1u64 << 30) as f64;
+    let parts: Vec<String> = MemCategory::ALL
+        .iter()
+        .filter(|&&c| m.get(c) != 0)
+        .map(|&c| format!("{} {:.3}", c.name(), gib(m.get(c))))
+        .collect();
+    format!(
+        "planned memory per rank (largest: stage {stage}): {:.3} GiB = {} GiB",
+        gib(m.total()),
+        parts.join(" + ")
+    )
+}
+
 /// The stage whose ranks need the most memory, and their bytes.
 pub fn peak(job: &Job) -> Result<(usize, MemBytes)> {
     let mut best = (0, stage_bytes(job, 0)?);

@@ -338,6 +338,12 @@ fn step_comm(
 fn log_setup<B: Backend>(cfg: &Config, tr: &Trainer<B>) {
     let mcfg = Gpt2Config::from_model_config(&cfg.model);
     let g = tr.grid;
+    if cfg.train.backend == crate::config::BackendKind::Cpu {
+        let job = crate::plan::memory::Job::from_config(cfg, g);
+        if let Ok((stage, mem)) = crate::plan::memory::peak(&job) {
+            log::info!("{}", crate::plan::memory::describe(&mem, stage));
+        }
+    }
     log::info!(
         "model: {} parameters ({}), vocab padded to {}; grid dp={} tp={} pp={} ({:?} schedule); global batch {}×{} tokens, {} micro-batch(es) of {} per dp rank; backend {}",
         ParamLayout::new(&mcfg).num_real_params(&mcfg),
@@ -470,7 +476,7 @@ fn train_loop<B: Backend>(
     if writer.is_some() {
         profile.log();
     }
-    report_memory(tr, gr, writer.as_deref_mut())?;
+    report_memory(cfg, tr, gr, writer.as_deref_mut())?;
     if skipped > 0 && writer.is_some() {
         log::warn!("{skipped} step(s) were discarded as non-finite and run again");
     }
@@ -574,6 +580,7 @@ fn report_step(bar: &Option<indicatif::ProgressBar>, m: &StepMetrics, steps: usi
 /// writes the largest as `{"mem_peak_bytes": {by category, "total"}, "rank": r}` to the metrics
 /// and logs it. Nothing where the backend does not account (CUDA, for now).
 fn report_memory<B: Backend>(
+    cfg: &Config,
     tr: &Trainer<B>,
     gr: &Groups,
     writer: Option<&mut MetricsWriter>,
@@ -605,6 +612,15 @@ fn report_memory<B: Backend>(
         mib(best.total()),
         parts.join(" + ")
     );
+    let job = crate::plan::memory::Job::from_config(cfg, tr.grid);
+    if let Ok((_, planned)) = crate::plan::memory::peak(&job) {
+        let d = 100.0 * (best.total() - planned.total()) as f64 / planned.total().max(1) as f64;
+        log::info!(
+            "memory per rank: planned {:.1} MiB, measured {:.1} MiB ({d:+.1}%)",
+            mib(planned.total()),
+            mib(best.total())
+        );
+    }
     Ok(())
 }
 

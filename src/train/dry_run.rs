@@ -46,6 +46,9 @@ pub fn dry_run(rt: &Runtime, cfg: &Config, threads: usize) -> Result<()> {
             v["dry_run"] = true.into();
             println!("{v}");
         }
+        let (stage, mem) =
+            crate::plan::memory::peak(&crate::plan::memory::Job::from_config(cfg, grid))?;
+        log::info!("{}", crate::plan::memory::describe(&mem, stage));
         log::info!(
             "dry run: {ok} ranks on {} host(s) set up grid dp={} tp={} pp={}; nothing trained",
             placement::hosts(&places).len(),
