@@ -40,7 +40,7 @@ pub fn step_bytes(
     for s in 0..g.pp {
         let (first, last) = (s == 0, s + 1 == g.pp);
         for r in 0..g.tp {
-            let ly = StageLayout::new(cfg, &global, g.tp, r, g.pp, s)?;
+            let ly = StageLayout::shapes(cfg, &global, g.tp, r, g.pp, s)?;
             let per_replica = |add: &mut dyn FnMut(&'static str, usize)| {
                 if g.tp > 1 {
                     let mut per_mb = 4 * a * ly.layers.len();

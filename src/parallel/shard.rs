@@ -65,6 +65,8 @@ pub struct StageLayout {
     pub tp_rank: usize,
     pub pp: usize,
     pub stage: usize,
+    /// False for [`StageLayout::shapes`]: `runs` left empty.
+    with_runs: bool,
 }
 
 /// Layers of stage `s` of `pp`: `⌊s·L/pp⌋ .. ⌊(s+1)·L/pp⌋` (as even as possible).
@@ -107,6 +109,28 @@ impl StageLayout {
         pp: usize,
         s: usize,
     ) -> Result<Self> {
+        Self::build(cfg, global, (tp, r, pp, s), true)
+    }
+
+    /// The same layout without the copy runs (`runs` empty): tensors, offsets and sizes only,
+    /// cheap for any model size — what planning needs.
+    pub fn shapes(
+        cfg: &Gpt2Config,
+        global: &ParamLayout,
+        tp: usize,
+        r: usize,
+        pp: usize,
+        s: usize,
+    ) -> Result<Self> {
+        Self::build(cfg, global, (tp, r, pp, s), false)
+    }
+
+    fn build(
+        cfg: &Gpt2Config,
+        global: &ParamLayout,
+        (tp, r, pp, s): (usize, usize, usize, usize),
+        with_runs: bool,
+    ) -> Result<Self> {
         check_shape(cfg, tp, pp)?;
         let layers = stage_layers(cfg.n_layer, pp, s);
         let (first, last) = (s == 0, s + 1 == pp);
@@ -129,6 +153,7 @@ impl StageLayout {
             tp_rank: r,
             pp,
             stage: s,
+            with_runs,
         };
         if first || last {
             ly.wte = Some(ly.add(global, global.wte, Split::Rows, first));
@@ -214,6 +239,7 @@ impl StageLayout {
                 let w = cols / parts / p;
                 let mut shape = e.shape.clone();
                 *shape.last_mut().unwrap_or(&mut 0) = parts * w;
+                let rows = if self.with_runs { rows } else { 0 };
                 let runs = (0..rows)
                     .flat_map(|i| {
                         (0..parts).map(move |q| Run {

@@ -56,22 +56,27 @@ impl Job {
         }
     }
 
-    /// Micro-batches in flight on stage `s` (activation slots the trainer allocates).
-    pub fn in_flight(&self, s: usize) -> Result<usize> {
-        let pp = self.grid.pp;
-        let lists: Vec<_> = (0..pp)
-            .map(|q| crate::schedule::training(self.schedule, pp, self.accum, q))
-            .collect();
-        Ok(crate::schedule::simulate(&lists, self.accum)?.max_in_flight[s].max(1))
+    /// Micro-batches in flight on each stage (activation slots the trainer allocates, which
+    /// it takes from `schedule::simulate`): GPipe (pp > 1) holds all M, 1F1B min(pp − s, M).
+    /// `tests/plan.rs` checks these against the simulator.
+    pub fn in_flight(&self) -> Vec<usize> {
+        let (pp, m) = (self.grid.pp, self.accum.max(1));
+        (0..pp)
+            .map(|s| match self.schedule {
+                Schedule::Gpipe if pp > 1 => m,
+                _ => (pp - s).min(m),
+            })
+            .collect()
     }
 }
 
-/// Bytes by category on one rank of stage `s` (every TP and DP rank of a stage is the same).
-pub fn stage_bytes(job: &Job, s: usize) -> Result<MemBytes> {
+/// Bytes by category on one rank of stage `s` (every TP and DP rank of a stage is the same),
+/// with `in_flight` micro-batches alive on it (see [`Job::in_flight`]).
+pub fn stage_bytes(job: &Job, s: usize, in_flight: usize) -> Result<MemBytes> {
     let g = job.grid;
     let cfg = job.model.with_tp_padding(g.tp);
     let global = ParamLayout::new(&cfg);
-    let ly = StageLayout::new(&cfg, &global, g.tp, 0, g.pp, s)?;
+    let ly = StageLayout::shapes(&cfg, &global, g.tp, 0, g.pp, s)?;
     let (b, t, c, h) = (job.micro_batch, job.seq, cfg.n_embd, cfg.n_head);
     let (n, cl, hl) = (b * t, c / g.tp, h / g.tp);
     let last = s + 1 == g.pp;
@@ -90,7 +95,7 @@ pub fn stage_bytes(job: &Job, s: usize) -> Result<MemBytes> {
     if last {
         slot += 2 * n * c + 2 * n;
     }
-    f.add(MemCategory::Activations, (job.in_flight(s)? * slot) as i64);
+    f.add(MemCategory::Activations, (in_flight * slot) as i64);
     if last {
         let rows = match job.head_chunk_rows {
             0 => HEAD_CHUNK_FLOATS / ly.vl.max(1),
@@ -125,12 +130,45 @@ pub fn describe(m: &MemBytes, stage: usize) -> String {
 
 /// The stage whose ranks need the most memory, and their bytes.
 pub fn peak(job: &Job) -> Result<(usize, MemBytes)> {
-    let mut best = (0, stage_bytes(job, 0)?);
+    let k = job.in_flight();
+    let mut best = (0, stage_bytes(job, 0, k[0])?);
     for s in 1..job.grid.pp {
-        let m = stage_bytes(job, s)?;
+        let m = stage_bytes(job, s, k[s])?;
         if m.total() > best.1.total() {
             best = (s, m);
         }
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The closed forms of [`Job::in_flight`] equal what the trainer takes from the simulator.
+    #[test]
+    fn in_flight_matches_the_simulator() {
+        for pp in 1..6 {
+            for m in 1..10 {
+                for schedule in [Schedule::Gpipe, Schedule::OneFOneB] {
+                    let job = Job {
+                        model: Gpt2Config::new(100, 16, 16, 8, 2),
+                        grid: Grid { dp: 1, tp: 1, pp },
+                        micro_batch: 1,
+                        seq: 4,
+                        accum: m,
+                        schedule,
+                        zero: false,
+                        head_chunk_rows: 0,
+                    };
+                    let lists: Vec<_> = (0..pp)
+                        .map(|q| crate::schedule::training(schedule, pp, m, q))
+                        .collect();
+                    let sim = crate::schedule::simulate(&lists, m).unwrap();
+                    let want: Vec<usize> = sim.max_in_flight.iter().map(|&k| k.max(1)).collect();
+                    assert_eq!(job.in_flight(), want, "pp {pp} m {m} {schedule:?}");
+                }
+            }
+        }
+    }
 }

@@ -64,9 +64,15 @@ fn with_grid(cfg: &Config, g: Grid, mb: usize, schedule: Schedule, zero: u8) -> 
     c
 }
 
-/// Evaluates `cfg` as configured (its grid, micro-batch, schedule, ZeRO) on `world` ranks.
+/// Evaluates `cfg` as configured (its grid, micro-batch, schedule, ZeRO) on `world` ranks,
+/// after the trainer's own check of the grid.
 pub fn evaluate(cfg: &Config, world: usize, m: &Machine) -> Result<Candidate> {
     let grid = crate::train::check_grid(cfg, world)?;
+    assess(cfg, grid, m)
+}
+
+/// The figures of `cfg` on `grid` (already checked).
+fn assess(cfg: &Config, grid: Grid, m: &Machine) -> Result<Candidate> {
     let job = memory::Job::from_config(cfg, grid);
     let (stage, mem) = memory::peak(&job)?;
     let padded = Gpt2Config::from_model_config(&cfg.model).with_tp_padding(grid.tp);
@@ -136,21 +142,25 @@ pub fn enumerate(
                 };
                 let zeros: &[u8] = if g.dp > 1 { &[0, 1] } else { &[0] };
                 for &s in schedules {
-                    for &z in zeros {
-                        match evaluate(&with_grid(cfg, g, mb, s, z), world, m) {
-                            Ok(c) => ok.push(c),
-                            Err(e) => {
-                                if s == Schedule::OneFOneB && z == 0 {
-                                    bad.push(Rejected {
-                                        dp: g.dp,
-                                        tp,
-                                        pp,
-                                        micro_batch_size: mb,
-                                        reason: format!("{e:#}"),
-                                    })
-                                }
+                    // The trainer's check once per grid, micro-batch and schedule (ZeRO does
+                    // not change it).
+                    let grid = match crate::train::check_grid(&with_grid(cfg, g, mb, s, 0), world) {
+                        Ok(grid) => grid,
+                        Err(e) => {
+                            if s == Schedule::OneFOneB {
+                                bad.push(Rejected {
+                                    dp: g.dp,
+                                    tp,
+                                    pp,
+                                    micro_batch_size: mb,
+                                    reason: format!("{e:#}"),
+                                });
                             }
+                            continue;
                         }
+                    };
+                    for &z in zeros {
+                        ok.push(assess(&with_grid(cfg, g, mb, s, z), grid, m)?);
                     }
                 }
             }

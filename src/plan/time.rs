@@ -68,7 +68,7 @@ pub fn step(cfg: &Config, job: &Job, m: &Machine) -> Result<StepTime> {
     let mut mb_compute = 0.0f64;
     let mut dp_s = 0.0f64;
     for s in 0..g.pp {
-        let ly = StageLayout::new(&mc, &global, g.tp, 0, g.pp, s)?;
+        let ly = StageLayout::shapes(&mc, &global, g.tp, 0, g.pp, s)?;
         let (first, last) = (s == 0, s + 1 == g.pp);
         let ls = ly.layers.len() as f64;
         let head = if last {

@@ -82,17 +82,33 @@ impl ScheduleStats {
     }
 }
 
-/// Every micro-batch forwarded and backwarded exactly once per stage, forward first.
+/// Every micro-batch forwarded and backwarded exactly once per stage, forward first. One pass
+/// over each list.
 fn check_complete(lists: &[Vec<Action>], m: usize) -> Result<()> {
     for (s, list) in lists.iter().enumerate() {
-        for mb in 0..m {
-            let count = |x: Action| list.iter().filter(|a| **a == x).count();
-            if count(Action::Forward(mb)) != 1 || count(Action::Backward(mb)) != 1 {
+        // Per micro-batch: (forwards, backwards, position of the forward, of the backward).
+        let mut seen = vec![(0usize, 0usize, 0usize, 0usize); m];
+        for (i, a) in list.iter().enumerate() {
+            match *a {
+                Action::Forward(mb) | Action::Backward(mb) if mb >= m => {
+                    bail!("stage {s}: micro-batch {mb} is not one of the step's {m}")
+                }
+                Action::Forward(mb) => {
+                    seen[mb].0 += 1;
+                    seen[mb].2 = i;
+                }
+                Action::Backward(mb) => {
+                    seen[mb].1 += 1;
+                    seen[mb].3 = i;
+                }
+                _ => {}
+            }
+        }
+        for (mb, &(f, b, fi, bi)) in seen.iter().enumerate() {
+            if f != 1 || b != 1 {
                 bail!("stage {s}: micro-batch {mb} is not forwarded and backwarded exactly once");
             }
-            let f = list.iter().position(|a| *a == Action::Forward(mb));
-            let b = list.iter().position(|a| *a == Action::Backward(mb));
-            if f > b {
+            if fi > bi {
                 bail!("stage {s}: micro-batch {mb} is backwarded before its forward");
             }
         }
