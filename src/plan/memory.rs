@@ -132,8 +132,8 @@ pub fn describe(m: &MemBytes, stage: usize) -> String {
 pub fn peak(job: &Job) -> Result<(usize, MemBytes)> {
     let k = job.in_flight();
     let mut best = (0, stage_bytes(job, 0, k[0])?);
-    for s in 1..job.grid.pp {
-        let m = stage_bytes(job, s, k[s])?;
+    for (s, &in_flight) in k.iter().enumerate().skip(1) {
+        let m = stage_bytes(job, s, in_flight)?;
         if m.total() > best.1.total() {
             best = (s, m);
         }
