@@ -8,8 +8,9 @@
 //!   ring: 2(tp−1)/tp of the bytes over the group's link, 2(tp−1) latencies each; exposed;
 //! - pp (pp > 1): an activation forward and a gradient backward, N·C floats each; exposed.
 //!
-//! Per step: (M + pp − 1) micro-batch times of the slowest stage (the bubble of GPipe and 1F1B
-//! alike), then the data-parallel reduction of the stage's gradients (ring all-reduce, or
+//! Per step: Σ_s t_s + (M − 1)·max_s t_s over the stages' micro-batch times t_s (the pipeline
+//! fill and drain plus the slowest stage's steady state; (M + pp − 1)·t for balanced stages, the
+//! bubble of GPipe and 1F1B alike), then the data-parallel reduction of the stage's gradients (ring all-reduce, or
 //! ZeRO-1's reduce-scatter + all-gather of the same volume), minus what overlaps the last
 //! backward when `parallel.overlap_grad_reduce` (up to ⅔ of a micro-batch's compute), then the
 //! tied-embedding all-reduce between the first and last stages. A group's link is `intra` when
@@ -65,6 +66,7 @@ pub fn step(cfg: &Config, job: &Job, m: &Machine) -> Result<StepTime> {
     let (tp_link, dp_link) = (link_of(&g.tp_group(0), m), link_of(&g.dp_group(0), m));
     let pp_link = link_of(&g.pp_group(0), m);
     let mut slowest_mb = 0.0f64;
+    let mut sum_mb = 0.0f64;
     let mut mb_compute = 0.0f64;
     let mut dp_s = 0.0f64;
     for s in 0..g.pp {
@@ -87,13 +89,14 @@ pub fn step(cfg: &Config, job: &Job, m: &Machine) -> Result<StepTime> {
         } else {
             0.0
         };
+        sum_mb += compute + tp_s + pp_s;
         if compute + tp_s + pp_s > slowest_mb {
             slowest_mb = compute + tp_s + pp_s;
             mb_compute = compute;
         }
         dp_s = dp_s.max(all_reduce_s(4.0 * ly.total as f64, g.dp, dp_link));
     }
-    let pipeline = (job.accum + g.pp - 1) as f64 * slowest_mb;
+    let pipeline = sum_mb + (job.accum.max(1) - 1) as f64 * slowest_mb;
     let overlap = if cfg.parallel.overlap_grad_reduce {
         (2.0 / 3.0) * mb_compute
     } else {
