@@ -34,6 +34,13 @@ pub enum Command {
     /// Before a run: per-rank memory (by category), communication per group and a predicted
     /// step time for every grid of a world size (or one grid), ranked; see README "Planning a run".
     Plan(PlanArgs),
+    /// Under mpirun/srun: measure this machine (GEMM rate at the model's shapes, MPI latency and
+    /// bandwidth within and across hosts, memory) and write a profile for `ferrotron plan`.
+    BenchMachine {
+        /// Where to write the profile, e.g. inputs/machines/local.toml.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Measure the CPU GEMM providers (built-in, and every system BLAS library found) side by
     /// side: median GFLOP/s per shape over alternating rounds.
     BenchGemm {

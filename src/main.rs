@@ -55,6 +55,9 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
         } else {
             Ok(())
         }),
+        Command::BenchMachine { out } => {
+            rt.agree(ferrotron::plan::bench_machine::run(rt, &out, threads))
+        }
         Command::BenchGemm {
             shapes,
             rounds,

@@ -219,7 +219,7 @@ fn plan_bad_input_is_one_clear_message() {
     run(&no_key, &["--ranks", "2"]).assert_clean_failure("missing field `gemm_tflops`");
     let negative = write(
         "neg.toml",
-        &good.replace("memory_gib = 11", "memory_gib = -1"),
+        &good.replace("memory_gib = 10.59", "memory_gib = -1"),
     );
     run(&negative, &["--ranks", "2"])
         .assert_clean_failure("machine.memory_gib = -1 must be a positive number");
@@ -231,7 +231,7 @@ fn plan_bad_input_is_one_clear_message() {
         .assert_clean_failure("is not divisible by parallel.tp = 3");
     let small = write(
         "small.toml",
-        &good.replace("memory_gib = 11", "memory_gib = 0.001"),
+        &good.replace("memory_gib = 10.59", "memory_gib = 0.001"),
     );
     let o = run(&small, &["--ranks", "2"]);
     o.assert_clean_failure("no grid fits on 2 rank(s): the smallest needs");
@@ -240,4 +240,44 @@ fn plan_bad_input_is_one_clear_message() {
         "the table is still shown:\n{}",
         o.all()
     );
+}
+
+/// `bench-machine` on 2 ranks writes a profile `plan` accepts, with measured GEMM and link
+/// figures (one host here: `[inter]` says it repeats `[intra]`).
+#[test]
+fn bench_machine_writes_a_usable_profile() {
+    let dir = scratch("bench-machine");
+    let out = dir.join("local.toml");
+    mpirun(
+        2,
+        &["bench-machine", "--out", out.to_str().unwrap()],
+        &[],
+        &dir,
+    )
+    .assert_ok();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("measured: 16 MiB ping-pong, within the host"),
+        "{text}"
+    );
+    assert!(
+        text.contains("only one host: repeated from [intra]"),
+        "{text}"
+    );
+    let m = ferrotron::plan::machine::Machine::load(&out).unwrap();
+    assert_eq!(m.machine.devices_per_node, 2);
+    assert!(m.machine.gemm_tflops > 0.0 && m.machine.peak_tflops >= m.machine.gemm_tflops * 0.5);
+    let cfg = config(&dir, "");
+    plan(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--machine",
+            out.to_str().unwrap(),
+            "--ranks",
+            "2",
+        ],
+        &dir,
+    )
+    .assert_ok();
 }

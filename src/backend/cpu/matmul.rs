@@ -184,6 +184,14 @@ impl Gemm {
         self.threads
     }
 
+    /// The provider's name as `bench-gemm` reports it ("builtin", or the library's own).
+    pub fn provider_name(&self) -> String {
+        match &self.blas {
+            None => "builtin".into(),
+            Some(b) => b.name.clone(),
+        }
+    }
+
     /// True when a system BLAS library does the products.
     pub fn is_blas(&self) -> bool {
         self.blas.is_some()
