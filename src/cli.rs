@@ -252,5 +252,9 @@ pub enum StudyCommand {
         /// Leading steps of each run left out of the timings.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// A machine profile (inputs/machines/*.toml): adds `ferrotron plan`'s predicted
+        /// tokens/s per run to summary.csv and as a line to throughput.png.
+        #[arg(long)]
+        machine: Option<PathBuf>,
     },
 }

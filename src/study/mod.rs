@@ -29,7 +29,11 @@ use read::{RunEntry, RunFiles, RunInfo, Study};
 /// Runs a `ferrotron study` subcommand.
 pub fn run(cmd: StudyCommand) -> Result<()> {
     match cmd {
-        StudyCommand::Report { dir, warmup } => report(&dir, warmup),
+        StudyCommand::Report {
+            dir,
+            warmup,
+            machine,
+        } => report(&dir, warmup, machine.as_deref()),
     }
 }
 
@@ -67,6 +71,8 @@ pub(crate) struct RunRow {
     pub tokens_per_s: Option<f64>,
     pub ideal_tokens_per_s: Option<f64>,
     pub efficiency: Option<f64>,
+    /// `ferrotron plan`'s tokens/s for the run's config and world on `--machine`.
+    pub predicted_tokens_per_s: Option<f64>,
     /// Why a run failed or is missing, and measurement caveats.
     pub notes: Vec<String>,
 }
@@ -78,9 +84,12 @@ pub(crate) struct RunRow {
 /// `study.json` missing or invalid, a present `run.json` / `metrics.jsonl` that cannot be
 /// parsed, or an output that cannot be written. When every file is written but some runs failed
 /// or are missing: `"{k} of {n} runs failed or missing: n2 (failed: …), n4 (missing)"`.
-pub fn report(dir: &Path, warmup: usize) -> Result<()> {
+pub fn report(dir: &Path, warmup: usize, machine: Option<&Path>) -> Result<()> {
     let study = Study::load(dir)?;
-    let rows = summarise(dir, &study, warmup)?;
+    let mut rows = summarise(dir, &study, warmup)?;
+    if let Some(m) = machine {
+        predict(&mut rows, &crate::plan::machine::Machine::load(m)?);
+    }
     let mut written = vec![dir.join("summary.csv")];
     report::write_csv(&written[0], &rows)?;
     written.extend(plot::write_plots(dir, &study, &rows)?);
@@ -126,6 +135,24 @@ fn summarise(dir: &Path, study: &Study, warmup: usize) -> Result<Vec<RunRow>> {
     Ok(rows)
 }
 
+/// Fills each row's `predicted_tokens_per_s` from `ferrotron plan`'s model for the run's
+/// recorded config and world on machine `m`; a run it cannot predict gets a note why.
+fn predict(rows: &mut [RunRow], m: &crate::plan::machine::Machine) {
+    for row in rows {
+        let Some(info) = &row.info else { continue };
+        let Some(text) = &info.config else {
+            row.notes
+                .push("no config in run.json: no prediction".into());
+            continue;
+        };
+        let cfg = crate::config::Config::from_str_with_overrides(text, &[]);
+        match cfg.and_then(|c| crate::plan::evaluate(&c, info.world as usize, m)) {
+            Ok(c) => row.predicted_tokens_per_s = Some(c.tokens_per_s),
+            Err(e) => row.notes.push(format!("no prediction: {e:#}")),
+        }
+    }
+}
+
 /// The row of one run (without the scaling columns) from what its folder holds.
 fn summarise_run(entry: &RunEntry, files: &RunFiles, warmup: usize) -> RunRow {
     let (status, mut notes) = classify(files);
@@ -154,6 +181,7 @@ fn summarise_run(entry: &RunEntry, files: &RunFiles, warmup: usize) -> RunRow {
         tokens_per_s,
         ideal_tokens_per_s: None,
         efficiency: None,
+        predicted_tokens_per_s: None,
         notes,
     }
 }

@@ -29,6 +29,8 @@ const LEGEND_WIDTH: u32 = 190;
 const MEASURED: RGBColor = RGBColor(31, 119, 180);
 /// Colour of the ideal (linear-scaling) reference.
 const IDEAL: RGBColor = RGBColor(120, 120, 120);
+/// The planner's prediction.
+const PREDICTED: RGBColor = RGBColor(255, 127, 14);
 /// Colour of the note naming runs left out.
 const NOTE: RGBColor = RGBColor(200, 30, 30);
 /// Stacked-bar segments of the breakdown, bottom to top.
@@ -269,7 +271,11 @@ fn throughput(path: &Path, title: &str, rows: &[RunRow], text: bool) -> Result<(
         .iter()
         .filter_map(|r| Some(pos(r, r.ideal_tokens_per_s?)))
         .collect();
-    let (lo, hi) = bounds(measured.iter().chain(&ideal).map(|p| p.1)).unwrap_or((0.0, 1.0));
+    let predicted: Vec<(f64, f64)> = plotted(rows, |r| r.predicted_tokens_per_s)
+        .map(|(r, v)| pos(r, v))
+        .collect();
+    let (lo, hi) =
+        bounds(measured.iter().chain(&ideal).chain(&predicted).map(|p| p.1)).unwrap_or((0.0, 1.0));
     let pad = ((hi - lo) * 0.08).max(0.15);
     let range = (lo - pad)..(hi + pad);
     let y = Axis {
@@ -292,6 +298,18 @@ fn throughput(path: &Path, title: &str, rows: &[RunRow], text: bool) -> Result<(
         .draw_series(DashedLineSeries::new(ideal.iter().copied(), 10, 6, dashed))?
         .label("ideal (linear from smallest run)")
         .legend(move |(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], dashed));
+    if !predicted.is_empty() {
+        let dotted = PREDICTED.stroke_width(2);
+        chart
+            .draw_series(DashedLineSeries::new(
+                predicted.iter().copied(),
+                3,
+                5,
+                dotted,
+            ))?
+            .label("predicted (ferrotron plan --machine)")
+            .legend(move |(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], dotted));
+    }
     let solid = MEASURED.stroke_width(2);
     chart
         .draw_series(LineSeries::new(measured.iter().copied(), solid))?

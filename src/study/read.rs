@@ -88,6 +88,9 @@ pub(crate) struct RunInfo {
     tokens_per_step: Option<u64>,
     /// The configured `train.steps`: a complete run has a step line for step `steps`.
     pub steps: u64,
+    /// The run's whole configuration (TOML), for `--machine`'s predictions.
+    #[serde(default)]
+    pub config: Option<String>,
 }
 
 impl RunInfo {

@@ -10,7 +10,7 @@ use super::{RunRow, Status};
 /// The first line of `summary.csv`.
 pub(crate) const CSV_HEADER: &str = "nodes,status,world,dp,tp,pp,global_batch_size,\
 tokens_per_step,steps_measured,step_ms_median,tokens_per_s,ideal_tokens_per_s,efficiency,\
-compute_ms,comm_tp_ms,comm_dp_ms,comm_pp_ms,comm_emb_ms,comm_world_ms,bubble_ms,other_ms,note";
+predicted_tokens_per_s,compute_ms,comm_tp_ms,comm_dp_ms,comm_pp_ms,comm_emb_ms,comm_world_ms,bubble_ms,other_ms,note";
 
 /// Writes `rows` as CSV (header [`CSV_HEADER`], one line per row, `\n` line ends) to `path`.
 pub(crate) fn write_csv(path: &Path, rows: &[RunRow]) -> Result<()> {
@@ -52,6 +52,7 @@ fn csv_line(row: &RunRow) -> String {
         num(row.tokens_per_s, 1),
         num(row.ideal_tokens_per_s, 1),
         num(row.efficiency, 4),
+        num(row.predicted_tokens_per_s, 1),
         ms(|m| m.compute_ms),
     ];
     cells.extend((0..5).map(|g| num(m.map(|m| m.comm_ms[g]), 3)));

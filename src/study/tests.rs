@@ -65,7 +65,7 @@ fn report_writes_csv_and_plots_and_names_missing_runs() {
     // warm-up 2: n1 measures [40, 50, 60] (median 50), n2 measures [30, 26] (median 28).
     write_run(&dir, "n1", 1, 5, &[100.0, 90.0, 40.0, 50.0, 60.0]);
     write_run(&dir, "n2", 2, 4, &[80.0, 70.0, 30.0, 26.0]);
-    let err = report(&dir, 2).unwrap_err().to_string();
+    let err = report(&dir, 2, None).unwrap_err().to_string();
     assert_eq!(err, "1 of 3 runs failed or missing: n4 (missing)");
 
     let csv = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
@@ -77,14 +77,14 @@ fn report_writes_csv_and_plots_and_names_missing_runs() {
     // n1: 512 / 0.050 s = 10240 tokens/s; mean step 50 = compute 40 + dp 6 + world 1 + other 3.
     assert_eq!(
         lines[1],
-        "1,ok,1,1,1,1,8,512,3,50.000,10240.0,10240.0,1.0000,40.000,0.000,6.000,0.000,0.000,1.000,0.000,3.000,"
+        "1,ok,1,1,1,1,8,512,3,50.000,10240.0,10240.0,1.0000,,40.000,0.000,6.000,0.000,0.000,1.000,0.000,3.000,"
     );
     // n2: 512 / 0.028 s = 18285.7; ideal 2 · 10240; efficiency 18285.7 / 20480 = 0.8929.
     assert_eq!(
         lines[2],
-        "2,ok,2,2,1,1,8,512,2,28.000,18285.7,20480.0,0.8929,18.000,0.000,6.000,0.000,0.000,1.000,0.000,3.000,"
+        "2,ok,2,2,1,1,8,512,2,28.000,18285.7,20480.0,0.8929,,18.000,0.000,6.000,0.000,0.000,1.000,0.000,3.000,"
     );
-    assert_eq!(lines[3], "4,missing,,,,,8,,,,,40960.0,,,,,,,,,,no output");
+    assert_eq!(lines[3], "4,missing,,,,,8,,,,,40960.0,,,,,,,,,,,no output");
     assert_eq!(lines.len(), 4);
 
     for png in ["throughput.png", "efficiency.png", "breakdown.png"] {
@@ -111,7 +111,7 @@ fn failed_run_is_reported_with_its_reason() {
         "slurmstepd: error: *** JOB 14 CANCELLED ***\n",
     )
     .unwrap();
-    let err = report(&dir, 1).unwrap_err().to_string();
+    let err = report(&dir, 1, None).unwrap_err().to_string();
     assert_eq!(
         err,
         "2 of 3 runs failed or missing: n2 (failed: stopped after step 3 of 10; srun: error: \
@@ -137,13 +137,13 @@ fn failed_run_is_reported_with_its_reason() {
 #[test]
 fn missing_study_file_is_an_error_naming_it() {
     let dir = temp_dir("nostudy");
-    let err = format!("{:#}", report(&dir, 2).unwrap_err());
+    let err = format!("{:#}", report(&dir, 2, None).unwrap_err());
     assert!(
         err.contains(&dir.join("study.json").display().to_string()),
         "{err}"
     );
     std::fs::write(dir.join("study.json"), "{\"name\": ").unwrap();
-    let err = format!("{:#}", report(&dir, 2).unwrap_err());
+    let err = format!("{:#}", report(&dir, 2, None).unwrap_err());
     assert!(err.contains("study.json: invalid study file"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -209,4 +209,49 @@ fn job_errors_and_csv_quoting() {
     assert_eq!(first_error_line("all fine\n"), None);
     assert_eq!(csv_field("plain"), "plain");
     assert_eq!(csv_field("a, \"b\""), "\"a, \"\"b\"\"\"");
+}
+
+/// `--machine`: each run's recorded config and world go through `ferrotron plan`'s model; the
+/// prediction lands in `summary.csv` (and as a line in `throughput.png`); a run whose config
+/// cannot be planned gets a note, not an error.
+#[test]
+fn machine_adds_the_planned_throughput() {
+    let dir = temp_dir("predicted");
+    write_study(&dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tiny = std::fs::read_to_string(root.join("inputs/tiny.toml")).unwrap();
+    for (name, dp) in [("n1", 1u64), ("n2", 2)] {
+        let run = write_run(&dir, name, dp, 3, &[10.0, 10.0, 10.0]);
+        let path = run.join("run.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["config"] = tiny.clone().into();
+        std::fs::write(&path, v.to_string()).unwrap();
+    }
+    let n4 = write_run(&dir, "n4", 4, 3, &[10.0, 10.0, 10.0]);
+    let _ = n4; // its config ("[train] steps = 3") is not a whole config: a note, no value
+    let machine = root.join("inputs/machines/cpu-local.toml");
+    report(&dir, 1, Some(&machine)).unwrap();
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    let col = CSV_HEADER
+        .split(',')
+        .position(|c| c == "predicted_tokens_per_s")
+        .unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let p1: f64 = rows[0][col].parse().unwrap();
+    let p2: f64 = rows[1][col].parse().unwrap();
+    assert!(
+        p1 > 0.0 && p2 > p1,
+        "two ranks predicted faster than one: {csv}"
+    );
+    assert_eq!(rows[2][col], "", "{csv}");
+    assert!(
+        csv.lines().nth(3).unwrap().contains("no prediction"),
+        "{csv}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
