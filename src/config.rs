@@ -306,6 +306,10 @@ pub struct LogConfig {
     /// end. Off by default: on a GPU it records two events per op.
     #[serde(default)]
     pub profile_ops: bool,
+    /// A machine profile (`inputs/machines/*.toml`): the run logs `ferrotron plan`'s predicted
+    /// step time for its grid at start, and the measured median step beside it at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<PathBuf>,
 }
 
 fn default_vocab() -> usize {
@@ -419,6 +423,7 @@ impl Default for LogConfig {
             plot: true,
             save_final: true,
             profile_ops: false,
+            machine: None,
         }
     }
 }

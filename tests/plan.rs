@@ -281,3 +281,32 @@ fn bench_machine_writes_a_usable_profile() {
     )
     .assert_ok();
 }
+
+/// `log.machine`: a run logs the plan's predicted step time at start and the measured one
+/// beside it at the end; a profile that does not load stops every rank at set-up.
+#[test]
+fn a_run_logs_predicted_beside_measured() {
+    let dir = scratch("plan-run");
+    let cfg = config(&dir, "");
+    let machine = machine_profile();
+    let set = format!("log.machine={:?}", machine.to_str().unwrap());
+    let o = mpirun(
+        2,
+        &["train", "--config", cfg.to_str().unwrap(), "--set", &set],
+        &[],
+        &dir,
+    );
+    o.assert_ok();
+    let all = o.all();
+    assert!(all.contains("plan on CPU node"), "{all}");
+    assert!(all.contains("step time: predicted"), "{all}");
+    assert!(all.contains("memory per rank: planned"), "{all}");
+    let bad = "log.machine=\"no-such-profile.toml\"";
+    mpirun(
+        2,
+        &["train", "--config", cfg.to_str().unwrap(), "--set", bad],
+        &[],
+        &dir,
+    )
+    .assert_clean_failure("cannot read the machine profile no-such-profile.toml");
+}

@@ -61,6 +61,14 @@ fn run_on<B: Backend>(
         .metrics
         .clone()
         .unwrap_or_else(|| out_dir.join("metrics.jsonl"));
+    // A profile that does not load stops every rank before any work.
+    let machine = rt.agree(
+        cfg.log
+            .machine
+            .as_deref()
+            .map(crate::plan::machine::Machine::load)
+            .transpose(),
+    )?;
     let setup = set_up(cfg, opts, rt, be, &metrics_path);
     let SetUp {
         mut tr,
@@ -83,8 +91,20 @@ fn run_on<B: Backend>(
     // Not agreed: a failure aborts the job (see `Groups::connect`).
     gr.connect(plan, &tr.model.be)
         .context("setting up the communicators")?;
+    let predicted_ms = machine
+        .as_ref()
+        .and_then(|m| crate::plan::evaluate(cfg, rt.size, m).ok().map(|c| (c, m)));
     if rt.rank == 0 {
         log_setup(cfg, &tr);
+        if let Some((c, m)) = &predicted_ms {
+            log::info!(
+                "plan on {}: predicted {:.1} ms/step ({:.0} tokens/s, MFU {:.1}%)",
+                m.machine.name,
+                c.step_ms,
+                c.tokens_per_s,
+                100.0 * c.mfu
+            );
+        }
         log::info!(
             "comm: collectives {}, pipeline messages {} ({why})",
             plan.coll.name(),
@@ -122,6 +142,13 @@ fn run_on<B: Backend>(
         watchdog: &watchdog,
     };
     let summary = train_loop(cfg, &mut tr, writer.as_mut(), first_val, &gr, run)?;
+    if let (0, Some((c, _)), Some(ms)) = (rt.rank, &predicted_ms, summary.step_ms_median) {
+        log::info!(
+            "step time: predicted {:.1} ms, measured {ms:.1} ms (median after 2 steps; prediction {:+.0}%)",
+            c.step_ms,
+            100.0 * (c.step_ms / ms - 1.0)
+        );
+    }
     if cfg.log.save_final && summary.stopped_at.is_none() {
         let local = tr.model.be.download(&tr.params)?;
         let g = gather_weights(&gr.world, tr.grid, rt.rank, &tr.gcfg, &tr.glayout, local)?;
@@ -488,6 +515,7 @@ fn train_loop<B: Backend>(
         metrics_path: PathBuf::new(),
         out_dir: PathBuf::new(),
         stopped_at,
+        step_ms_median: median_after_warmup(&watch_times),
     })
 }
 
@@ -574,6 +602,17 @@ fn report_step(bar: &Option<indicatif::ProgressBar>, m: &StepMetrics, steps: usi
         }
         None => {}
     }
+}
+
+/// Median of `times` (seconds) after the first two, in ms; of all of them if there are no more.
+fn median_after_warmup(times: &[f64]) -> Option<f64> {
+    let mut t: Vec<f64> = if times.len() > 2 {
+        times[2..].to_vec()
+    } else {
+        times.to_vec()
+    };
+    t.sort_by(|a, b| a.total_cmp(b));
+    t.get(t.len() / 2).map(|s| s * 1e3)
 }
 
 /// Gathers every rank's accounted peak memory (collective over the run-control group); rank 0

@@ -60,6 +60,8 @@ pub struct TrainSummary {
     /// The run stopped early on SIGUSR1/SIGTERM after this many steps (saved when
     /// `checkpoint.dir` is set).
     pub stopped_at: Option<usize>,
+    /// Median step time (ms) after the first two steps (all steps if there are no more).
+    pub step_ms_median: Option<f64>,
 }
 
 /// The grid for this world and config, with every check that needs the world size: dp·tp·pp =
