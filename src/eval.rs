@@ -43,11 +43,10 @@ pub fn run(
     if k == 0 || k > full {
         bail!("--data {data}: {} sequences of {seq} tokens give {full} full batches of {batch}; asked for {k}", windows.num_sequences());
     }
-    let gemm = crate::backend::cpu::matmul::Gemm::resolve(None, threads)?;
-    if let Some(why) = &gemm.fallback {
-        log::info!("{why}");
-    }
-    let model = Gpt2::with_backend(cfg, crate::backend::cpu::Cpu::with_gemm(gemm));
+    let model = Gpt2::with_backend(
+        cfg,
+        crate::backend::cpu::Cpu::resolved(None, threads, true)?,
+    );
     let params = crate::backend::Backend::upload_vec(&model.be, params)?;
     let mut acts = model.activations(batch, seq)?;
     let (mut inputs, mut targets) = (vec![0u32; batch * seq], vec![0u32; batch * seq]);

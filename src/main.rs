@@ -188,14 +188,8 @@ fn generate(a: GenerateArgs, threads: usize) -> Result<()> {
     let (cfg, params) = ferrotron::checkpoint::hf::load(&a.hf)?;
     let tok = ferrotron::data::Gpt2Tokenizer::new()?;
     let prompt = tok.encode(&a.prompt);
-    let gemm = ferrotron::backend::cpu::matmul::Gemm::resolve(None, threads)?;
-    if let Some(why) = &gemm.fallback {
-        log::info!("{why}");
-    }
-    let model = ferrotron::model::gpt2::Gpt2::with_backend(
-        cfg,
-        ferrotron::backend::cpu::Cpu::with_gemm(gemm),
-    );
+    let cpu = ferrotron::backend::cpu::Cpu::resolved(None, threads, true)?;
+    let model = ferrotron::model::gpt2::Gpt2::with_backend(cfg, cpu);
     let s = ferrotron::generate::Sampling {
         temperature: a.temperature,
         top_k: a.top_k,

@@ -2,7 +2,6 @@
 //! and stop signals, and the final export.
 
 use super::{ckpt, describe, TrainOptions, TrainSummary, Trainer};
-use crate::backend::cpu::matmul::Gemm;
 use crate::backend::cpu::Cpu;
 use crate::backend::ledger::{MemBytes, MemCategory};
 use crate::backend::Backend;
@@ -31,11 +30,8 @@ use std::time::Instant;
 pub fn run(rt: &Runtime, cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     match cfg.train.backend {
         BackendKind::Cpu => {
-            let gemm = rt.agree(Gemm::resolve(cfg.train.cpu_gemm, opts.threads))?;
-            if let (0, Some(why)) = (rt.rank, &gemm.fallback) {
-                log::info!("{why}");
-            }
-            run_on(rt, cfg, opts, Cpu::with_gemm(gemm))
+            let cpu = Cpu::resolved(cfg.train.cpu_gemm, opts.threads, rt.rank == 0);
+            run_on(rt, cfg, opts, rt.agree(cpu)?)
         }
         BackendKind::Cuda => {
             let be = rt.agree(

@@ -81,18 +81,11 @@ fn providers(threads: usize, extra: &[std::path::PathBuf]) -> Result<Vec<(String
         .into_iter()
         .collect();
     paths.extend(super::blas::search_list());
-    let mut seen = Vec::new();
     for p in paths {
         match Blas::load(std::path::Path::new(&p)) {
-            Ok(b) => {
-                // Two sonames of one library describe themselves the same way.
-                let real = b.name.clone();
-                if seen.contains(&real) || out.iter().any(|(n, _)| *n == real) {
-                    continue;
-                }
-                seen.push(real);
-                out.push((b.name.clone(), Gemm::with_blas(b, threads)));
-            }
+            // Two sonames of one library describe themselves the same way: measured once.
+            Ok(b) if out.iter().any(|(n, _)| *n == b.name) => {}
+            Ok(b) => out.push((b.name.clone(), Gemm::with_blas(b, threads))),
             Err(e) => log::debug!("bench-gemm: {p}: {e:#}"),
         }
     }

@@ -84,11 +84,10 @@ impl Drop for HostBuf {
     }
 }
 
-/// The CPU backend: host `Vec<f32>` buffers, rayon threads, the `gemm` crate.
+/// The CPU backend: host buffers ([`HostBuf`]), rayon threads, a GEMM provider.
 pub struct Cpu {
-    /// Worker threads GEMMs may use (the process-wide rayon pool should have as many).
-    pub threads: usize,
-    /// The GEMM provider (built-in or a system BLAS) on those threads.
+    /// The GEMM provider (built-in or a system BLAS) and the worker threads products may use
+    /// (the process-wide rayon pool should have as many).
     pub gemm: matmul::Gemm,
     /// Per-op times (`log.profile_ops`), on the host clock.
     prof: OpProfiler<std::time::Instant>,
@@ -108,10 +107,19 @@ impl Cpu {
         }
     }
 
+    /// The backend with the provider `choice` resolves to ([`matmul::Gemm::resolve`]); when
+    /// `auto` falls back to the built-in kernels and `log` is set, says so once in the log.
+    pub fn resolved(choice: Option<matmul::GemmChoice>, threads: usize, log: bool) -> Result<Self> {
+        let gemm = matmul::Gemm::resolve(choice, threads)?;
+        if let (true, Some(why)) = (log, &gemm.fallback) {
+            log::info!("{why}");
+        }
+        Ok(Self::with_gemm(gemm))
+    }
+
     /// The backend with a chosen GEMM provider (see [`matmul::Gemm::resolve`]).
     pub fn with_gemm(gemm: matmul::Gemm) -> Self {
         Self {
-            threads: gemm.threads(),
             gemm,
             ledger: Arc::default(),
             prof: OpProfiler::default(),

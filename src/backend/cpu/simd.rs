@@ -38,20 +38,26 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// Σ x, in [`LANES`] partial sums (then added left to right).
+/// Σ f(x), in [`LANES`] partial sums (then added left to right).
 #[inline(always)]
-pub fn sum(x: &[f32]) -> f32 {
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut it = x.chunks_exact(LANES);
     for ch in &mut it {
         for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += v;
+            *a += f(v);
         }
     }
     for (a, &v) in acc.iter_mut().zip(it.remainder()) {
-        *a += v;
+        *a += f(v);
     }
     acc.iter().sum()
+}
+
+/// Σ x, in [`LANES`] partial sums.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    lane_sum(x, |v| v)
 }
 
 /// Σ a·b, in [`LANES`] partial sums.
@@ -75,17 +81,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Σ (x − c)², in [`LANES`] partial sums.
 #[inline(always)]
 pub fn sum_sq_dev(x: &[f32], c: f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for ch in &mut it {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += (v - c) * (v - c);
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(it.remainder()) {
-        *a += (v - c) * (v - c);
-    }
-    acc.iter().sum()
+    lane_sum(x, |v| (v - c) * (v - c))
 }
 
 /// max x, in [`LANES`] partial maxima (NaNs are skipped; they surface in whatever uses the
