@@ -223,6 +223,12 @@ fn plan_bad_input_is_one_clear_message() {
     );
     run(&negative, &["--ranks", "2"])
         .assert_clean_failure("machine.memory_gib = -1 must be a positive number");
+    let overlap = write(
+        "overlap.toml",
+        &good.replacen("overlap = 0.30", "overlap = 1.5", 1),
+    );
+    run(&overlap, &["--ranks", "2"])
+        .assert_clean_failure("intra.overlap = 1.5 must be between 0 and 1");
     let good_p = write("good.toml", &good);
     run(&good_p, &["--ranks", "0"]).assert_clean_failure("the world size must be ≥ 1");
     run(&good_p, &["--ranks", "2", "--grid", "2,x,1"])
@@ -267,6 +273,17 @@ fn bench_machine_writes_a_usable_profile() {
     let m = ferrotron::plan::machine::Machine::load(&out).unwrap();
     assert_eq!(m.machine.devices_per_node, 2);
     assert!(m.machine.gemm_tflops > 0.0 && m.machine.peak_tflops >= m.machine.gemm_tflops * 0.5);
+    assert!(m.machine.memory_gbs > 0.0, "{text}");
+    let k = m.kernels;
+    for (name, v) in [
+        ("attention_tflops", k.attention_tflops),
+        ("gelu_gbs", k.gelu_gbs),
+        ("xent_gbs", k.xent_gbs),
+        ("intra.allreduce_gbs", m.intra.allreduce_gbs),
+        ("intra.overlap", m.intra.overlap),
+    ] {
+        assert!(v.is_some(), "{name} measured:\n{text}");
+    }
     let cfg = config(&dir, "");
     plan(
         &[

@@ -8,10 +8,13 @@
 //!   another host (inter; the local cluster's namespace hosts count as hosts): latency from
 //!   8-byte round trips, bandwidth from 16 MiB ones (median of the repetitions).
 //! - Memory: the host's `MemTotal` over the ranks on it, less 10%.
+//! - Memory bandwidth, the non-GEMM kernels and the all-reduce bus bandwidth per link class:
+//!   see [`super::bench_kernels`].
 //!
 //! With one host, `[inter]` repeats `[intra]` and says so; with one rank, both are marked as not
 //! measured.
 
+use super::bench_kernels;
 use crate::backend::cpu::bench::{self, Shape};
 use crate::runtime::Runtime;
 use anyhow::{Context, Result};
@@ -34,6 +37,7 @@ pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
     let mut best_peak = 0f64;
     rt.world
         .all_reduce_into(&peak, &mut best_peak, SystemOperation::max());
+    let k = bench_kernels::slowest(rt, rt.agree(bench_kernels::kernel_rates(threads))?);
     let hosts = gather_hosts(rt);
     let me = &hosts[rt.rank];
     let intra = (0..rt.size).find(|&r| r != 0 && hosts[r] == hosts[0]);
@@ -42,15 +46,30 @@ pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
     rt.world.barrier();
     let inter_link = inter.map(|p| ping_pong(rt, p));
     rt.world.barrier();
+    let intra_bus = match intra {
+        Some(p) => rt.agree(bench_kernels::all_reduce_pair(rt, p))?,
+        None => None,
+    };
+    let inter_bus = match inter {
+        Some(p) => rt.agree(bench_kernels::all_reduce_pair(rt, p))?,
+        None => None,
+    };
     if rt.rank != 0 {
         return Ok(());
     }
     let local = hosts.iter().filter(|h| *h == me).count().max(1);
     let mem_gib = mem_total_gib()? / local as f64 * 0.9;
-    let link = |l: Option<Option<(f64, f64)>>, what: &str| {
+    let link = |l: Option<Option<(f64, f64)>>,
+                bus: Option<bench_kernels::PairReduce>,
+                what: &str| {
         match l.flatten() {
         Some((lat, bw)) => format!(
-            "bandwidth_gbs = {bw:.3}    # measured: 16 MiB ping-pong, {what}\nlatency_us = {lat:.2}    # measured: 8-byte ping-pong"
+            "bandwidth_gbs = {bw:.3}    # measured: 16 MiB ping-pong, {what}\nlatency_us = {lat:.2}    # measured: 8-byte ping-pong{}",
+            bus.map(|b| format!(
+                "\nallreduce_gbs = {:.3}    # measured: 64 MiB data-parallel reduction of two ranks (host copies + MPI_Iallreduce)\n\
+                 overlap = {:.2}    # measured: fraction of it hidden behind compute that polls MPI",
+                b.bus_gbs, b.overlap
+            )).unwrap_or_default()
         ),
         None => format!(
             "bandwidth_gbs = 1          # NOT MEASURED: no {what} partner in this run\nlatency_us = 10             # NOT MEASURED"
@@ -60,9 +79,10 @@ pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
     let inter_text = match (inter, intra_link) {
         (None, Some(Some(_))) => link(
             Some(intra_link.flatten()),
+            intra_bus,
             "within the host (only one host: repeated from [intra])",
         ),
-        _ => link(inter_link, "across hosts"),
+        _ => link(inter_link, inter_bus, "across hosts"),
     };
     let text = format!(
         "# Measured by `ferrotron bench-machine` on {host}, {ranks} rank(s) × {threads} thread(s), {hosts} host(s).\n\
@@ -72,6 +92,11 @@ pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
          memory_gib = {mem_gib:.2}    # MemTotal / ranks on the host, less 10%\n\
          peak_tflops = {peak:.5}    # best 2048³ f32 GEMM of any provider, any rank\n\
          gemm_tflops = {gemm:.5}    # slowest rank's median over GPT-2 small's products, all ranks at once\n\
+         memory_gbs = {mem_bw:.3}    # slowest rank's y += x over 32 Mi floats (12 bytes each), all ranks at once\n\
+         [kernels]    # the training kernels' rates, slowest rank, all ranks at once (plan::time's byte and FLOP counts)\n\
+         attention_tflops = {att:.5}    # causal attention forward + backward, B 4 T 256, 12 heads of 64\n\
+         gelu_gbs = {gelu:.3}    # GELU forward twice + backward, 1024 × 3072\n\
+         xent_gbs = {xent:.3}    # softmax cross-entropy with gradient, 1024 × 50304\n\
          [intra]\n{intra_text}\n[inter]\n{inter_text}\n",
         host = me,
         ranks = rt.size,
@@ -84,7 +109,11 @@ pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
         cpu = cpu_model(),
         peak = best_peak / 1e3,
         gemm = worst / 1e3,
-        intra_text = link(intra_link, "within the host"),
+        intra_text = link(intra_link, intra_bus, "within the host"),
+        mem_bw = k.memory_gbs,
+        att = k.attention_tflops,
+        gelu = k.gelu_gbs,
+        xent = k.xent_gbs,
     );
     std::fs::write(out, &text).with_context(|| format!("cannot write {}", out.display()))?;
     print!("{text}");

@@ -6,6 +6,7 @@
 //! Every candidate grid goes through the trainer's own check (`train::check_grid`), so a grid
 //! the planner rejects is rejected by `train` with the same message.
 
+pub mod bench_kernels;
 pub mod bench_machine;
 pub mod machine;
 pub mod memory;
