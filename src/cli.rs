@@ -40,6 +40,13 @@ pub enum Command {
         /// Where to write the profile, e.g. inputs/machines/local.toml.
         #[arg(long)]
         out: PathBuf,
+        /// Measure the GEMMs and kernels at this config's model and micro-batch (default:
+        /// GPT-2 small, micro-batch 4 × 256 tokens).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides of --config, `section.key=value`.
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
+        sets: Vec<String>,
     },
     /// Measure the CPU GEMM providers (built-in, and every system BLAS library found) side by
     /// side: median GFLOP/s per shape over alternating rounds.

@@ -55,8 +55,13 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
         } else {
             Ok(())
         }),
-        Command::BenchMachine { out } => {
-            rt.agree(ferrotron::plan::bench_machine::run(rt, &out, threads))
+        Command::BenchMachine { out, config, sets } => {
+            rt.agree(ferrotron::plan::bench_machine::run(
+                rt,
+                &out,
+                threads,
+                config.as_deref().map(|c| (c, sets.as_slice())),
+            ))
         }
         Command::BenchGemm {
             shapes,

@@ -6,6 +6,11 @@ Writes benchmarks/results/plan_accuracy.{json,md}.
 
     sudo python3 benchmarks/plan_accuracy/run.py [--steps 6] [--no-cluster]
 
+The machine profiles are measured first, in the same run, by `ferrotron bench-machine --config`
+at each part's model and micro-batch (as a user would before planning): on 2 ranks of this
+machine, and across 2 hosts of the local cluster with srun; they are written to
+benchmarks/results/plan_accuracy/{local,cluster}.toml.
+
 The study's 4-host run puts 4 ranks on this machine's 2 cores (the hosts are network
 namespaces of one machine): it is reported but left out of the step-time median, since the
 plan assumes a core per rank.
@@ -62,6 +67,27 @@ def predict(dp, tp, pp, extra, machine):
     return g["step_ms"], g["mem_bytes"]["total"]
 
 
+STUDY_SETS = ["train.micro_batch_size=2", "train.val_every=0"]
+
+
+def bench_machine(out, cluster):
+    """Profile this machine (2 ranks) or 2 local-cluster hosts at the part's model."""
+    sets = []
+    for x in (STUDY_SETS if cluster else SETS):
+        sets += ["--set", x]
+    args = [BIN, "--threads", "1", "bench-machine", "--out", out, "--config", os.path.join(ROOT, "inputs/tiny.toml")] + sets
+    if cluster:
+        wrap = "srun --mpi=pmix " + " ".join(f"'{a}'" for a in args)
+        cmd = ["sbatch", "--wait", "--nodes", "2", "--ntasks-per-node", "1", "-o", out + ".out", "--wrap", wrap]
+    else:
+        cmd = ["mpirun", "-np", "2", "--bind-to", "core"] + args
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    if p.returncode != 0 or not os.path.exists(out):
+        sys.exit(f"bench-machine failed: {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    if cluster:
+        os.remove(out + ".out")
+
+
 def study_runs(steps, machine):
     """A strong-scaling study on 1, 2, 4 local-cluster hosts; predicted vs measured per run."""
     subprocess.run(["bash", "scripts/cluster-local.sh", "up", "4"], cwd=ROOT, env=ENV, check=True,
@@ -71,7 +97,7 @@ def study_runs(steps, machine):
         out = os.path.join(d, "study")
         cmd = ["bash", "scripts/scaling-study.sh", "--mode", "strong", "--out", out, "--config",
                os.path.join(ROOT, "inputs/tiny.toml"), "--nodes", "1,2,4", "--steps", str(steps),
-               "--set", "train.micro_batch_size=2", "--set", "train.val_every=0",
+               "--set", STUDY_SETS[0], "--set", STUDY_SETS[1],
                "--set", f'data.train="{ROOT}/data/fortunes/train_*.bin"',
                "--set", f'data.val="{ROOT}/data/fortunes/val_*.bin"', "--one-at-a-time", "--wait"]
         p = subprocess.run(cmd, cwd=ROOT, env=dict(ENV, FERROTRON=BIN), capture_output=True, text=True)
@@ -103,10 +129,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--study-steps", type=int, default=20)
-    ap.add_argument("--machine", default=os.path.join(ROOT, "inputs/machines/cpu-local.toml"))
-    ap.add_argument("--cluster-machine", default=os.path.join(ROOT, "inputs/machines/cpu-local-cluster.toml"))
     ap.add_argument("--no-cluster", action="store_true")
     a = ap.parse_args()
+    prof = os.path.join(ROOT, "benchmarks/results/plan_accuracy")
+    os.makedirs(prof, exist_ok=True)
+    a.machine, a.cluster_machine = os.path.join(prof, "local.toml"), os.path.join(prof, "cluster.toml")
+    bench_machine(a.machine, cluster=False)
+    if not a.no_cluster:
+        subprocess.run(["bash", "scripts/cluster-local.sh", "up", "4"], cwd=ROOT, env=ENV, check=True,
+                       stdout=subprocess.DEVNULL)
+        bench_machine(a.cluster_machine, cluster=True)
     cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     runs = []

@@ -2,6 +2,7 @@
 //! it in `comm`.
 
 pub mod dp;
+pub mod grid_check;
 pub mod groups;
 pub mod pipeline;
 pub mod plan;
@@ -13,5 +14,6 @@ pub mod tp;
 mod tp_gradcheck;
 pub mod zero;
 
+pub use grid_check::{check_grid, schedule_for};
 pub use topology::{Coords, Grid};
 pub use tp::Tp;

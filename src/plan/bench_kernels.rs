@@ -3,16 +3,17 @@
 //! bandwidth count), reported as the slowest rank's median:
 //! - memory bandwidth: `add_inplace` (y += x) over 32 Mi floats, 3 × 4 bytes per element (a
 //!   STREAM-style add, write-allocate not counted);
-//! - attention: forward + backward at GPT-2 small's head shapes (B 4, T 256, 12 heads of 64),
-//!   6·B·T²·C FLOPs (causal; `plan::time`'s count);
-//! - GELU: forward twice (the backward recomputes it) + backward over 1024 × 3072 floats, 7
-//!   floats per element;
-//! - softmax cross-entropy: 1024 rows of GPT-2's 50304 padded logits with the gradient, 2
-//!   floats per logit;
+//! - attention: forward + backward at the model's head shapes (B, T, heads), 6·B·T²·C FLOPs
+//!   (causal; `plan::time`'s count);
+//! - GELU: forward twice (the backward recomputes it) + backward over N × 4C floats, 7 floats
+//!   per element;
+//! - softmax cross-entropy: N rows of the padded vocabulary with the gradient, 2 floats per
+//!   logit;
 //! - all-reduce bus bandwidth over a pair of ranks, the way the data-parallel reduction moves
 //!   gradients (`Backend::start_all_reduce` / `finish_all_reduce`: host copies around
 //!   `MPI_Iallreduce`), 64 MiB.
 
+use crate::backend::cpu::bench::Shape;
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Region};
 use crate::comm::mpi::MpiComm;
@@ -32,6 +33,72 @@ pub struct KernelRates {
     pub xent_gbs: f64,
 }
 
+/// The model the GEMMs and kernels are measured at: one micro-batch `[B, T]` of a GPT-2 of
+/// width C with `nh` heads, `layers` layers and a padded vocabulary `vp` (real `v`).
+#[derive(Clone, Copy, Debug)]
+pub struct ModelShape {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub nh: usize,
+    pub layers: usize,
+    pub vp: usize,
+    pub v: usize,
+}
+
+impl ModelShape {
+    /// GPT-2 small at B 4, T 256: the default.
+    pub fn gpt2_small() -> Self {
+        Self {
+            b: 4,
+            t: 256,
+            c: 768,
+            nh: 12,
+            layers: 12,
+            vp: 50304,
+            v: 50257,
+        }
+    }
+
+    /// A config's model at its micro-batch and sequence length (no TP split).
+    pub fn of(cfg: &crate::config::Config) -> Self {
+        let m = crate::model::gpt2::Gpt2Config::from_model_config(&cfg.model);
+        Self {
+            b: cfg.train.micro_batch_size,
+            t: cfg.train.seq_len,
+            c: m.n_embd,
+            nh: m.n_head,
+            layers: m.n_layer,
+            vp: m.padded_vocab,
+            v: m.vocab_size,
+        }
+    }
+
+    /// The training step's matrix products with how often each runs per step (per layer for
+    /// the blocks' four linears, once for the LM head): forward `N×out×in`, input gradient
+    /// `N×in×out` (transposed weight) and weight gradient `in×out×N` (transposed input).
+    pub fn gemms(&self) -> Vec<(Shape, usize)> {
+        let (n, c) = (self.b * self.t, self.c);
+        let sh = |m, nn, k, ta, tb| Shape {
+            m,
+            n: nn,
+            k,
+            ta,
+            tb,
+        };
+        let mut out = Vec::new();
+        for (i, o) in [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)] {
+            out.push((sh(n, o, i, false, false), self.layers));
+            out.push((sh(n, i, o, false, true), self.layers));
+            out.push((sh(i, o, n, true, false), self.layers));
+        }
+        out.push((sh(n, self.vp, c, false, true), 1));
+        out.push((sh(n, c, self.vp, false, false), 1));
+        out.push((sh(self.vp, c, n, true, false), 1));
+        out
+    }
+}
+
 /// Median seconds of `reps` runs of `f` after one warm-up.
 fn median_s(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
@@ -45,8 +112,8 @@ fn median_s(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(t[t.len() / 2])
 }
 
-/// Rates of this rank's kernels (run on every rank at the same time).
-pub fn kernel_rates(threads: usize) -> Result<KernelRates> {
+/// Rates of this rank's kernels at model shape `m` (run on every rank at the same time).
+pub fn kernel_rates(threads: usize, m: &ModelShape) -> Result<KernelRates> {
     let be = Cpu::resolved(None, threads, false)?;
     let n = 32 << 20;
     let (mut y, x) = (be.upload(&vec![1.0; n])?, be.upload(&vec![0.5; n])?);
@@ -54,10 +121,10 @@ pub fn kernel_rates(threads: usize) -> Result<KernelRates> {
     drop((y, x));
 
     let d = AttnDims {
-        b: 4,
-        t: 256,
-        c: 768,
-        nh: 12,
+        b: m.b,
+        t: m.t,
+        c: m.c,
+        nh: m.nh,
     };
     let tokens = d.b * d.t;
     let qkv = be.upload(&ramp(tokens * 3 * d.c))?;
@@ -71,7 +138,7 @@ pub fn kernel_rates(threads: usize) -> Result<KernelRates> {
     })?;
     drop((qkv, out, att, dqkv, dout));
 
-    let f = tokens * 3072;
+    let f = tokens * 4 * m.c;
     let (gx, gdy) = (be.upload(&ramp(f))?, be.upload(&ramp(f))?);
     let (mut gy, mut gdx) = (be.zeros(f)?, be.zeros(f)?);
     let gelu = median_s(3, || {
@@ -81,7 +148,7 @@ pub fn kernel_rates(threads: usize) -> Result<KernelRates> {
     })?;
     drop((gx, gdy, gy, gdx));
 
-    let (rows, vp, v) = (1024, 50304, 50257);
+    let (rows, vp, v) = (tokens, m.vp, m.v);
     let logits0 = ramp(rows * vp);
     let targets = be.tokens(
         &(0..rows as u32)

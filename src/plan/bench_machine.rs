@@ -1,9 +1,11 @@
 //! `ferrotron bench-machine --out FILE` (under mpirun/srun): measures the machine a job runs on
 //! and writes a profile for `ferrotron plan` (`inputs/machines/*.toml` format):
 //! - GEMM: every rank times the CPU GEMM provider it would train with (`train.cpu_gemm`'s
-//!   auto) on GPT-2 small's products at the same time as the others (so shared cores and
-//!   memory bandwidth count); `gemm_tflops` is the slowest rank's median, `peak_tflops` the
-//!   best 2048³ rate of any provider on any rank.
+//!   auto) on the model's products (`--config`'s model at its micro-batch; GPT-2 small at
+//!   B 4, T 256 without one) at the same time as the others (so shared cores and memory
+//!   bandwidth count); `gemm_tflops` is the slowest rank's ΣFLOPs / Σtime over one training
+//!   step's products (each layer's and the LM head's), `peak_tflops` the best 2048³ rate of any
+//!   provider on any rank.
 //! - MPI: rank 0 ping-pongs with the first rank on its host (intra) and the first rank on
 //!   another host (inter; the local cluster's namespace hosts count as hosts): latency from
 //!   8-byte round trips, bandwidth from 16 MiB ones (median of the repetitions).
@@ -28,16 +30,29 @@ use std::time::Instant;
 const HOST_BYTES: usize = 64;
 
 /// Runs the measurement on every rank; rank 0 writes `out`.
-pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
+pub fn run(
+    rt: &Runtime,
+    out: &Path,
+    threads: usize,
+    model: Option<(&Path, &[String])>,
+) -> Result<()> {
     // Agreed before any collective: a rank that cannot measure must not leave the others waiting.
-    let (gemm, peak) = rt.agree(gemm_rates(threads))?;
+    let (shape, model_name) = rt.agree(match model {
+        Some((p, sets)) => crate::config::Config::load(p, sets)
+            .map(|c| (bench_kernels::ModelShape::of(&c), p.display().to_string())),
+        None => Ok((
+            bench_kernels::ModelShape::gpt2_small(),
+            "GPT-2 small".into(),
+        )),
+    })?;
+    let (gemm, peak) = rt.agree(gemm_rates(threads, &shape))?;
     let mut worst = 0f64;
     rt.world
         .all_reduce_into(&gemm, &mut worst, SystemOperation::min());
     let mut best_peak = 0f64;
     rt.world
         .all_reduce_into(&peak, &mut best_peak, SystemOperation::max());
-    let k = bench_kernels::slowest(rt, rt.agree(bench_kernels::kernel_rates(threads))?);
+    let k = bench_kernels::slowest(rt, rt.agree(bench_kernels::kernel_rates(threads, &shape))?);
     let hosts = gather_hosts(rt);
     let me = &hosts[rt.rank];
     let intra = (0..rt.size).find(|&r| r != 0 && hosts[r] == hosts[0]);
@@ -86,17 +101,18 @@ pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
     };
     let text = format!(
         "# Measured by `ferrotron bench-machine` on {host}, {ranks} rank(s) × {threads} thread(s), {hosts} host(s).\n\
+         # GEMM and kernel rates at {model_name}: micro-batch {b} × {t} tokens, C {c}, {nh} heads, {layers} layers, vocabulary {vp}.\n\
          [machine]\n\
          name = \"{host} ({cpu}, {local} rank(s) per node)\"\n\
          devices_per_node = {local}\n\
          memory_gib = {mem_gib:.2}    # MemTotal / ranks on the host, less 10%\n\
          peak_tflops = {peak:.5}    # best 2048³ f32 GEMM of any provider, any rank\n\
-         gemm_tflops = {gemm:.5}    # slowest rank's median over GPT-2 small's products, all ranks at once\n\
+         gemm_tflops = {gemm:.5}    # slowest rank's ΣFLOPs/Σtime over a step's products, all ranks at once\n\
          memory_gbs = {mem_bw:.3}    # slowest rank's y += x over 32 Mi floats (12 bytes each), all ranks at once\n\
          [kernels]    # the training kernels' rates, slowest rank, all ranks at once (plan::time's byte and FLOP counts)\n\
-         attention_tflops = {att:.5}    # causal attention forward + backward, B 4 T 256, 12 heads of 64\n\
-         gelu_gbs = {gelu:.3}    # GELU forward twice + backward, 1024 × 3072\n\
-         xent_gbs = {xent:.3}    # softmax cross-entropy with gradient, 1024 × 50304\n\
+         attention_tflops = {att:.5}    # causal attention forward + backward\n\
+         gelu_gbs = {gelu:.3}    # GELU forward twice + backward\n\
+         xent_gbs = {xent:.3}    # softmax cross-entropy with gradient\n\
          [intra]\n{intra_text}\n[inter]\n{inter_text}\n",
         host = me,
         ranks = rt.size,
@@ -111,6 +127,12 @@ pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
         gemm = worst / 1e3,
         intra_text = link(intra_link, intra_bus, "within the host"),
         mem_bw = k.memory_gbs,
+        b = shape.b,
+        t = shape.t,
+        c = shape.c,
+        nh = shape.nh,
+        layers = shape.layers,
+        vp = shape.vp,
         att = k.attention_tflops,
         gelu = k.gelu_gbs,
         xent = k.xent_gbs,
@@ -121,28 +143,33 @@ pub fn run(rt: &Runtime, out: &Path, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// (median GFLOP/s of the training provider on the model's products, best 2048³ GFLOP/s).
-fn gemm_rates(threads: usize) -> Result<(f64, f64)> {
-    let shapes: Vec<Shape> = bench::DEFAULT_SHAPES
-        .iter()
-        .map(|s| s.parse())
-        .collect::<Result<_>>()?;
+/// (the training provider's ΣFLOPs / Σtime in GFLOP/s over one step's products at `m`, weighted
+/// by how often each runs; the best 2048³ GFLOP/s of any provider).
+fn gemm_rates(threads: usize, m: &bench_kernels::ModelShape) -> Result<(f64, f64)> {
+    let products = m.gemms();
+    let mut shapes: Vec<Shape> = vec!["2048x2048x2048".parse()?];
+    shapes.extend(products.iter().map(|(s, _)| *s));
     let rows = bench::run(&shapes, threads, 3, &[])?;
     let train = crate::backend::cpu::matmul::Gemm::resolve(None, threads)?;
     let name = train.provider_name();
-    let mut model: Vec<f64> = rows
-        .iter()
-        .filter(|r| r.provider == name && r.shape.m * r.shape.n * r.shape.k != 2048usize.pow(3))
-        .map(|r| r.gflops)
-        .collect();
-    model.sort_by(|a, b| a.total_cmp(b));
-    let med = model.get(model.len() / 2).copied().unwrap_or(0.0);
+    let (mut flops, mut secs) = (0.0f64, 0.0f64);
+    for (i, (s, count)) in products.iter().enumerate() {
+        // Row order: per shape, one row per provider; the training provider's of product i.
+        let r = rows
+            .iter()
+            .filter(|r| r.provider == name)
+            .nth(i + 1)
+            .with_context(|| format!("no {name} figure for {s:?}"))?;
+        let f = 2.0 * (s.m * s.n * s.k) as f64 * *count as f64;
+        flops += f;
+        secs += f / (r.gflops * 1e9);
+    }
     let peak = rows
         .iter()
         .filter(|r| r.shape.m * r.shape.n * r.shape.k == 2048usize.pow(3))
         .map(|r| r.gflops)
         .fold(0.0, f64::max);
-    Ok((med, peak))
+    Ok((flops / secs / 1e9, peak))
 }
 
 /// Every rank's host name, by rank.

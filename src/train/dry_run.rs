@@ -4,9 +4,9 @@
 //! JSON line per rank on rank 0's stdout and exit 0. A job script is checked this way before it
 //! spends node-hours (`slurm/train-gpu.sbatch`: ranks → GPUs).
 
-use super::check_grid;
 use crate::config::Config;
 use crate::data::TokenData;
+use crate::parallel::check_grid;
 use crate::parallel::groups::Groups;
 use crate::placement;
 use crate::runtime::Runtime;
