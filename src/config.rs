@@ -118,6 +118,12 @@ pub struct TrainConfig {
     /// last stage; 0 = automatic (a logits chunk of about 512 MiB).
     #[serde(default)]
     pub head_chunk_rows: usize,
+    /// Activation recomputation: "none" keeps every activation backward needs; "selective"
+    /// recomputes attention's probabilities (Megatron's selective recomputation; GELU is
+    /// always recomputed); "full" keeps only each block's output and reruns the block's
+    /// forward before its backward. Gradients are bitwise the same.
+    #[serde(default)]
+    pub recompute: Recompute,
     /// What a step whose loss or global gradient norm is not finite does (checked before
     /// clipping and the update): "stop" (default) ends every rank with the step, what was
     /// non-finite and the first such gradient tensor; "skip" discards the step — weights,
@@ -198,6 +204,16 @@ pub enum BackendKind {
     #[default]
     Cpu,
     Cuda,
+}
+
+/// `train.recompute`: which activations backward recomputes instead of keeping.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    #[default]
+    None,
+    Selective,
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

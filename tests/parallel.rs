@@ -169,7 +169,16 @@ fn every_grid_matches_one_rank() {
         assert_weights_match(&name, &w, &base_w);
         let grid = Grid::new(dp * tp * pp, Some(dp), tp, pp).unwrap();
         let m = 8 / dp;
-        let want = step_bytes(&mcfg.with_tp_padding(tp), grid, 1, 32, m, zero == 1).unwrap();
+        let want = step_bytes(
+            &mcfg.with_tp_padding(tp),
+            grid,
+            1,
+            32,
+            m,
+            zero == 1,
+            ferrotron::config::Recompute::None,
+        )
+        .unwrap();
         let want: BTreeMap<String, u64> =
             want.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         for (s, got) in comm_bytes(&dir, &name).iter().enumerate() {
@@ -284,5 +293,79 @@ fn comm_backend_is_logged() {
         );
         out.assert_ok();
         assert!(out.all().contains(want), "{req}: {}", out.all());
+    }
+}
+
+/// `train.recompute`: "selective" and "full" give bitwise the same losses and final weights as
+/// "none" on several grids (the recomputed activations are the first forward's, bit for bit),
+/// full recomputation's extra TP all-reduces are in the plan's bytes, and the log reports
+/// fewer saved activation bytes per micro-batch: none > selective > full.
+#[test]
+fn recompute_is_bitwise_the_same() {
+    let dir = scratch("recompute");
+    let cfg = tiny_config(&dir, "");
+    let mcfg = Gpt2Config::new(50257, 32, 32, 4, 4);
+    for (dp, tp, pp) in [(1, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 2)] {
+        type Run = (Vec<(u64, String)>, Vec<(String, Vec<f32>)>);
+        let mut base: Option<Run> = None;
+        let mut saved = Vec::new();
+        for r in ["none", "selective", "full"] {
+            let name = format!("dp{dp}-tp{tp}-pp{pp}-{r}");
+            let out = dir.join(&name);
+            let sets = [
+                format!("log.out_dir={:?}", out.to_str().unwrap()),
+                format!("parallel.tp={tp}"),
+                format!("parallel.pp={pp}"),
+                format!("train.recompute=\"{r}\""),
+                "train.steps=4".to_string(),
+            ];
+            let mut args = vec!["train", "--config", cfg.to_str().unwrap()];
+            args.extend_from_slice(&COMMON);
+            for s in &sets {
+                args.extend_from_slice(&["--set", s]);
+            }
+            let o = mpirun(dp * tp * pp, &args, &[], &dir);
+            o.assert_ok();
+            let all = o.all();
+            let line = all
+                .lines()
+                .find(|l| l.contains("activations saved per micro-batch on stage 0"))
+                .unwrap_or_else(|| panic!("{name}: no saved-activations line:\n{all}"));
+            let mib: f64 = line
+                .split("stage 0: ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: {line}"));
+            saved.push(mib);
+            let (l, w) = (losses(&out.join("metrics.jsonl")), final_weights(&out));
+            assert_eq!(l.len(), 4, "{name}");
+            match &base {
+                None => base = Some((l, w)),
+                Some((bl, bw)) => {
+                    assert_eq!(&l, bl, "{name}: losses differ from recompute = none");
+                    for ((n, a), (_, b)) in w.iter().zip(bw) {
+                        assert!(a == b, "{name}: final {n} is not bitwise the same");
+                    }
+                }
+            }
+            let grid = Grid::new(dp * tp * pp, Some(dp), tp, pp).unwrap();
+            let rec = match r {
+                "none" => ferrotron::config::Recompute::None,
+                "selective" => ferrotron::config::Recompute::Selective,
+                _ => ferrotron::config::Recompute::Full,
+            };
+            let want =
+                step_bytes(&mcfg.with_tp_padding(tp), grid, 1, 32, 8 / dp, false, rec).unwrap();
+            let want: BTreeMap<String, u64> =
+                want.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            for (s, got) in comm_bytes(&dir, &name).iter().enumerate() {
+                assert_eq!(got, &want, "{name} step {}: measured bytes vs plan", s + 1);
+            }
+        }
+        assert!(
+            saved[0] > saved[1] && saved[1] > saved[2],
+            "dp{dp}-tp{tp}-pp{pp}: saved MiB none/selective/full = {saved:?}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! The planner's memory arithmetic against what runs account (`mem_peak_bytes`), per category,
-//! for grids, ZeRO, micro-batch sizes, schedules and head chunks, under mpirun on the CPU backend.
+//! for grids, ZeRO, micro-batch sizes, schedules, head chunks and recomputation, under mpirun on the CPU backend.
 
 mod common;
 use common::*;
@@ -23,6 +23,9 @@ const COMBOS: &[(usize, &str)] = &[
     (4, "[optim]\nzero = 1\n[train]\nglobal_batch_size = 8\n"),
     (2, "[parallel]\ntp = 2\n[train]\nhead_chunk_rows = 24\n"),
     (4, "[parallel]\npp = 2\nschedule = \"gpipe\"\n[train]\nmicro_batch_size = 1\nglobal_batch_size = 8\n"),
+    (2, "[parallel]\ntp = 2\n[train]\nrecompute = \"selective\"\n"),
+    (2, "[parallel]\npp = 2\n[train]\nrecompute = \"full\"\n"),
+    (4, "[parallel]\ntp = 2\n[optim]\nzero = 1\n[train]\nrecompute = \"full\"\n"),
 ];
 
 /// Merges `extra` (TOML sections) into the tiny test config.
@@ -99,6 +102,7 @@ fn planned_memory_equals_the_accounted_peak() {
             job.seq,
             job.accum,
             job.zero && grid.dp > 1,
+            job.recompute,
         )
         .unwrap();
         let steps: Vec<serde_json::Value> = text

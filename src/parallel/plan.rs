@@ -6,7 +6,8 @@
 //! With N = B·T tokens per micro-batch, a = 4·N·C bytes per activation, m micro-batches:
 //! - tp (tp > 1), per micro-batch: first stage a (embedding all-reduce); each layer 4a (two
 //!   all-reduces forward, two backward); last stage a (dual of the head's copy region) plus the
-//!   cross-entropy all-gather 12·N·tp.
+//!   cross-entropy all-gather 12·N·tp; with full recomputation (`train.recompute = "full"`)
+//!   each layer 2a more (the rerun forward's two all-reduces).
 //! - pp (pp > 1), per micro-batch: 2a per neighbouring stage (an activation and a gradient, each
 //!   counted by sender and receiver).
 //! - emb (pp > 1): first and last stages all-reduce their `wte` shard gradient, 4·Vl·C each.
@@ -30,7 +31,12 @@ pub fn step_bytes(
     t: usize,
     m: usize,
     zero: bool,
+    recompute: crate::config::Recompute,
 ) -> Result<BTreeMap<&'static str, u64>> {
+    let per_layer = match recompute {
+        crate::config::Recompute::Full => 6,
+        _ => 4,
+    };
     let global = ParamLayout::new(cfg);
     let (n, c) = (b * t, cfg.n_embd);
     let a = 4 * n * c;
@@ -43,7 +49,7 @@ pub fn step_bytes(
             let ly = StageLayout::shapes(cfg, &global, g.tp, r, g.pp, s)?;
             let per_replica = |add: &mut dyn FnMut(&'static str, usize)| {
                 if g.tp > 1 {
-                    let mut per_mb = 4 * a * ly.layers.len();
+                    let mut per_mb = per_layer * a * ly.layers.len();
                     if first {
                         per_mb += a;
                     }

@@ -10,6 +10,7 @@ use super::shard::StageLayout;
 use super::Tp;
 use crate::backend::ledger::MemCategory;
 use crate::backend::{Backend, Region};
+use crate::config::Recompute;
 use crate::model::gpt2::attention::AttnDims;
 use crate::model::gpt2::block::{self, BlockActs, BlockScratch, BlockTensors};
 use crate::model::gpt2::params::BlockIdx;
@@ -24,6 +25,8 @@ pub struct StageModel<B: Backend> {
     pub be: B,
     /// Rows of the LM head computed at once (`train.head_chunk_rows`); 0 = automatic.
     head_chunk_rows: usize,
+    /// What each block keeps for backward (`train.recompute`).
+    recompute: Recompute,
 }
 
 /// Floats of the logits chunk `[R, Vl]` the LM head aims for when the row count is automatic:
@@ -63,6 +66,19 @@ pub struct StageActs<B: Backend> {
     pub targets: Vec<u32>,
 }
 
+impl<B: Backend> StageActs<B> {
+    /// Floats this slot keeps for backward: one micro-batch's activation memory on the stage.
+    pub fn saved_floats(&self, be: &B) -> usize {
+        let head = self.head.as_ref().map_or(0, |h| {
+            [&h.lnf, &h.lnf_mean, &h.lnf_rstd, &h.dlnf]
+                .iter()
+                .map(|b| be.buf_len(b))
+                .sum()
+        });
+        be.buf_len(&self.input) + self.blocks.iter().map(|a| a.floats(be)).sum::<usize>() + head
+    }
+}
+
 /// Called during a backward as gradients become final: `ready(grads, o)` means that no later
 /// step of this backward changes gradient elements `o ..` — except the tied `wte`, which is
 /// final only at the end (see [`StageLayout::tail_start`]). Used to start bucketed data-parallel
@@ -76,6 +92,9 @@ pub struct StageScratch<B: Backend> {
     /// last stage), the gradient of the stage input on exit (to send).
     pub dres: B::Buf,
     head: Option<HeadScratch<B>>,
+    /// With full recomputation: the block activations each block's forward is rerun into
+    /// before its backward (and the first forward runs into).
+    rerun: Option<BlockActs<B>>,
 }
 
 impl<B: Backend> StageModel<B> {
@@ -85,10 +104,17 @@ impl<B: Backend> StageModel<B> {
             layout,
             be,
             head_chunk_rows: 0,
+            recompute: Recompute::None,
         }
     }
 
     /// Compute the LM head `rows` rows at a time (0 = automatic, see [`HEAD_CHUNK_FLOATS`]).
+    /// Activation recomputation ([`Recompute`]; see [`BlockActs`]).
+    pub fn with_recompute(mut self, r: Recompute) -> Self {
+        self.recompute = r;
+        self
+    }
+
     pub fn with_head_chunk_rows(mut self, rows: usize) -> Self {
         self.head_chunk_rows = rows;
         self
@@ -170,7 +196,7 @@ impl<B: Backend> StageModel<B> {
                 .layout
                 .layers
                 .clone()
-                .map(|_| BlockActs::new(be, b, t, c, nh, tp))
+                .map(|_| BlockActs::new(be, b, t, c, nh, tp, self.recompute))
                 .collect::<Result<_>>()?,
             head,
             tokens: vec![0; n],
@@ -178,8 +204,9 @@ impl<B: Backend> StageModel<B> {
         })
     }
 
-    pub fn scratch(&self, n: usize) -> Result<StageScratch<B>> {
-        let (be, c) = (&self.be, self.cfg.n_embd);
+    /// Scratch for micro-batches `[b, t]`.
+    pub fn scratch(&self, b: usize, t: usize) -> Result<StageScratch<B>> {
+        let (be, c, n, tp) = (&self.be, self.cfg.n_embd, b * t, self.layout.tp);
         let rows = self.head_rows(n);
         let head = if self.is_last() {
             let was = be.set_mem_category(MemCategory::Logits);
@@ -193,10 +220,27 @@ impl<B: Backend> StageModel<B> {
         } else {
             None
         };
+        let att = match self.recompute {
+            Recompute::Selective => be.attention_saved_len(self.dims(b, t).local(tp)),
+            _ => 0,
+        };
+        let rerun = match self.recompute {
+            Recompute::Full => Some(BlockActs::new(
+                be,
+                b,
+                t,
+                c,
+                self.cfg.n_head,
+                tp,
+                Recompute::None,
+            )?),
+            _ => None,
+        };
         Ok(StageScratch {
-            block: BlockScratch::new(be, n, c, self.layout.tp)?,
+            block: BlockScratch::new(be, n, c, tp, att)?,
             dres: be.zeros(n * c)?,
             head,
+            rerun,
         })
     }
 
@@ -236,7 +280,14 @@ impl<B: Backend> StageModel<B> {
             let x = if k == 0 { &a.input } else { &done[k - 1].out };
             let p = self.block_regions(idx);
             let d = self.dims(b, t);
-            block::forward(be, &mut rest[0], &mut s.block, x, params, &p, d, tp)?;
+            match s.rerun.as_mut() {
+                // Full recomputation: run into the shared set, keep only the output.
+                Some(full) => {
+                    block::forward(be, full, &mut s.block, x, params, &p, d, tp)?;
+                    std::mem::swap(&mut full.out, &mut rest[0].out);
+                }
+                None => block::forward(be, &mut rest[0], &mut s.block, x, params, &p, d, tp)?,
+            }
         }
         let Some(h) = a.head.as_mut() else {
             return Ok(0.0);
@@ -391,12 +442,21 @@ impl<B: Backend> StageModel<B> {
             };
             let p = self.block_regions(idx);
             let d = self.dims(b, t);
+            let saved = match s.rerun.as_mut() {
+                Some(full) => {
+                    // Full recomputation: the block's forward again from its kept input (its
+                    // TP all-reduces included), bitwise as the first time.
+                    block::forward(be, full, &mut s.block, x, params, &p, d, tp)?;
+                    &*full
+                }
+                None => &a.blocks[k],
+            };
             block::backward(
                 be,
                 &mut s.dres,
                 grads,
                 &mut s.block,
-                &a.blocks[k],
+                saved,
                 x,
                 params,
                 &p,
@@ -451,7 +511,7 @@ mod tests {
                 *a.input = wave(b * t * c.n_embd, 13);
             }
             let tp = Tp::single();
-            let mut sc = model.scratch(b * t).unwrap();
+            let mut sc = model.scratch(b, t).unwrap();
             // Start from earlier micro-batches' (nonzero) gradients.
             let mut grads = model.be.upload(&wave(ly.total, 31)).unwrap();
             let train = Some((&mut grads, 0.1));

@@ -53,7 +53,7 @@ fn loss_and_grad(
                     let tpc = Tp::of(&comm);
                     let scale = 1.0 / (B * T) as f32;
                     let mut grads = model.be.zeros(ly.total).unwrap();
-                    let mut sc = model.scratch(B * T).unwrap();
+                    let mut sc = model.scratch(B, T).unwrap();
                     let loss = model
                         .forward(&local, &mut acts, &mut sc, Some((&mut grads, scale)), &tpc)
                         .unwrap();

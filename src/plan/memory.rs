@@ -6,17 +6,21 @@
 //! - params, grads: P_s each.
 //! - optimizer: AdamW m and v, 2·P_s; with ZeRO-1 (dp > 1) 2·⌈P_s/dp⌉ of state plus the step's
 //!   parameter and gradient shards, 4·⌈P_s/dp⌉.
-//! - activations: K_s slots of N·C (stage input) + L_s·(4NC + 8N·Cl + 4N + B·Hl·T²) (per layer:
-//!   ln1, res2, ln2, out; qkv, atty, fch; the LayerNorm statistics; the attention probabilities)
-//!   + on the last stage 2NC + 2N (ln_f, its statistics, and ∂ln_f kept per slot).
+//! - activations: K_s slots of N·C (stage input) + L_s·A + on the last stage 2NC + 2N (ln_f,
+//!   its statistics, and ∂ln_f kept per slot), where a layer keeps (`train.recompute`)
+//!   A = 4NC + 8N·Cl + 4N + B·Hl·T² with "none" (ln1, res2, ln2, out; qkv, atty, fch; the
+//!   LayerNorm statistics; the attention probabilities), A = 4NC + 8N·Cl + 4N with
+//!   "selective", A = NC (the block output) with "full".
 //! - logits (last stage): the head chunk R·Vl, its row losses R and statistics 3R, and with
 //!   tp > 1 the 2R combined statistics uploaded per chunk.
-//! - workspace: the block scratch N·C + 12·N·Cl and the stage-gradient buffer N·C.
+//! - workspace: the block scratch N·C + 12·N·Cl and the stage-gradient buffer N·C; with
+//!   "selective" also one B·Hl·T² for the recomputed probabilities, with "full" one layer's
+//!   whole set 4NC + 8N·Cl + 4N + B·Hl·T² that each block's forward is rerun into.
 //! - comm: 0 (pipeline messages are received in place; DP and TP staging is host memory
 //!   outside the backend).
 
 use crate::backend::ledger::{MemBytes, MemCategory};
-use crate::config::{Config, Schedule};
+use crate::config::{Config, Recompute, Schedule};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::parallel::shard::StageLayout;
 use crate::parallel::stage::HEAD_CHUNK_FLOATS;
@@ -38,6 +42,8 @@ pub struct Job {
     pub zero: bool,
     /// `train.head_chunk_rows` (0 = automatic).
     pub head_chunk_rows: usize,
+    /// `train.recompute`.
+    pub recompute: Recompute,
 }
 
 impl Job {
@@ -53,6 +59,7 @@ impl Job {
             schedule: cfg.parallel.schedule,
             zero: cfg.optim.zero == 1,
             head_chunk_rows: t.head_chunk_rows,
+            recompute: t.recompute,
         }
     }
 
@@ -90,7 +97,12 @@ pub fn stage_bytes(job: &Job, s: usize, in_flight: usize) -> Result<MemBytes> {
         2 * p
     };
     f.add(MemCategory::Optimizer, opt as i64);
-    let layer = 4 * n * c + 8 * n * cl + 4 * n + b * hl * t * t;
+    let (att, whole) = (b * hl * t * t, 4 * n * c + 8 * n * cl + 4 * n);
+    let (layer, rerun) = match job.recompute {
+        Recompute::None => (whole + att, 0),
+        Recompute::Selective => (whole, att),
+        Recompute::Full => (n * c, whole + att),
+    };
     let mut slot = n * c + ly.layers.len() * layer;
     if last {
         slot += 2 * n * c + 2 * n;
@@ -108,7 +120,10 @@ pub fn stage_bytes(job: &Job, s: usize, in_flight: usize) -> Result<MemBytes> {
             (rows * ly.vl + 4 * rows + staged) as i64,
         );
     }
-    f.add(MemCategory::Workspace, (2 * n * c + 12 * n * cl) as i64);
+    f.add(
+        MemCategory::Workspace,
+        (2 * n * c + 12 * n * cl + rerun) as i64,
+    );
     Ok(MemBytes(f.0.map(|x| x * 4)))
 }
 
@@ -160,6 +175,7 @@ mod tests {
                         schedule,
                         zero: false,
                         head_chunk_rows: 0,
+                        recompute: Recompute::None,
                     };
                     let lists: Vec<_> = (0..pp)
                         .map(|q| crate::schedule::training(schedule, pp, m, q))

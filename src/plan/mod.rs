@@ -3,7 +3,7 @@
 //! (`parallel::plan`, equal to what the communicators count), and a predicted step time
 //! (`time`, a latency–bandwidth model on a machine profile, `machine`).
 //!
-//! Every candidate grid goes through the trainer's own check (`train::check_grid`), so a grid
+//! Every candidate grid goes through the trainer's own check (`parallel::check_grid`), so a grid
 //! the planner rejects is rejected by `train` with the same message.
 
 pub mod bench_kernels;
@@ -14,7 +14,7 @@ pub mod report;
 pub mod time;
 
 use crate::backend::ledger::MemCategory;
-use crate::config::{Config, Schedule};
+use crate::config::{Config, Recompute, Schedule};
 use crate::model::gpt2::Gpt2Config;
 use crate::parallel::Grid;
 use anyhow::{bail, Result};
@@ -31,6 +31,8 @@ pub struct Candidate {
     pub micro_batch_size: usize,
     pub schedule: &'static str,
     pub zero: u8,
+    /// `train.recompute`: "none", "selective" or "full".
+    pub recompute: &'static str,
     /// Per rank of the stage that needs the most.
     pub mem_bytes: BTreeMap<&'static str, i64>,
     /// That stage.
@@ -54,7 +56,14 @@ pub struct Rejected {
 }
 
 /// `cfg` with the grid and knobs of one candidate.
-fn with_grid(cfg: &Config, g: Grid, mb: usize, schedule: Schedule, zero: u8) -> Config {
+fn with_grid(
+    cfg: &Config,
+    g: Grid,
+    mb: usize,
+    schedule: Schedule,
+    zero: u8,
+    r: Recompute,
+) -> Config {
     let mut c = cfg.clone();
     c.parallel.dp = Some(g.dp);
     c.parallel.tp = g.tp;
@@ -63,13 +72,14 @@ fn with_grid(cfg: &Config, g: Grid, mb: usize, schedule: Schedule, zero: u8) -> 
     c.parallel.schedule = schedule;
     c.train.micro_batch_size = mb;
     c.optim.zero = zero;
+    c.train.recompute = r;
     c
 }
 
 /// Evaluates `cfg` as configured (its grid, micro-batch, schedule, ZeRO) on `world` ranks,
 /// after the trainer's own check of the grid.
 pub fn evaluate(cfg: &Config, world: usize, m: &Machine) -> Result<Candidate> {
-    let grid = crate::train::check_grid(cfg, world)?;
+    let grid = crate::parallel::check_grid(cfg, world)?;
     assess(cfg, grid, m)
 }
 
@@ -85,6 +95,7 @@ fn assess(cfg: &Config, grid: Grid, m: &Machine) -> Result<Candidate> {
         job.seq,
         job.accum,
         job.zero && grid.dp > 1,
+        job.recompute,
     )?;
     let t = time::step(cfg, &job, m)?;
     let mut mem_bytes: BTreeMap<&'static str, i64> = MemCategory::ALL
@@ -102,6 +113,11 @@ fn assess(cfg: &Config, grid: Grid, m: &Machine) -> Result<Candidate> {
             Schedule::OneFOneB => "1f1b",
         },
         zero: cfg.optim.zero,
+        recompute: match cfg.train.recompute {
+            Recompute::None => "none",
+            Recompute::Selective => "selective",
+            Recompute::Full => "full",
+        },
         mem_bytes,
         mem_stage: stage,
         fits: mem.total() as f64 <= m.memory_bytes(),
@@ -112,7 +128,7 @@ fn assess(cfg: &Config, grid: Grid, m: &Machine) -> Result<Candidate> {
     })
 }
 
-/// Every (dp, tp, pp, micro-batch, schedule, zero) for `world` ranks: the ones the trainer
+/// Every (dp, tp, pp, micro-batch, schedule, zero, recompute) for `world` ranks: the ones the trainer
 /// accepts, fastest first (those that fit memory before those that do not), and the rejected
 /// ones with the trainer's reason.
 pub fn enumerate(
@@ -146,7 +162,10 @@ pub fn enumerate(
                 for &s in schedules {
                     // The trainer's check once per grid, micro-batch and schedule (ZeRO does
                     // not change it).
-                    let grid = match crate::train::check_grid(&with_grid(cfg, g, mb, s, 0), world) {
+                    let grid = match crate::parallel::check_grid(
+                        &with_grid(cfg, g, mb, s, 0, Recompute::None),
+                        world,
+                    ) {
                         Ok(grid) => grid,
                         Err(e) => {
                             if s == Schedule::OneFOneB {
@@ -162,7 +181,9 @@ pub fn enumerate(
                         }
                     };
                     for &z in zeros {
-                        ok.push(assess(&with_grid(cfg, g, mb, s, z), grid, m)?);
+                        for r in [Recompute::None, Recompute::Selective, Recompute::Full] {
+                            ok.push(assess(&with_grid(cfg, g, mb, s, z, r), grid, m)?);
+                        }
                     }
                 }
             }

@@ -92,15 +92,15 @@ pub fn run(a: &PlanArgs) -> Result<()> {
 fn print_table(rows: &[Candidate]) {
     let gib = |b: i64| b as f64 / (1u64 << 30) as f64;
     println!(
-        "{:>4} {:>3} {:>3} {:>4} {:>6} {:>4} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} | {:>4} | {:>9} {:>11} {:>6}",
-        "dp", "tp", "pp", "mb", "sched", "zero", "params", "grads", "optim", "acts", "logits", "work", "total GiB", "fits",
+        "{:>4} {:>3} {:>3} {:>4} {:>6} {:>4} {:>9} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} | {:>4} | {:>9} {:>11} {:>6}",
+        "dp", "tp", "pp", "mb", "sched", "zero", "recompute", "params", "grads", "optim", "acts", "logits", "work", "total GiB", "fits",
         "step ms", "tokens/s", "MFU"
     );
     for c in rows {
         let mb = |k: &str| gib(c.mem_bytes[k]);
         println!(
-            "{:>4} {:>3} {:>3} {:>4} {:>6} {:>4} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} | {:>4} | {:>9.1} {:>11.0} {:>5.1}%",
-            c.dp, c.tp, c.pp, c.micro_batch_size, c.schedule, c.zero,
+            "{:>4} {:>3} {:>3} {:>4} {:>6} {:>4} {:>9} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} | {:>4} | {:>9.1} {:>11.0} {:>5.1}%",
+            c.dp, c.tp, c.pp, c.micro_batch_size, c.schedule, c.zero, c.recompute,
             mb("params"), mb("grads"), mb("optimizer"), mb("activations"), mb("logits"), mb("workspace"), mb("total"),
             if c.fits { "yes" } else { "no" },
             c.step_ms, c.tokens_per_s, 100.0 * c.mfu

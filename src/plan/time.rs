@@ -11,6 +11,9 @@
 //!   `kernels.gelu_gbs`; the LM head's softmax cross-entropy (last stage): 2·N·Vp/tp floats at
 //!   `kernels.xent_gbs`;
 //! - LayerNorms and residual adds: 16·N·C floats per layer (+5·N·C for ln_f) at `memory_gbs`;
+//! - recomputation (`train.recompute`): "selective" adds attention's forward (×4/3 of its
+//!   FLOPs), "full" the blocks' whole forward (×4/3 of their products, attention and
+//!   LayerNorm/residual bytes, ×9/7 of GELU's) and 2·L_s more TP all-reduces;
 //! - tp (tp > 1): 4·L_s all-reduces of N·C floats (+1 on the first stage, +1 on the last),
 //!   ring at the link's bus bandwidth; exposed;
 //! - pp (pp > 1): an activation forward and a gradient backward, N·C floats each; exposed.
@@ -28,7 +31,7 @@
 
 use super::machine::{Link, Machine};
 use super::memory::Job;
-use crate::config::Config;
+use crate::config::{Config, Recompute};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::parallel::shard::StageLayout;
 use anyhow::Result;
@@ -83,12 +86,19 @@ fn stage_compute(job: &Job, s: usize, ls: f64, local_params: f64, r: &Rates) -> 
     let n = (job.micro_batch * job.seq) as f64;
     let last = s + 1 == g.pp;
     let vp = if last { mc.padded_vocab as f64 } else { 0.0 };
-    let gemm = 6.0 * n * (ls * (12.0 * c * c + 13.0 * c) + vp * c) / tp / r.gemm;
-    let attention = 6.0 * n * ls * t * c / tp / r.attention;
-    let gelu = 4.0 * 7.0 * n * (4.0 * c / tp) * ls / r.gelu;
+    // Recomputation reruns forward work (a third of forward + backward): the attention core
+    // with "selective", the whole block with "full" (its GELU twice: 2 of GELU's 7 floats).
+    let (block_x, att_x, gelu_x) = match job.recompute {
+        Recompute::None => (1.0, 1.0, 1.0),
+        Recompute::Selective => (1.0, 4.0 / 3.0, 1.0),
+        Recompute::Full => (4.0 / 3.0, 4.0 / 3.0, 9.0 / 7.0),
+    };
+    let gemm = 6.0 * n * (block_x * ls * (12.0 * c * c + 13.0 * c) + vp * c) / tp / r.gemm;
+    let attention = att_x * 6.0 * n * ls * t * c / tp / r.attention;
+    let gelu = gelu_x * 4.0 * 7.0 * n * (4.0 * c / tp) * ls / r.gelu;
     let xent = 4.0 * 2.0 * n * vp / tp / r.xent;
     let ln_f = if last { 5.0 } else { 0.0 };
-    let vector = 4.0 * n * c * (16.0 * ls + ln_f) / r.memory;
+    let vector = 4.0 * n * c * (16.0 * block_x * ls + ln_f) / r.memory;
     let updated = if job.zero && g.dp > 1 {
         local_params / g.dp as f64
     } else {
@@ -114,7 +124,12 @@ pub fn step(cfg: &Config, job: &Job, m: &Machine) -> Result<StepTime> {
         let (first, last) = (s == 0, s + 1 == g.pp);
         let ls = ly.layers.len() as f64;
         let (compute, opt) = stage_compute(job, s, ls, ly.total as f64, &rates);
-        let reduces = 4.0 * ls + f64::from(u8::from(first)) + f64::from(u8::from(last));
+        let per_layer = if job.recompute == Recompute::Full {
+            6.0
+        } else {
+            4.0
+        };
+        let reduces = per_layer * ls + f64::from(u8::from(first)) + f64::from(u8::from(last));
         let tp_s = reduces * tp_link.all_reduce_seconds(act, g.tp);
         let pp_s = if g.pp > 1 {
             2.0 * pp_link.seconds(act, 1.0)

@@ -18,10 +18,10 @@ use crate::optim::{clip, AdamW, AdamWConfig, LrSchedule};
 use crate::parallel::dp::{self, DpReducer};
 use crate::parallel::groups::Groups;
 use crate::parallel::pipeline::{self, Links};
-use crate::parallel::shard::{check_shape, repad, StageLayout};
+use crate::parallel::shard::{repad, StageLayout};
 use crate::parallel::stage::{OnReady, StageActs, StageModel, StageScratch};
 use crate::parallel::zero::ZeroShard;
-use crate::parallel::{Coords, Grid, Tp};
+use crate::parallel::{check_grid, schedule_for, Coords, Grid, Tp};
 use crate::runtime::Unanimous;
 use crate::schedule::Action;
 use anyhow::{bail, Context, Result};
@@ -62,48 +62,6 @@ pub struct TrainSummary {
     pub stopped_at: Option<usize>,
     /// Median step time (ms) after the first two steps (all steps if there are no more).
     pub step_ms_median: Option<f64>,
-}
-
-/// The grid for this world and config, with every check that needs the world size: dp·tp·pp =
-/// world; the model shape fits TP and PP (heads divisible by tp, at least one layer per stage);
-/// the global batch splits evenly into micro-batches over dp; the schedule is valid. With
-/// `1f1b` and fewer micro-batches than stages, 1F1B's warm-up covers every micro-batch and the
-/// schedule is GPipe's (documented fallback, no error).
-pub fn check_grid(cfg: &Config, world: usize) -> Result<Grid> {
-    let p = &cfg.parallel;
-    let grid = Grid::new(world, p.dp, p.tp, p.pp)?;
-    let mcfg = Gpt2Config::from_model_config(&cfg.model).with_tp_padding(grid.tp);
-    check_shape(&mcfg, grid.tp, grid.pp)?;
-    let t = &cfg.train;
-    if !t
-        .global_batch_size
-        .is_multiple_of(t.micro_batch_size * grid.dp)
-    {
-        bail!(
-            "train.global_batch_size = {} is not divisible by train.micro_batch_size × dp = {} × {}",
-            t.global_batch_size,
-            t.micro_batch_size,
-            grid.dp
-        );
-    }
-    let accum = t.global_batch_size / (t.micro_batch_size * grid.dp);
-    if let Some(m) = p.micro_batches {
-        if m != accum {
-            bail!(
-                "parallel.micro_batches = {m} does not match train.global_batch_size / (train.micro_batch_size × dp) = {accum}"
-            );
-        }
-    }
-    let lists: Vec<_> = (0..grid.pp)
-        .map(|s| schedule_for(cfg, grid.pp, accum, s))
-        .collect();
-    crate::schedule::simulate(&lists, accum).context("parallel.schedule")?;
-    Ok(grid)
-}
-
-/// Stage `s`'s training schedule (1F1B when there is no pipeline: one activation set).
-fn schedule_for(cfg: &Config, pp: usize, m: usize, s: usize) -> Vec<Action> {
-    crate::schedule::training(cfg.parallel.schedule, pp, m, s)
 }
 
 /// Everything one rank needs to train its stage and shard, on backend `B`.
@@ -178,8 +136,9 @@ impl<B: Backend> Trainer<B> {
         } else {
             vec![0.0f32; layout.total]
         };
-        let model =
-            StageModel::new(gcfg, layout, be).with_head_chunk_rows(cfg.train.head_chunk_rows);
+        let model = StageModel::new(gcfg, layout, be)
+            .with_head_chunk_rows(cfg.train.head_chunk_rows)
+            .with_recompute(cfg.train.recompute);
         let t = &cfg.train;
         let reads_tokens = coords.pp == 0 || coords.pp + 1 == grid.pp;
         let sampler_kind = match &cfg.data.sampler {
@@ -232,11 +191,22 @@ impl<B: Backend> Trainer<B> {
         be.set_mem_category(MemCategory::Grads);
         let grads = be.zeros(ly.total)?;
         be.set_mem_category(MemCategory::Activations);
-        let slots = (0..in_flight.max(1))
+        let slots: Vec<StageActs<B>> = (0..in_flight.max(1))
             .map(|_| model.acts(b, seq))
             .collect::<Result<_>>()?;
         be.set_mem_category(MemCategory::Workspace);
-        let scratch = model.scratch(b * seq)?;
+        let scratch = model.scratch(b, seq)?;
+        if coords.dp == 0 && coords.tp == 0 {
+            let first = &slots[0];
+            log::info!(
+                "activations saved per micro-batch on stage {}: {:.2} MiB (train.recompute = {})",
+                coords.pp,
+                (first.saved_floats(be) * 4) as f64 / (1u64 << 20) as f64,
+                serde_json::to_value(cfg.train.recompute)?
+                    .as_str()
+                    .unwrap_or("?")
+            );
+        }
         let p = &cfg.parallel;
         let bucket_elems = (p.bucket_mb * (1u64 << 20) as f64 / 4.0) as usize;
         let buckets = dp::buckets(ly, bucket_elems, p.overlap_grad_reduce);

@@ -21,6 +21,14 @@ pub struct AttnDims {
 }
 
 impl AttnDims {
+    /// The heads of one of `tp` tensor-parallel ranks: C/tp wide, NH/tp heads.
+    pub fn local(self, tp: usize) -> AttnDims {
+        AttnDims {
+            c: self.c / tp,
+            nh: self.nh / tp,
+            ..self
+        }
+    }
     fn hd(&self) -> usize {
         self.c / self.nh
     }

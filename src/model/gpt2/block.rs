@@ -12,6 +12,7 @@
 
 use super::attention::AttnDims;
 use crate::backend::{Backend, Region};
+use crate::config::Recompute;
 use crate::parallel::Tp;
 use anyhow::Result;
 
@@ -52,8 +53,13 @@ impl<T> BlockTensors<T> {
     }
 }
 
-/// Activations of one block saved for backward. N = B·T, P = TP size.
+/// Activations of one block saved for backward. N = B·T, P = TP size. What is kept depends on
+/// `keep` (`train.recompute`): everything with `None`; all but `att` with `Selective` (the
+/// probabilities are recomputed from `qkv` into [`BlockScratch`] in backward); only `out` with
+/// `Full` (the stage reruns the block's forward into a full set before its backward). Buffers
+/// not kept are empty.
 pub struct BlockActs<B: Backend> {
+    pub keep: Recompute,
     pub ln1: B::Buf,      // [N, C]
     pub ln1_mean: B::Buf, // [N]
     pub ln1_rstd: B::Buf, // [N]
@@ -70,27 +76,60 @@ pub struct BlockActs<B: Backend> {
 
 impl<B: Backend> BlockActs<B> {
     /// For the full model pass `tp = 1`; for one TP rank of P, `tp = P`.
-    pub fn new(be: &B, b: usize, t: usize, c: usize, nh: usize, tp: usize) -> Result<Self> {
+    pub fn new(
+        be: &B,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        tp: usize,
+        keep: Recompute,
+    ) -> Result<Self> {
         let (n, cl) = (b * t, c / tp);
+        let all = keep != Recompute::Full;
+        let z = |len: usize, kept: bool| be.zeros(if kept { len } else { 0 });
+        let att = be.attention_saved_len(AttnDims {
+            b,
+            t,
+            c: cl,
+            nh: nh / tp,
+        });
         Ok(Self {
-            ln1: be.zeros(n * c)?,
-            ln1_mean: be.zeros(n)?,
-            ln1_rstd: be.zeros(n)?,
-            qkv: be.zeros(n * 3 * cl)?,
-            att: be.zeros(be.attention_saved_len(AttnDims {
-                b,
-                t,
-                c: cl,
-                nh: nh / tp,
-            }))?,
-            atty: be.zeros(n * cl)?,
-            res2: be.zeros(n * c)?,
-            ln2: be.zeros(n * c)?,
-            ln2_mean: be.zeros(n)?,
-            ln2_rstd: be.zeros(n)?,
-            fch: be.zeros(n * 4 * cl)?,
+            keep,
+            ln1: z(n * c, all)?,
+            ln1_mean: z(n, all)?,
+            ln1_rstd: z(n, all)?,
+            qkv: z(n * 3 * cl, all)?,
+            att: z(att, keep == Recompute::None)?,
+            atty: z(n * cl, all)?,
+            res2: z(n * c, all)?,
+            ln2: z(n * c, all)?,
+            ln2_mean: z(n, all)?,
+            ln2_rstd: z(n, all)?,
+            fch: z(n * 4 * cl, all)?,
             out: be.zeros(n * c)?,
         })
+    }
+
+    /// Floats this set holds.
+    pub fn floats(&self, be: &B) -> usize {
+        [
+            &self.ln1,
+            &self.ln1_mean,
+            &self.ln1_rstd,
+            &self.qkv,
+            &self.att,
+            &self.atty,
+            &self.res2,
+            &self.ln2,
+            &self.ln2_mean,
+            &self.ln2_rstd,
+            &self.fch,
+            &self.out,
+        ]
+        .iter()
+        .map(|b| be.buf_len(b))
+        .sum()
     }
 }
 
@@ -104,10 +143,15 @@ pub struct BlockScratch<B: Backend> {
     fch4: B::Buf,
     /// `[N, 4C]`: `∂L/∂fch` (through the GELU, [`Backend::linear_backward_dgelu`]).
     dgelu: B::Buf,
+    /// Attention's saved floats for blocks that do not keep them (`Selective`): written by the
+    /// forward, recomputed by the backward; empty otherwise.
+    att: B::Buf,
 }
 
 impl<B: Backend> BlockScratch<B> {
-    pub fn new(be: &B, n: usize, c: usize, tp: usize) -> Result<Self> {
+    /// `att_floats`: [`Backend::attention_saved_len`] of the local heads with selective
+    /// recomputation, else 0.
+    pub fn new(be: &B, n: usize, c: usize, tp: usize, att_floats: usize) -> Result<Self> {
         let cl = c / tp;
         Ok(Self {
             dln: be.zeros(n * c)?,
@@ -115,6 +159,7 @@ impl<B: Backend> BlockScratch<B> {
             datty: be.zeros(n * cl)?,
             fch4: be.zeros(n * 4 * cl)?,
             dgelu: be.zeros(n * 4 * cl)?,
+            att: be.zeros(att_floats)?,
         })
     }
 }
@@ -130,11 +175,7 @@ fn row_bias(tp: &Tp, b: Region) -> Region {
 
 /// Attention dimensions of this TP rank's heads.
 fn local_dims(d: AttnDims, tp: &Tp) -> AttnDims {
-    AttnDims {
-        c: d.c / tp.size,
-        nh: d.nh / tp.size,
-        ..d
-    }
+    d.local(tp.size)
 }
 
 /// Forward of one block from input `x [N, C]`; fills `a`. `p` holds the block's parameter
@@ -164,7 +205,12 @@ pub fn forward<B: Backend>(
     )?;
     // Copy to TP (identity) → column-parallel c_attn → local heads.
     be.linear_forward(&mut a.qkv, &a.ln1, params, p.qkv_w, p.qkv_b, n, c, 3 * cl)?;
-    be.attention_forward(&mut a.atty, &mut a.att, &a.qkv, local_dims(d, tp))?;
+    let att = if a.keep == Recompute::Selective {
+        &mut s.att
+    } else {
+        &mut a.att
+    };
+    be.attention_forward(&mut a.atty, att, &a.qkv, local_dims(d, tp))?;
     // Row-parallel c_proj → reduce from TP.
     let pb = row_bias(tp, p.proj_b);
     be.linear_forward(&mut a.res2, &a.atty, params, p.proj_w, pb, n, cl, c)?;
@@ -257,6 +303,17 @@ pub fn backward<B: Backend>(
         &a.ln2_rstd,
     )?;
     // Attention branch: res2 = x + proj(attn(qkv(ln1(x)))).
+    let ld = local_dims(d, tp);
+    if a.keep == Recompute::Selective {
+        // Selective recomputation: the probabilities again from the kept qkv (the output
+        // lands in datty, which the projection's backward overwrites next).
+        be.attention_forward(&mut s.datty, &mut s.att, &a.qkv, ld)?;
+    }
+    let att = if a.keep == Recompute::Selective {
+        &s.att
+    } else {
+        &a.att
+    };
     be.linear_backward(
         &mut s.datty,
         grads,
@@ -270,8 +327,7 @@ pub fn backward<B: Backend>(
         cl,
         c,
     )?;
-    let ld = local_dims(d, tp);
-    be.attention_backward(&mut s.dqkv, &s.datty, &a.atty, &a.qkv, &a.att, ld)?;
+    be.attention_backward(&mut s.dqkv, &s.datty, &a.atty, &a.qkv, att, ld)?;
     be.linear_backward(
         &mut s.dln,
         grads,

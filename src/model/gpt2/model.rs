@@ -47,14 +47,14 @@ impl<B: Backend> Activations<B> {
             t,
             encoded: be.zeros(n * c)?,
             blocks: (0..cfg.n_layer)
-                .map(|_| BlockActs::new(be, b, t, c, cfg.n_head, 1))
+                .map(|_| BlockActs::new(be, b, t, c, cfg.n_head, 1, crate::config::Recompute::None))
                 .collect::<Result<_>>()?,
             lnf: be.zeros(n * c)?,
             lnf_mean: be.zeros(n)?,
             lnf_rstd: be.zeros(n)?,
             logits: be.zeros(n * cfg.padded_vocab)?,
             losses: be.zeros(n)?,
-            scratch: BlockScratch::new(be, n, c, 1)?,
+            scratch: BlockScratch::new(be, n, c, 1, 0)?,
             dres: be.zeros(n * c)?,
             dlnf: be.zeros(n * c)?,
         })
