@@ -193,9 +193,13 @@ pub struct PrepareArgs {
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// Hugging Face GPT-2 directory (config.json + model.safetensors).
+    #[arg(long, conflicts_with = "ckpt", required_unless_present = "ckpt")]
+    pub hf: Option<PathBuf>,
+    /// A training checkpoint written on any grid: a step_<N> directory, or a checkpoint.dir
+    /// (its latest complete checkpoint).
     #[arg(long)]
-    pub hf: PathBuf,
-    /// Token shard: a file, a folder or dir/prefix_*.bin.
+    pub ckpt: Option<PathBuf>,
+    /// Token shard: a file, a folder (its val_ shards) or dir/prefix_*.bin.
     #[arg(long)]
     pub data: String,
     /// Sequences per batch.
@@ -207,6 +211,15 @@ pub struct EvalArgs {
     /// Evaluate only the first K batches (default: all full batches).
     #[arg(long)]
     pub batches: Option<usize>,
+    /// Tensor-parallel ranks (under mpirun/srun; dp = world / (tp·pp) splits the batches).
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    /// Pipeline stages.
+    #[arg(long, default_value_t = 1)]
+    pub pp: usize,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
     /// Print one JSON line {"loss": ..., "tokens": ...}.
     #[arg(long)]
     pub json: bool,

@@ -38,7 +38,7 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
     match cmd {
         Command::Train(a) => return train(rt, a, threads),
         Command::PrepareData(a) => prepare(rt, a),
-        Command::Eval(a) => rt.agree(eval(a, threads)),
+        Command::Eval(a) => rt.agree(eval(rt, a, threads)),
         Command::Generate(a) => rt.agree(generate(a, threads)),
         Command::Plot(a) => rt.agree(ferrotron::plot::plot_loss_curve(
             &a.metrics,
@@ -179,12 +179,38 @@ fn prepare(rt: &Runtime, a: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval(a: EvalArgs, threads: usize) -> Result<()> {
-    let r = ferrotron::eval::run(&a.hf, &a.data, a.batch, a.seq, a.batches, threads)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!("loss {:.6} over {} tokens", r.loss, r.tokens);
+fn eval(rt: &Runtime, a: EvalArgs, threads: usize) -> Result<()> {
+    use ferrotron::config::BackendKind;
+    use ferrotron::train::{EvalJob, Weights};
+    let backend = match a.backend.as_str() {
+        "cpu" => BackendKind::Cpu,
+        "cuda" => BackendKind::Cuda,
+        other => anyhow::bail!("--backend {other:?}: expected cpu or cuda"),
+    };
+    let weights = match (a.hf, a.ckpt) {
+        (Some(h), _) => Weights::Hf(h),
+        (None, Some(c)) => Weights::Ckpt(c),
+        (None, None) => anyhow::bail!("give --hf DIR or --ckpt DIR"),
+    };
+    let job = EvalJob {
+        weights,
+        data: a.data,
+        batch: a.batch,
+        seq: a.seq,
+        batches: a.batches,
+        tp: a.tp,
+        pp: a.pp,
+        backend,
+        threads,
+    };
+    let (loss, tokens) = ferrotron::train::evaluate(rt, &job)?;
+    if rt.rank == 0 {
+        let r = ferrotron::eval::EvalResult { loss, tokens };
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("loss {:.6} over {} tokens", r.loss, r.tokens);
+        }
     }
     Ok(())
 }

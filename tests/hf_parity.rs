@@ -277,8 +277,31 @@ fn eval_matches_hf_logits() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("row.bin");
     ferrotron::data::write_shard(&path, &shard).unwrap();
-    let r =
-        ferrotron::eval::run(&fixture_dir(name), path.to_str().unwrap(), 1, t, None, 1).unwrap();
+    // `ferrotron eval` (one process, the training model's forward).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrotron"))
+        .args([
+            "--threads",
+            "1",
+            "eval",
+            "--hf",
+            fixture_dir(name).to_str().unwrap(),
+            "--data",
+            path.to_str().unwrap(),
+            "--batch",
+            "1",
+            "--seq",
+            &t.to_string(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (loss, tokens) = (r["loss"].as_f64().unwrap(), r["tokens"].as_u64().unwrap());
     let logits = ex.f32s("logits");
     let mut want = 0.0f64;
     for i in 0..t {
@@ -289,7 +312,7 @@ fn eval_matches_hf_logits() {
         want += lse - z[target as usize] as f64;
     }
     want /= t as f64;
-    assert_eq!(r.tokens, t as u64);
-    assert!(rel(r.loss, want) <= 1e-5, "eval {} vs {want}", r.loss);
+    assert_eq!(tokens, t as u64);
+    assert!(rel(loss, want) <= 1e-5, "eval {loss} vs {want}");
     std::fs::remove_dir_all(&dir).ok();
 }

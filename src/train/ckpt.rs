@@ -131,6 +131,26 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
+impl<B: Backend> Trainer<B> {
+    /// Takes only the parameters from `src` (written on any grid), for evaluation: the model
+    /// shape must match; the data stream and the optimizer state are not needed.
+    pub(crate) fn load_params(&mut self, src: &mut Source) -> Result<()> {
+        let want = Gpt2Config::from_model_config(&self.cfg.model);
+        if src.meta.model != want {
+            bail!(
+                "checkpoint {} holds a different model ({}) than asked for ({})",
+                src.dir.display(),
+                describe(&src.meta.model),
+                describe(&want)
+            );
+        }
+        let ly = self.model.layout.clone();
+        let params = src.load_local(&ly, Kind::Model)?;
+        self.params = self.model.be.upload_vec(params)?;
+        Ok(())
+    }
+}
+
 /// A checkpoint can continue this run when the model shape and the data stream match (the
 /// grid and ZeRO may differ).
 fn check_compatible(cfg: &Config, meta: &Meta, dir: &std::path::Path) -> Result<()> {

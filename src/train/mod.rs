@@ -31,10 +31,12 @@ use std::sync::Arc;
 mod ckpt;
 mod driver;
 mod dry_run;
+mod evaluate;
 mod guard;
 
 pub use driver::run;
 pub use dry_run::dry_run;
+pub use evaluate::{evaluate, EvalJob, Weights};
 
 /// Command-line options of `ferrotron train` that are not in the config.
 #[derive(Debug, Clone, Default)]
@@ -448,6 +450,11 @@ impl<B: Backend> Trainer<B> {
     /// Mean loss over the first `train.val_batches` validation batches (None without val data).
     /// Batch k is evaluated by data-parallel replica `k mod dp`, through the pipeline.
     pub fn validate(&mut self, gr: &Groups) -> Result<Option<f32>> {
+        Ok(self.validate_f64(gr)?.map(|l| l as f32))
+    }
+
+    /// [`Trainer::validate`] in f64 (the sum over batches is f64).
+    pub fn validate_f64(&mut self, gr: &Groups) -> Result<Option<f64>> {
         let t = &self.cfg.train;
         if t.val_every == 0 && t.val_batches == 0 {
             return Ok(None);
@@ -502,7 +509,7 @@ impl<B: Backend> Trainer<B> {
         if self.grid.world() > 1 {
             gr.world.all_reduce_sum_f64(&mut sum)?;
         }
-        Ok(Some((sum[0] / k as f64) as f32))
+        Ok(Some(sum[0] / k as f64))
     }
 
     fn tokens_per_step(&self) -> usize {
