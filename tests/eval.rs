@@ -88,7 +88,7 @@ fn eval_reads_checkpoints_from_any_grid() {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v.get("val_loss").and_then(|x| x.as_f64()))
-        .last()
+        .next_back()
         .expect("a validation loss");
     let w = ["--ckpt", ck.to_str().unwrap()];
     let seq = 32;
