@@ -228,11 +228,20 @@ pub struct EvalArgs {
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
     /// Hugging Face GPT-2 directory (config.json + model.safetensors).
+    #[arg(long, conflicts_with = "ckpt", required_unless_present = "ckpt")]
+    pub hf: Option<PathBuf>,
+    /// A training checkpoint written on any grid: a step_<N> directory, or a checkpoint.dir.
     #[arg(long)]
-    pub hf: PathBuf,
-    /// Prompt text (GPT-2 BPE).
+    pub ckpt: Option<PathBuf>,
+    /// Prompt text (GPT-2 BPE); generation stops after the end-of-text token.
+    #[arg(long, conflicts_with_all = ["prompt_ids", "prompts"], required_unless_present_any = ["prompt_ids", "prompts"])]
+    pub prompt: Option<String>,
+    /// Prompt token ids, comma-separated (any vocabulary; no stop token).
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompts")]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// A batch of prompts, JSONL: one {"prompt": "..."} or {"prompt_ids": [...]} per line.
     #[arg(long)]
-    pub prompt: String,
+    pub prompts: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// 0 means greedy.
@@ -241,8 +250,24 @@ pub struct GenerateArgs {
     /// Sample only among the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
+    /// Then only among the most likely tokens whose probabilities sum to p (1 = all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Prompt i samples from ChaCha8(seed + i): the same tokens on every grid.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
+    /// Tensor-parallel ranks (under mpirun/srun; dp = world / (tp·pp) splits the prompts).
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    /// Pipeline stages.
+    #[arg(long, default_value_t = 1)]
+    pub pp: usize,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// One JSON object per prompt: {"index", "prompt", "prompt_ids", "ids", "text"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

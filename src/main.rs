@@ -39,7 +39,7 @@ fn run(rt: &Runtime, cmd: Command, threads: usize) -> Result<i32> {
         Command::Train(a) => return train(rt, a, threads),
         Command::PrepareData(a) => prepare(rt, a),
         Command::Eval(a) => rt.agree(eval(rt, a, threads)),
-        Command::Generate(a) => rt.agree(generate(a, threads)),
+        Command::Generate(a) => rt.agree(generate(rt, a, threads)),
         Command::Plot(a) => rt.agree(ferrotron::plot::plot_loss_curve(
             &a.metrics,
             &a.out,
@@ -215,21 +215,117 @@ fn eval(rt: &Runtime, a: EvalArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn generate(a: GenerateArgs, threads: usize) -> Result<()> {
-    let (cfg, params) = ferrotron::checkpoint::hf::load(&a.hf)?;
+fn backend_kind(name: &str) -> Result<ferrotron::config::BackendKind> {
+    use ferrotron::config::BackendKind;
+    match name {
+        "cpu" => Ok(BackendKind::Cpu),
+        "cuda" => Ok(BackendKind::Cuda),
+        other => anyhow::bail!("--backend {other:?}: expected cpu or cuda"),
+    }
+}
+
+/// The prompts of `generate`: (text when given as text, token ids).
+use anyhow::Context as _;
+
+fn gen_prompts(
+    a: &GenerateArgs,
+    tok: &ferrotron::data::Gpt2Tokenizer,
+) -> Result<Vec<(Option<String>, Vec<u32>)>> {
+    if let Some(t) = &a.prompt {
+        return Ok(vec![(Some(t.clone()), tok.encode(t))]);
+    }
+    if let Some(ids) = &a.prompt_ids {
+        return Ok(vec![(None, ids.clone())]);
+    }
+    let path = a
+        .prompts
+        .as_ref()
+        .context("give --prompt, --prompt-ids or --prompts")?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --prompts {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let where_ = || format!("--prompts {} line {}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(where_)?;
+        if let Some(t) = v.get("prompt").and_then(|x| x.as_str()) {
+            out.push((Some(t.to_string()), tok.encode(t)));
+        } else if let Some(ids) = v.get("prompt_ids").and_then(|x| x.as_array()) {
+            let ids = ids
+                .iter()
+                .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .with_context(|| format!("{}: prompt_ids must be token ids", where_()))?;
+            out.push((None, ids));
+        } else {
+            anyhow::bail!(
+                "{}: expected {{\"prompt\": ...}} or {{\"prompt_ids\": [...]}}",
+                where_()
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn generate(rt: &Runtime, a: GenerateArgs, threads: usize) -> Result<()> {
+    use ferrotron::generate::{GenJob, Sampling};
+    use ferrotron::train::Weights;
     let tok = ferrotron::data::Gpt2Tokenizer::new()?;
-    let prompt = tok.encode(&a.prompt);
-    let cpu = ferrotron::backend::cpu::Cpu::resolved(None, threads, true)?;
-    let model = ferrotron::model::gpt2::Gpt2::with_backend(cfg, cpu);
-    let s = ferrotron::generate::Sampling {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        seed: a.seed,
+    let prompts = gen_prompts(&a, &tok)?;
+    let weights = match (&a.hf, &a.ckpt) {
+        (Some(h), _) => Weights::Hf(h.clone()),
+        (None, Some(c)) => Weights::Ckpt(c.clone()),
+        (None, None) => anyhow::bail!("give --hf DIR or --ckpt DIR"),
     };
-    let eot = (cfg.vocab_size > ferrotron::data::EOT as usize).then_some(ferrotron::data::EOT);
-    let ids =
-        ferrotron::generate::generate_ids(&model, &params, &prompt, a.max_new_tokens, &s, eot)?;
-    println!("{}{}", a.prompt, tok.decode(&ids)?);
+    let any_text = prompts.iter().any(|(t, _)| t.is_some());
+    let eot = ferrotron::data::EOT;
+    let job = GenJob {
+        weights,
+        prompts: prompts.iter().map(|(_, ids)| ids.clone()).collect(),
+        max_new: a.max_new_tokens,
+        sampling: Sampling {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        stop: any_text.then_some(eot),
+        tp: a.tp,
+        pp: a.pp,
+        backend: backend_kind(&a.backend)?,
+        threads,
+    };
+    let out = ferrotron::generate::run(rt, &job)?;
+    if rt.rank != 0 {
+        return Ok(());
+    }
+    for (i, ((text, ids), new)) in prompts.iter().zip(&out).enumerate() {
+        let decoded = tok.decode(new).ok();
+        if a.json {
+            let v = serde_json::json!({
+                "index": i,
+                "prompt": text,
+                "prompt_ids": ids,
+                "ids": new,
+                "text": decoded,
+            });
+            println!("{v}");
+        } else {
+            match (text, decoded) {
+                (Some(t), Some(d)) => println!("{t}{d}"),
+                _ => println!(
+                    "{}",
+                    new.iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            }
+        }
+    }
     Ok(())
 }
 

@@ -291,3 +291,37 @@ fn pinned_bf16_weights_equal_per_gemm_rounding() {
         "scaled weights left the loss at {l2}"
     );
 }
+
+/// Generation through the training model on the GPU (cuBLAS products, the cached attention
+/// through the backend's host fallback) gives the CPU's greedy tokens, which are transformers'.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
+fn greedy_generation_on_cuda_equals_cpu() {
+    use ferrotron::generate::{engine, Prompt, Sampling};
+    use ferrotron::parallel::{Grid, Tp};
+    use ferrotron::train::{load_stage, weights_model, Weights};
+    let Some(be) = gpu() else { return };
+    let w = Weights::Hf(fixture("gpt2_v50257"));
+    let model = weights_model(&w).unwrap();
+    let grid = Grid {
+        dp: 1,
+        tp: 1,
+        pp: 1,
+    };
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    let prompt = [Prompt {
+        index: 0,
+        ids: vec![29, 28869, 49154, 47311, 17416],
+    }];
+    let tp = Tp::single();
+    let (mc, pc) = load_stage(ferrotron::backend::cpu::Cpu::new(1), model, &w, grid, 0).unwrap();
+    let cpu = engine::run(&mc, &pc, &prompt, 8, &greedy, &tp, None).unwrap();
+    let (mg, pg) = load_stage(be, model, &w, grid, 0).unwrap();
+    let gpu_ids = engine::run(&mg, &pg, &prompt, 8, &greedy, &tp, None).unwrap();
+    assert_eq!(gpu_ids, cpu, "greedy tokens on CUDA differ from the CPU's");
+}

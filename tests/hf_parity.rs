@@ -224,9 +224,31 @@ fn safetensors_round_trip_is_bit_identical() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// This rank's whole model (1 rank) from a fixture, as generation loads it.
+fn stage_of(
+    name: &str,
+) -> (
+    ferrotron::parallel::stage::StageModel<ferrotron::backend::cpu::Cpu>,
+    Vec<f32>,
+    usize,
+) {
+    let w = ferrotron::train::Weights::Hf(fixture_dir(name));
+    let model = ferrotron::train::weights_model(&w).unwrap();
+    let grid = ferrotron::parallel::Grid {
+        dp: 1,
+        tp: 1,
+        pp: 1,
+    };
+    let (m, p) =
+        ferrotron::train::load_stage(ferrotron::backend::cpu::Cpu::new(1), model, &w, grid, 0)
+            .unwrap();
+    let host = m.be.download(&p).unwrap();
+    (m, host, model.vocab_size)
+}
+
 #[test]
 fn greedy_generation_matches_hf() {
-    use ferrotron::generate::{generate_ids, Sampling};
+    use ferrotron::generate::{engine, Prompt, Sampling};
     for name in ["gpt2_v50257", "gpt2_v1000"] {
         let ex = Expected::load(name);
         let ids = |k: &str| -> Vec<u32> {
@@ -237,27 +259,60 @@ fn greedy_generation_matches_hf() {
                 .map(|x| x.as_u64().unwrap() as u32)
                 .collect()
         };
-        let (cfg, params) = hf::load(&fixture_dir(name)).unwrap();
-        let model = Gpt2::new(cfg, 1);
+        let (m, host, _) = stage_of(name);
+        let params = m.be.upload(&host).unwrap();
         let greedy = Sampling {
             temperature: 0.0,
             top_k: 0,
+            top_p: 1.0,
             seed: 0,
         };
         let want = ids("new_ids");
-        let got = generate_ids(
-            &model,
-            &params,
-            &ids("prompt_ids"),
-            want.len(),
-            &greedy,
-            None,
-        )
-        .unwrap();
+        let prompt = Prompt {
+            index: 0,
+            ids: ids("prompt_ids"),
+        };
+        let tp = ferrotron::parallel::Tp::single();
+        let got = engine::run(&m, &params, &[prompt], want.len(), &greedy, &tp, None).unwrap();
         assert_eq!(
-            got, want,
+            got[0], want,
             "{name}: greedy continuation differs from transformers"
         );
+    }
+}
+
+/// Generation's prefill (the whole prompt in one forward, attention against the KV cache)
+/// gives transformers' logits at every position of the fixture's first row.
+#[test]
+fn prefill_logits_match_hf() {
+    use ferrotron::generate::stage::{blocks, embed, logits, KvCache, SeqRows};
+    for name in ["gpt2_v50257", "gpt2_v1000"] {
+        let ex = Expected::load(name);
+        let t = ex.num(&["seq"]) as usize;
+        let (m, host, v) = stage_of(name);
+        let params = m.be.upload(&host).unwrap();
+        let tokens: Vec<u32> = ex.u32s("input_ids")[..t].to_vec();
+        let tp = ferrotron::parallel::Tp::single();
+        let positions: Vec<usize> = (0..t).collect();
+        let mut x = embed(&m, &params, &tokens, &positions, &tp).unwrap();
+        let mut caches = vec![KvCache::new(&m, t).unwrap()];
+        let seq = SeqRows {
+            row0: 0,
+            rows: t,
+            start: 0,
+            cache: 0,
+        };
+        blocks(&m, &params, &mut x, &[seq], &mut caches, &tp).unwrap();
+        let z = logits(&m, &params, &x, &positions, &tp).unwrap();
+        let vp = z.len() / t;
+        let want = ex.f32s("logits");
+        let mut worst = 0.0f32;
+        for i in 0..t {
+            for j in 0..v {
+                worst = worst.max((z[i * vp + j] - want[i * v + j]).abs());
+            }
+        }
+        assert!(worst <= 1e-4, "{name}: prefill logits differ by {worst}");
     }
 }
 

@@ -138,7 +138,7 @@ impl<B: Backend> StageModel<B> {
         self.layout.stage + 1 == self.layout.pp
     }
 
-    fn region(&self, i: usize) -> Region {
+    pub(crate) fn region(&self, i: usize) -> Region {
         let e = &self.layout.entries[i];
         Region {
             off: e.offset,
@@ -146,7 +146,7 @@ impl<B: Backend> StageModel<B> {
         }
     }
 
-    fn block_regions(&self, b: &BlockIdx) -> BlockTensors<Region> {
+    pub(crate) fn block_regions(&self, b: &BlockIdx) -> BlockTensors<Region> {
         BlockTensors::from_array(
             [
                 b.ln1_w, b.ln1_b, b.qkv_w, b.qkv_b, b.proj_w, b.proj_b, b.ln2_w, b.ln2_b, b.fc_w,
@@ -165,7 +165,7 @@ impl<B: Backend> StageModel<B> {
         }
     }
 
-    fn wte(&self) -> Result<Region> {
+    pub(crate) fn wte(&self) -> Result<Region> {
         let i = self
             .layout
             .wte

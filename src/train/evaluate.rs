@@ -7,7 +7,11 @@ use super::{ckpt, Trainer};
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config};
+use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::parallel::groups::{gather_facts, Groups};
+use crate::parallel::shard::{repad, StageLayout};
+use crate::parallel::stage::StageModel;
+use crate::parallel::Grid;
 use crate::runtime::Runtime;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -81,18 +85,10 @@ fn config_for(job: &EvalJob, world: usize) -> Result<(Config, Option<PathBuf>, u
     if job.batch == 0 || job.seq == 0 {
         bail!("--batch and --seq must be > 0");
     }
-    let (model, init_hf, ckpt_dir) = match &job.weights {
-        Weights::Hf(dir) => (
-            crate::checkpoint::hf::read_config(dir)?,
-            Some(dir.clone()),
-            None,
-        ),
-        Weights::Ckpt(spec) => {
-            let dir = crate::checkpoint::load::resolve(&spec.to_string_lossy(), None)?
-                .with_context(|| format!("--ckpt {}: no complete checkpoint", spec.display()))?;
-            let meta = crate::checkpoint::meta::Meta::read(&dir)?;
-            (meta.model, None, Some(dir))
-        }
+    let model = weights_model(&job.weights)?;
+    let (init_hf, ckpt_dir) = match &job.weights {
+        Weights::Hf(dir) => (Some(dir.clone()), None),
+        Weights::Ckpt(spec) => (None, Some(ckpt_dir(spec)?)),
     };
     if job.seq > model.n_positions {
         bail!(
@@ -157,4 +153,50 @@ fn config_for(job: &EvalJob, world: usize) -> Result<(Config, Option<PathBuf>, u
     ));
     let cfg = Config::from_str_with_overrides(&text, &[])?;
     Ok((cfg, ckpt_dir, k))
+}
+
+/// The checkpoint directory `--ckpt` names: a `step_<N>` directory, or a `checkpoint.dir` and
+/// its latest complete checkpoint.
+fn ckpt_dir(spec: &std::path::Path) -> Result<PathBuf> {
+    crate::checkpoint::load::resolve(&spec.to_string_lossy(), None)?
+        .with_context(|| format!("--ckpt {}: no complete checkpoint", spec.display()))
+}
+
+/// The model shape (unpadded vocabulary) `weights` hold.
+pub fn weights_model(weights: &Weights) -> Result<Gpt2Config> {
+    match weights {
+        Weights::Hf(dir) => crate::checkpoint::hf::read_config(dir),
+        Weights::Ckpt(spec) => Ok(crate::checkpoint::meta::Meta::read(&ckpt_dir(spec)?)?.model),
+    }
+}
+
+/// This rank's stage of `model` on `grid` (TP-padded, sharded as in training) and its
+/// parameters from `weights`, written on any grid.
+pub fn load_stage<B: Backend>(
+    be: B,
+    model: Gpt2Config,
+    weights: &Weights,
+    grid: Grid,
+    rank: usize,
+) -> Result<(StageModel<B>, B::Buf)> {
+    let c = grid.coords(rank);
+    let gcfg = model.with_tp_padding(grid.tp);
+    let glayout = ParamLayout::new(&gcfg);
+    let layout = StageLayout::new(&gcfg, &glayout, grid.tp, c.tp, grid.pp, c.pp)?;
+    let host = match weights {
+        Weights::Hf(dir) => {
+            let (hcfg, params) = crate::checkpoint::hf::load(dir)?;
+            let global = repad(&ParamLayout::new(&hcfg), &params, &glayout);
+            let mut local = vec![0.0f32; layout.total];
+            layout.extract(&glayout, &global, &mut local);
+            local
+        }
+        Weights::Ckpt(spec) => {
+            let dir = ckpt_dir(spec)?;
+            let mut src = ckpt::open_source(&dir)?;
+            src.load_local(&layout, crate::checkpoint::load::Kind::Model)?
+        }
+    };
+    let params = be.upload_vec(host)?;
+    Ok((StageModel::new(gcfg, layout, be), params))
 }

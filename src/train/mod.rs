@@ -36,7 +36,7 @@ mod guard;
 
 pub use driver::run;
 pub use dry_run::dry_run;
-pub use evaluate::{evaluate, EvalJob, Weights};
+pub use evaluate::{evaluate, load_stage, weights_model, EvalJob, Weights};
 
 /// Command-line options of `ferrotron train` that are not in the config.
 #[derive(Debug, Clone, Default)]

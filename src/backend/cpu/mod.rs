@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod blas;
+pub mod decode;
 pub mod math;
 pub mod matmul;
 pub mod simd;
@@ -349,6 +350,17 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let _op = self.prof.span(&HostClock, "attention_forward");
         attention::forward(out, att, qkv, d, &self.gemm);
+        Ok(())
+    }
+    fn attention_cached(
+        &self,
+        out: &mut HostBuf,
+        qkv: &HostBuf,
+        kv: &mut HostBuf,
+        d: decode::CachedDims,
+    ) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "attention_cached");
+        decode::attention_cached(out, qkv, kv, d);
         Ok(())
     }
     fn attention_backward(

@@ -165,7 +165,7 @@ impl<B: Backend> BlockScratch<B> {
 }
 
 /// The bias of a row-parallel layer: added by TP rank 0 only, before the all-reduce.
-fn row_bias(tp: &Tp, b: Region) -> Region {
+pub(crate) fn row_bias(tp: &Tp, b: Region) -> Region {
     if tp.rank == 0 {
         b
     } else {
