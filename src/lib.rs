@@ -15,6 +15,7 @@ pub mod data;
 pub mod diagnose;
 pub mod eval;
 pub mod generate;
+pub mod layers;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -144,6 +144,7 @@ fn run_on<B: Backend>(
         .collect();
     let tp = Tp::of(&gr.tp);
     let pp = (grid.pp > 1).then_some(&gr.pp);
+    let t0 = std::time::Instant::now();
     let got = engine::run(&m, &params, &mine, job.max_new, &job.sampling, &tp, pp)?;
     // Gather on every rank: the owner (last stage, tp rank 0) writes its prompts' tokens.
     let n = job.prompts.len();
@@ -156,6 +157,15 @@ fn run_on<B: Backend>(
         }
     }
     gr.world.all_reduce_sum_f64(&mut all)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if rt.rank == 0 {
+        let tokens = n * job.max_new;
+        log::info!(
+            "generated {tokens} tokens ({n} prompts × {}) in {secs:.3} s: {:.1} tokens/s",
+            job.max_new,
+            tokens as f64 / secs
+        );
+    }
     Ok(all
         .chunks(job.max_new.max(1))
         .take(n)

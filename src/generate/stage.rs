@@ -8,9 +8,9 @@
 
 use crate::backend::cpu::decode::CachedDims;
 use crate::backend::{Backend, Region};
-use crate::model::gpt2::block::row_bias;
+use crate::layers::Tp;
+use crate::model::gpt2::block::BlockLinears;
 use crate::parallel::stage::StageModel;
-use crate::parallel::Tp;
 use anyhow::{Context, Result};
 
 /// One sequence's rows in a call: `rows` new positions from `start`, at row `row0` of `x`,
@@ -99,8 +99,9 @@ pub fn blocks<B: Backend>(
     let (mut pre, mut act) = (be.zeros(r * 4 * cl)?, be.zeros(r * 4 * cl)?);
     for (l, idx) in m.layout.blocks.iter().enumerate() {
         let p = m.block_regions(idx);
+        let lin = BlockLinears::new(&p, c, tp.size);
         be.layernorm_forward(&mut h, &mut mean, &mut rstd, x, params, p.ln1_w, p.ln1_b)?;
-        be.linear_forward(&mut qkv, &h, params, p.qkv_w, p.qkv_b, r, c, 3 * cl)?;
+        lin.qkv.forward(be, &mut qkv, &h, params, r)?;
         for s in seqs {
             let cache = &mut caches[s.cache];
             let d = CachedDims {
@@ -113,15 +114,11 @@ pub fn blocks<B: Backend>(
             };
             be.attention_cached(&mut atty, &qkv, &mut cache.layers[l], d)?;
         }
-        let pb = row_bias(tp, p.proj_b);
-        be.linear_forward(&mut y, &atty, params, p.proj_w, pb, r, cl, c)?;
-        tp.all_reduce(be, &mut y)?;
+        lin.proj.forward(be, tp, &mut y, &atty, params, r)?;
         be.add_inplace(x, &y)?;
         be.layernorm_forward(&mut h, &mut mean, &mut rstd, x, params, p.ln2_w, p.ln2_b)?;
-        be.linear_gelu_forward(&mut pre, &mut act, &h, params, p.fc_w, p.fc_b, r, c, 4 * cl)?;
-        let fb = row_bias(tp, p.fcproj_b);
-        be.linear_forward(&mut y, &act, params, p.fcproj_w, fb, r, 4 * cl, c)?;
-        tp.all_reduce(be, &mut y)?;
+        lin.fc.forward_gelu(be, &mut pre, &mut act, &h, params, r)?;
+        lin.fcproj.forward(be, tp, &mut y, &act, params, r)?;
         be.add_inplace(x, &y)?;
     }
     Ok(())

@@ -9,11 +9,10 @@ pub mod plan;
 pub mod shard;
 pub mod stage;
 pub mod topology;
-pub mod tp;
 #[cfg(test)]
 mod tp_gradcheck;
 pub mod zero;
 
+pub use crate::layers::Tp;
 pub use grid_check::{check_grid, schedule_for};
 pub use topology::{Coords, Grid};
-pub use tp::Tp;

@@ -8,12 +8,13 @@
 //! `c_proj` and `mlp.c_proj` row-parallel (matching input rows), LayerNorms and the
 //! row-parallel biases replicated. Per sub-block one all-reduce forward (after the row-parallel
 //! GEMM: "reduce from TP"; the bias is added on rank 0 only) and one backward (the input
-//! gradient of the column-parallel GEMM: dual of "copy to TP"). With P = 1 it is the plain block.
+//! gradient of the column-parallel GEMM: dual of "copy to TP"), both inside the layers of
+//! [`crate::layers`]. With P = 1 it is the plain block.
 
 use super::attention::AttnDims;
 use crate::backend::{Backend, Region};
 use crate::config::Recompute;
-use crate::parallel::Tp;
+use crate::layers::{ColumnParallelLinear, RowParallelLinear, Tp};
 use anyhow::Result;
 
 /// The twelve tensors of a block (parameters, or their gradients).
@@ -164,18 +165,53 @@ impl<B: Backend> BlockScratch<B> {
     }
 }
 
-/// The bias of a row-parallel layer: added by TP rank 0 only, before the all-reduce.
-pub(crate) fn row_bias(tp: &Tp, b: Region) -> Region {
-    if tp.rank == 0 {
-        b
-    } else {
-        Region { off: 0, len: 0 }
-    }
-}
-
 /// Attention dimensions of this TP rank's heads.
 fn local_dims(d: AttnDims, tp: &Tp) -> AttnDims {
     d.local(tp.size)
+}
+
+/// A block's four linear layers on this TP rank (C wide, Cl = C/P local).
+pub struct BlockLinears {
+    /// `c_attn`: C → 3C, this rank's heads' q, k, v columns.
+    pub qkv: ColumnParallelLinear,
+    /// `attn.c_proj`: C → C, this rank's heads' rows.
+    pub proj: RowParallelLinear,
+    /// `mlp.c_fc`: C → 4C, this rank's columns.
+    pub fc: ColumnParallelLinear,
+    /// `mlp.c_proj`: 4C → C, the matching rows.
+    pub fcproj: RowParallelLinear,
+}
+
+impl BlockLinears {
+    pub fn new(p: &BlockTensors<Region>, c: usize, tp: usize) -> Self {
+        let cl = c / tp;
+        Self {
+            qkv: ColumnParallelLinear {
+                w: p.qkv_w,
+                b: p.qkv_b,
+                ic: c,
+                oc: 3 * cl,
+            },
+            proj: RowParallelLinear {
+                w: p.proj_w,
+                b: p.proj_b,
+                ic: cl,
+                oc: c,
+            },
+            fc: ColumnParallelLinear {
+                w: p.fc_w,
+                b: p.fc_b,
+                ic: c,
+                oc: 4 * cl,
+            },
+            fcproj: RowParallelLinear {
+                w: p.fcproj_w,
+                b: p.fcproj_b,
+                ic: 4 * cl,
+                oc: c,
+            },
+        }
+    }
 }
 
 /// Forward of one block from input `x [N, C]`; fills `a`. `p` holds the block's parameter
@@ -193,7 +229,8 @@ pub fn forward<B: Backend>(
     d: AttnDims,
     tp: &Tp,
 ) -> Result<()> {
-    let (n, c, cl) = (d.b * d.t, d.c, d.c / tp.size);
+    let n = d.b * d.t;
+    let l = BlockLinears::new(p, d.c, tp.size);
     be.layernorm_forward(
         &mut a.ln1,
         &mut a.ln1_mean,
@@ -203,18 +240,14 @@ pub fn forward<B: Backend>(
         p.ln1_w,
         p.ln1_b,
     )?;
-    // Copy to TP (identity) → column-parallel c_attn → local heads.
-    be.linear_forward(&mut a.qkv, &a.ln1, params, p.qkv_w, p.qkv_b, n, c, 3 * cl)?;
+    l.qkv.forward(be, &mut a.qkv, &a.ln1, params, n)?;
     let att = if a.keep == Recompute::Selective {
         &mut s.att
     } else {
         &mut a.att
     };
     be.attention_forward(&mut a.atty, att, &a.qkv, local_dims(d, tp))?;
-    // Row-parallel c_proj → reduce from TP.
-    let pb = row_bias(tp, p.proj_b);
-    be.linear_forward(&mut a.res2, &a.atty, params, p.proj_w, pb, n, cl, c)?;
-    tp.all_reduce(be, &mut a.res2)?;
+    l.proj.forward(be, tp, &mut a.res2, &a.atty, params, n)?;
     be.add_inplace(&mut a.res2, x)?;
     be.layernorm_forward(
         &mut a.ln2,
@@ -225,28 +258,15 @@ pub fn forward<B: Backend>(
         p.ln2_w,
         p.ln2_b,
     )?;
-    // Copy to TP (identity) → column-parallel c_fc → GELU → row-parallel c_proj → reduce.
-    be.linear_gelu_forward(
-        &mut a.fch,
-        &mut s.fch4,
-        &a.ln2,
-        params,
-        p.fc_w,
-        p.fc_b,
-        n,
-        c,
-        4 * cl,
-    )?;
-    let fb = row_bias(tp, p.fcproj_b);
-    be.linear_forward(&mut a.out, &s.fch4, params, p.fcproj_w, fb, n, 4 * cl, c)?;
-    tp.all_reduce(be, &mut a.out)?;
+    l.fc.forward_gelu(be, &mut a.fch, &mut s.fch4, &a.ln2, params, n)?;
+    l.fcproj.forward(be, tp, &mut a.out, &s.fch4, params, n)?;
     be.add_inplace(&mut a.out, &a.res2)
 }
 
 /// Backward of one block. On entry `dres [N, C]` is the gradient of the block output; on exit
 /// it is the gradient of the block input `x`. Parameter gradients accumulate into `grads` at
-/// the regions of `p` (gradients share the parameters' layout). The reduce regions' duals are
-/// identities (`dres` is already replicated); the copy regions' duals all-reduce `dln`.
+/// the regions of `p` (gradients share the parameters' layout). The layers' backward duals do
+/// the TP communication (the column-parallel ones sum their input gradient).
 pub fn backward<B: Backend>(
     be: &B,
     dres: &mut B::Buf,
@@ -259,37 +279,13 @@ pub fn backward<B: Backend>(
     d: AttnDims,
     tp: &Tp,
 ) -> Result<()> {
-    let (n, c, cl) = (d.b * d.t, d.c, d.c / tp.size);
+    let n = d.b * d.t;
+    let l = BlockLinears::new(p, d.c, tp.size);
     // MLP branch: out = res2 + proj(gelu(fc(ln2(res2)))); gelu(fch) recomputed.
     be.gelu_forward(&mut s.fch4, &a.fch)?;
-    be.linear_backward_dgelu(
-        &mut s.dgelu,
-        grads,
-        p.fcproj_w,
-        p.fcproj_b,
-        dres,
-        &s.fch4,
-        &a.fch,
-        params,
-        p.fcproj_w,
-        n,
-        4 * cl,
-        c,
-    )?;
-    be.linear_backward(
-        &mut s.dln,
-        grads,
-        p.fc_w,
-        p.fc_b,
-        &s.dgelu,
-        &a.ln2,
-        params,
-        p.fc_w,
-        n,
-        c,
-        4 * cl,
-    )?;
-    tp.all_reduce(be, &mut s.dln)?; // dual of copy to TP
+    l.fcproj
+        .backward_dgelu(be, &mut s.dgelu, grads, dres, &s.fch4, &a.fch, params, n)?;
+    l.fc.backward(be, tp, &mut s.dln, grads, &s.dgelu, &a.ln2, params, n)?;
     be.layernorm_backward(
         dres,
         grads,
@@ -314,34 +310,11 @@ pub fn backward<B: Backend>(
     } else {
         &a.att
     };
-    be.linear_backward(
-        &mut s.datty,
-        grads,
-        p.proj_w,
-        p.proj_b,
-        dres,
-        &a.atty,
-        params,
-        p.proj_w,
-        n,
-        cl,
-        c,
-    )?;
+    l.proj
+        .backward(be, &mut s.datty, grads, dres, &a.atty, params, n)?;
     be.attention_backward(&mut s.dqkv, &s.datty, &a.atty, &a.qkv, att, ld)?;
-    be.linear_backward(
-        &mut s.dln,
-        grads,
-        p.qkv_w,
-        p.qkv_b,
-        &s.dqkv,
-        &a.ln1,
-        params,
-        p.qkv_w,
-        n,
-        c,
-        3 * cl,
-    )?;
-    tp.all_reduce(be, &mut s.dln)?; // dual of copy to TP
+    l.qkv
+        .backward(be, tp, &mut s.dln, grads, &s.dqkv, &a.ln1, params, n)?;
     be.layernorm_backward(
         dres,
         grads,

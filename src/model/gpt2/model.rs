@@ -11,7 +11,7 @@ use super::params::{BlockIdx, ParamLayout};
 use super::Gpt2Config;
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Region};
-use crate::parallel::Tp;
+use crate::layers::Tp;
 use anyhow::{ensure, Result};
 
 /// A GPT-2 of a given shape on backend `B` (the CPU backend by default).
