@@ -1,4 +1,4 @@
-// The non-GEMM parts of causal self-attention (CPU twin: src/model/gpt2/attention.rs); the
+// The non-GEMM parts of causal self-attention (CPU twin: src/backend/cpu/kernels/attention.rs); the
 // GEMMs (S = Q K^T, Y = P V and their backward) are cuBLASLt strided-batched calls over the
 // BH = B * NH heads. fp32. Layouts: qkv, dqkv [B, T, 3C] (q | k | v per position, head h at
 // channels h*hd..); per-head tensors [B, NH, T, hd]; scores/probabilities [BH, T, T].

@@ -1,5 +1,5 @@
 // Cross-entropy fused with softmax over the padded vocabulary (CPU twin:
-// src/model/gpt2/loss.rs). logits [N, Vp] fp32, targets [N] int32, losses [N].
+// src/backend/cpu/kernels/loss.rs). logits [N, Vp] fp32, targets [N] int32, losses [N].
 //   loss_n = logsumexp(z[0..V]) - z[y_n]   (padded columns V..Vp excluded)
 //   want_grad: z <- grad_scale * (softmax(z) - onehot(y)) on real columns, 0 on padded ones.
 // One block per row; blockDim.x a multiple of 32, at most 1024. Sums: f32 per thread,

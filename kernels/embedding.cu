@@ -1,4 +1,4 @@
-// Token + position embedding (CPU twin: src/model/gpt2/embedding.rs).
+// Token + position embedding (CPU twin: src/backend/cpu/kernels/embedding.rs).
 // Shapes: tok [N = B*T] int32, wte [Vp, C], wpe [P, C], out/dout [N, C]. fp32.
 
 // out[i, c] = wte[tok[i], c] + wpe[i % T, c]. One thread per output element.

@@ -1,5 +1,5 @@
 // Flash-style causal attention in fp32 (FlashAttention-2's algorithm; CPU twin and the math:
-// src/model/gpt2/flash.rs). Never materialises the [T, T] scores: the forward keeps per row a
+// src/backend/cpu/kernels/flash.rs). Never materialises the [T, T] scores: the forward keeps per row a
 // running max m, sum l and output accumulator, and saves only lse = m + ln l [B, NH, T]; the
 // backward recomputes P_ij = exp(scale q_i.k_j - lse_i).
 //

@@ -1,5 +1,5 @@
 // Flash attention on tensor cores: bf16 operands with fp32 accumulation (WMMA 16x16x16), the
-// algorithm, layouts and saved lse of flash_attention.cu (the math: src/model/gpt2/flash.rs).
+// algorithm, layouts and saved lse of flash_attention.cu (the math: src/backend/cpu/kernels/flash.rs).
 // Used with train.precision = "bf16" for head sizes that are multiples of 16 up to TC_HD (every
 // GPT-2 size has 64).
 //

@@ -1,4 +1,4 @@
-// tanh-GELU (Hugging Face gelu_new; CPU twin: src/model/gpt2/mlp.rs).
+// tanh-GELU (Hugging Face gelu_new; CPU twin: src/backend/cpu/kernels/mlp.rs).
 //   gelu(x)  = 0.5 x (1 + tanh u),  u = sqrt(2/pi) (x + 0.044715 x^3)
 //   gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 // One thread per element (grid-stride).

@@ -1,4 +1,4 @@
-// LayerNorm over the last dimension (CPU twin: src/model/gpt2/layernorm.rs), fp32.
+// LayerNorm over the last dimension (CPU twin: src/backend/cpu/kernels/layernorm.rs), fp32.
 //   y = (x - mu) * rstd * w + b,  rstd = 1 / sqrt(var + 1e-5), biased variance (two-pass).
 // Shapes: x, y, dx, dy [N, C]; w, b, dw, db [C]; mean, rstd [N].
 

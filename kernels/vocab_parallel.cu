@@ -1,5 +1,5 @@
 // Vocab-parallel embedding and cross-entropy pieces of one tensor-parallel rank, on the device
-// (CPU twins: src/model/gpt2/vocab_parallel.rs). This rank holds vocabulary rows v0 .. v0 + Vl;
+// (CPU twins: src/backend/cpu/kernels/vocab_parallel.rs). This rank holds vocabulary rows v0 .. v0 + Vl;
 // of its local logit columns only the first `valid` = min(Vl, V - v0) are real (the rest pad).
 
 // out[i, c] = (row[i] >= 0 ? wte[row[i], c] : 0) + (has_wpe ? wpe[i % T, c] : 0), where row[i]

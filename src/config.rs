@@ -113,7 +113,7 @@ pub struct TrainConfig {
     /// first elsewhere; else the built-in kernels), "blas" (a system BLAS or an error) or
     /// "builtin" (the `gemm` crate). Unset: `$FERROTRON_CPU_GEMM`, else "auto".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_gemm: Option<crate::backend::cpu::matmul::GemmChoice>,
+    pub cpu_gemm: Option<GemmChoice>,
     /// Rows of the LM head (logits, cross-entropy and their backward) computed at once on the
     /// last stage; 0 = automatic (a logits chunk of about 512 MiB).
     #[serde(default)]
@@ -204,6 +204,32 @@ pub enum BackendKind {
     #[default]
     Cpu,
     Cuda,
+}
+
+/// Which GEMM implementation the CPU backend uses (`train.cpu_gemm`, `FERROTRON_CPU_GEMM`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GemmChoice {
+    /// A system BLAS if one is found (`backend::cpu::blas::search_list` or `FERROTRON_BLAS`), else the
+    /// built-in kernels.
+    #[default]
+    Auto,
+    /// A system BLAS, or an error if none loads.
+    Blas,
+    /// The `gemm` crate, always.
+    Builtin,
+}
+
+impl std::str::FromStr for GemmChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "blas" => Ok(Self::Blas),
+            "builtin" => Ok(Self::Builtin),
+            other => anyhow::bail!("unknown CPU GEMM {other:?}: expected auto, blas or builtin"),
+        }
+    }
 }
 
 /// `train.recompute`: which activations backward recomputes instead of keeping.
@@ -532,9 +558,18 @@ impl Config {
             }
         }
         if let Some(k) = &self.data.sampler {
-            crate::data::SamplerKind::parse(k).context("data.sampler")?;
+            if !SAMPLERS.contains(&k.as_str()) {
+                bail!("data.sampler: unknown sampler {k:?} (use \"feistel\" or \"shuffle\")");
+            }
         }
-        crate::model::gpt2::Gpt2Config::from_model_config(m).check_bounds("[model]")?;
+        check_model_dims(
+            "[model]",
+            m.vocab_size,
+            m.n_positions,
+            m.n_embd,
+            m.n_layer,
+            m.n_head,
+        )?;
         positive("train.steps", t.steps)?;
         positive("train.micro_batch_size", t.micro_batch_size)?;
         positive("train.global_batch_size", t.global_batch_size)?;
@@ -755,4 +790,45 @@ mod shipped_configs {
         }
         assert!(n >= 5, "expected the shipped configs in inputs/");
     }
+}
+
+/// The window orders `data.sampler` names (`data::SamplerKind`).
+pub const SAMPLERS: [&str; 2] = ["feistel", "shuffle"];
+
+/// Bounds of a GPT-2 shape (also of one read from a Hugging Face directory or a checkpoint):
+/// every dimension in range, C divisible by NH, at most 2^40 parameters (the vocabulary padded
+/// to a multiple of 64).
+pub fn check_model_dims(
+    what: &str,
+    vocab_size: usize,
+    n_positions: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+) -> Result<()> {
+    let dims = [
+        ("vocab_size", vocab_size, 1 << 22),
+        ("n_positions", n_positions, 1 << 20),
+        ("n_embd", n_embd, 1 << 16),
+        ("n_layer", n_layer, 4096),
+        ("n_head", n_head, 1 << 16),
+    ];
+    for (k, v, max) in dims {
+        anyhow::ensure!(
+            (1..=max).contains(&v),
+            "{what}: {k} = {v} is outside 1..={max}"
+        );
+    }
+    anyhow::ensure!(
+        n_embd.is_multiple_of(n_head),
+        "{what}: n_embd {n_embd} is not divisible by n_head {n_head}"
+    );
+    let (c, l) = (n_embd as u128, n_layer as u128);
+    let padded = vocab_size.div_ceil(64) as u128 * 64;
+    let params = (padded + n_positions as u128) * c + l * 12 * c * c;
+    anyhow::ensure!(
+        params <= 1 << 40,
+        "{what}: {params} parameters is beyond 2^40"
+    );
+    Ok(())
 }

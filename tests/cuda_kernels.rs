@@ -11,11 +11,12 @@
 //! softmax backward subtracts nearly equal terms).
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use ferrotron::backend::cpu::kernels::{attention, embedding, layernorm, loss, mlp};
 use ferrotron::backend::cuda::kernels::{
     AttnShape, EmbeddingSegments, Kernels, FUNCTIONS, SUMSQ_PARTS,
 };
 use ferrotron::backend::cuda::{self, nvrtc};
-use ferrotron::model::gpt2::{attention, embedding, layernorm, loss, mlp, Gpt2Config, ParamLayout};
+use ferrotron::model::gpt2::{Gpt2Config, ParamLayout};
 use ferrotron::optim::{adamw, clip};
 use std::sync::Arc;
 
@@ -522,7 +523,7 @@ fn flash_case(g: &Gpu, tc: bool, shapes: &[(usize, usize, usize, usize)], tol: [
             &ferrotron::backend::cpu::matmul::Gemm::builtin(1),
         );
         let (mut y_twin, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-        ferrotron::model::gpt2::flash::forward(&mut y_twin, &mut lse, &qkv, ad);
+        ferrotron::backend::cpu::kernels::flash::forward(&mut y_twin, &mut lse, &qkv, ad);
 
         let s = AttnShape { b, t, c, nh };
         let qkv_d = g.up(&qkv);

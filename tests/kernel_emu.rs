@@ -12,11 +12,11 @@
 mod common;
 
 use common::scratch;
+use ferrotron::backend::cpu::kernels::attention::{self, AttnDims};
+use ferrotron::backend::cpu::kernels::{flash, vocab_parallel};
 use ferrotron::backend::cpu::Cpu;
 use ferrotron::backend::cuda::chunks::{adam_chunks, shard_rows};
 use ferrotron::backend::{AdamStep, Backend, Region};
-use ferrotron::model::gpt2::attention::{self, AttnDims};
-use ferrotron::model::gpt2::{flash, vocab_parallel};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

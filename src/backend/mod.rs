@@ -13,11 +13,11 @@ pub mod ledger;
 pub mod profile;
 pub mod staged;
 
+use crate::backend::cpu::kernels::{embedding, vocab_parallel};
 use crate::comm::mpi::{MpiComm, Pending};
 use crate::comm::Communicator;
-use crate::model::gpt2::attention::AttnDims;
-use crate::model::gpt2::{embedding, vocab_parallel};
 use anyhow::Result;
+pub use cpu::kernels::attention::AttnDims;
 
 /// A started data-parallel reduction ([`Backend::start_all_reduce`]).
 pub enum Started {
@@ -461,7 +461,7 @@ pub trait Backend: Send + Sync {
         let h = self.download(x)?;
         Ok(ranges
             .iter()
-            .map(|r| crate::optim::clip::sum_squares(&h[r.range()]))
+            .map(|r| cpu::kernels::optim::sum_squares(&h[r.range()]))
             .sum())
     }
 

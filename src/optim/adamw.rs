@@ -26,7 +26,6 @@ pub fn shard_ranges(entries: &[ParamEntry], lo: usize, hi: usize) -> Vec<(Region
         .collect()
 }
 use anyhow::Result;
-use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
@@ -110,25 +109,4 @@ impl AdamStep {
     }
 }
 
-/// The CPU twin of one AdamW update over matching slices.
-pub fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) {
-    const CH: usize = 1 << 14;
-    p.par_chunks_mut(CH)
-        .zip(g.par_chunks(CH))
-        .zip(m.par_chunks_mut(CH).zip(v.par_chunks_mut(CH)))
-        .for_each(|((p, g), (m, v))| update_chunk(p, g, m, v, s));
-}
-
-crate::backend::cpu::simd::multiversion! {
-    fn update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) {
-        let n = p.len().min(g.len()).min(m.len()).min(v.len());
-        let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
-        for i in 0..n {
-            p[i] *= s.decay_factor;
-            m[i] += (g[i] - m[i]) * (1.0 - s.beta1);
-            v[i] = v[i] * s.beta2 + (1.0 - s.beta2) * g[i] * g[i];
-            let denom = v[i].sqrt() / s.bc2_sqrt + s.eps;
-            p[i] -= s.step_size * m[i] / denom;
-        }
-    }
-}
+pub use crate::backend::cpu::kernels::optim::update;

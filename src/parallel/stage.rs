@@ -8,13 +8,14 @@
 
 use super::shard::StageLayout;
 use super::Tp;
+use crate::backend::cpu::kernels::attention::AttnDims;
+use crate::backend::cpu::kernels::vocab_parallel;
 use crate::backend::ledger::MemCategory;
 use crate::backend::{Backend, Region};
 use crate::config::Recompute;
-use crate::model::gpt2::attention::AttnDims;
 use crate::model::gpt2::block::{self, BlockActs, BlockScratch, BlockTensors};
 use crate::model::gpt2::params::BlockIdx;
-use crate::model::gpt2::{vocab_parallel, Gpt2Config};
+use crate::model::gpt2::Gpt2Config;
 use anyhow::{ensure, Context, Result};
 
 /// This rank's stage of a GPT-2 on backend `B`.

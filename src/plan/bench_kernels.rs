@@ -14,10 +14,10 @@
 //!   `MPI_Iallreduce`), 64 MiB.
 
 use crate::backend::cpu::bench::Shape;
+use crate::backend::cpu::kernels::attention::AttnDims;
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Region};
 use crate::comm::mpi::MpiComm;
-use crate::model::gpt2::attention::AttnDims;
 use crate::runtime::Runtime;
 use anyhow::Result;
 use mpi::collective::SystemOperation;

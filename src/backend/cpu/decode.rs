@@ -60,7 +60,7 @@ pub fn attention_cached(out: &mut [f32], qkv: &[f32], kv: &mut [f32], d: CachedD
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gpt2::attention::{forward, AttnDims};
+    use crate::backend::cpu::kernels::attention::{forward, AttnDims};
 
     /// Prefill then one position at a time gives the causal attention of the whole sequence.
     #[test]

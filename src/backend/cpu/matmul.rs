@@ -74,31 +74,7 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// Which GEMM implementation the CPU backend uses (`train.cpu_gemm`, `FERROTRON_CPU_GEMM`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GemmChoice {
-    /// A system BLAS if one is found ([`super::blas::search_list`] or `FERROTRON_BLAS`), else the
-    /// built-in kernels.
-    #[default]
-    Auto,
-    /// A system BLAS, or an error if none loads.
-    Blas,
-    /// The `gemm` crate, always.
-    Builtin,
-}
-
-impl std::str::FromStr for GemmChoice {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s.trim() {
-            "auto" => Ok(Self::Auto),
-            "blas" => Ok(Self::Blas),
-            "builtin" => Ok(Self::Builtin),
-            other => anyhow::bail!("unknown CPU GEMM {other:?}: expected auto, blas or builtin"),
-        }
-    }
-}
+pub use crate::config::GemmChoice;
 
 /// The GEMM provider of one CPU backend: the built-in kernels or a loaded BLAS library, and
 /// the rayon workers a product may use. Cheap to clone (the library is shared).

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod blas;
 pub mod decode;
+pub mod kernels;
 pub mod math;
 pub mod matmul;
 pub mod simd;
@@ -44,10 +45,11 @@ fn online_cpus() -> usize {
 use super::ledger::{Ledger, MemCategory};
 use super::profile::{HostClock, OpProfiler, Profile};
 use super::{AdamStep, Backend, Region};
-use crate::model::gpt2::attention::{self, AttnDims};
-use crate::model::gpt2::{embedding, head, layernorm, linear, loss, mlp, vocab_parallel};
-use crate::optim::{adamw, clip};
+use crate::backend::cpu::kernels::attention::{self, AttnDims};
+use crate::backend::cpu::kernels::{embedding, head, layernorm, linear, loss, mlp, vocab_parallel};
 use anyhow::{ensure, Result};
+use kernels::optim as adamw;
+use kernels::optim as clip;
 use std::sync::Arc;
 
 /// A CPU backend buffer: a `Vec<f32>` charged to the backend's [`Ledger`] while it lives.
@@ -388,7 +390,7 @@ impl Backend for Cpu {
     }
     fn add_inplace(&self, y: &mut HostBuf, x: &HostBuf) -> Result<()> {
         let _op = self.prof.span(&HostClock, "add_inplace");
-        crate::model::gpt2::block::add_inplace(y, x);
+        kernels::add_inplace(y, x);
         Ok(())
     }
     fn logits_forward(

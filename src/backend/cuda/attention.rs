@@ -5,7 +5,7 @@
 use super::backend::{shape, CudaBackend};
 use super::gemm::Batch;
 use super::matmul::op;
-use crate::model::gpt2::attention::AttnDims;
+use crate::backend::cpu::kernels::attention::AttnDims;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 

@@ -10,7 +10,7 @@
 //! tied `wte` twice per LM-head chunk.
 //!
 //! The copy is only valid while the run holds the parameters immutably borrowed, so
-//! [`crate::parallel::pipeline::run`] pins at its start and unpins when it returns (also on
+//! the pipeline engine (`parallel/pipeline.rs`) pins at its start and unpins when it returns (also on
 //! errors): the recorded address can never name a changed or freed buffer. The rounding is the
 //! same kernel the per-GEMM path uses, so pinned and unpinned GEMMs read identical bf16 values.
 

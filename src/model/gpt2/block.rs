@@ -11,7 +11,7 @@
 //! gradient of the column-parallel GEMM: dual of "copy to TP"), both inside the layers of
 //! [`crate::layers`]. With P = 1 it is the plain block.
 
-use super::attention::AttnDims;
+use crate::backend::AttnDims;
 use crate::backend::{Backend, Region};
 use crate::config::Recompute;
 use crate::layers::{ColumnParallelLinear, RowParallelLinear, Tp};
@@ -327,20 +327,4 @@ pub fn backward<B: Backend>(
         &a.ln1_mean,
         &a.ln1_rstd,
     )
-}
-
-/// `y += x` elementwise.
-pub fn add_inplace(y: &mut [f32], x: &[f32]) {
-    use rayon::prelude::*;
-    y.par_chunks_mut(4096)
-        .zip(x.par_chunks(4096))
-        .for_each(|(a, b)| add_chunk(a, b));
-}
-
-crate::backend::cpu::simd::multiversion! {
-    fn add_chunk(a: &mut [f32], b: &[f32]) {
-        for (a, b) in a.iter_mut().zip(b) {
-            *a += b;
-        }
-    }
 }

@@ -4,9 +4,10 @@
 //! gradient ∂L/∂x = backward(dy = r). Along a random direction d, the central difference
 //! (L(x + εd) − L(x − εd)) / 2ε must equal ⟨∂L/∂x, d⟩; checked for every input and parameter.
 
-use super::attention::{self, AttnDims};
 use super::model::Gpt2;
-use super::{embedding, layernorm, linear, loss, mlp, Gpt2Config};
+use super::Gpt2Config;
+use crate::backend::cpu::kernels::attention::{self, AttnDims};
+use crate::backend::cpu::kernels::{embedding, layernorm, linear, loss, mlp};
 use crate::backend::cpu::matmul::Gemm;
 use crate::backend::Backend;
 use rand_chacha::rand_core::{Rng, SeedableRng};

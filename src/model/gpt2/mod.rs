@@ -5,26 +5,16 @@
 //! flat row-major f32 slices; shapes are in the doc comments (B batch, T time, C channels,
 //! NH heads, hd = C / NH, Vp padded vocabulary).
 
-pub mod attention;
 pub mod block;
-pub mod embedding;
-pub mod flash;
 #[cfg(test)]
 mod gradcheck;
-pub mod head;
-pub mod layernorm;
-pub mod linear;
-pub mod loss;
-pub mod mlp;
 pub mod model;
 pub mod params;
-pub mod vocab_parallel;
 
 pub use model::{Activations, Gpt2};
 pub use params::ParamLayout;
 
-/// LayerNorm epsilon of GPT-2.
-pub const LN_EPS: f32 = 1e-5;
+pub use crate::backend::cpu::kernels::layernorm::LN_EPS;
 
 /// Model shape. `padded_vocab` rounds `vocab_size` up to a multiple of 64 (GEMM-friendly);
 /// the padding rows of `wte` are zero and their logits are masked out of softmax and loss.
@@ -62,32 +52,14 @@ impl Gpt2Config {
     /// and at most 2⁴⁰ parameters — so a corrupt header or config is an error, never a huge
     /// allocation or an endless loop. `what` names the source in messages.
     pub fn check_bounds(&self, what: &str) -> anyhow::Result<()> {
-        let dims = [
-            ("vocab_size", self.vocab_size, 1 << 22),
-            ("n_positions", self.n_positions, 1 << 20),
-            ("n_embd", self.n_embd, 1 << 16),
-            ("n_layer", self.n_layer, 4096),
-            ("n_head", self.n_head, 1 << 16),
-        ];
-        for (k, v, max) in dims {
-            anyhow::ensure!(
-                (1..=max).contains(&v),
-                "{what}: {k} = {v} is outside 1..={max}"
-            );
-        }
-        anyhow::ensure!(
-            self.n_embd.is_multiple_of(self.n_head),
-            "{what}: n_embd {} is not divisible by n_head {}",
+        crate::config::check_model_dims(
+            what,
+            self.vocab_size,
+            self.n_positions,
             self.n_embd,
-            self.n_head
-        );
-        let (c, l) = (self.n_embd as u128, self.n_layer as u128);
-        let params = (self.padded_vocab as u128 + self.n_positions as u128) * c + l * 12 * c * c;
-        anyhow::ensure!(
-            params <= 1 << 40,
-            "{what}: {params} parameters is beyond 2^40"
-        );
-        Ok(())
+            self.n_layer,
+            self.n_head,
+        )
     }
 
     /// The same model with the vocabulary padded to a multiple of 64·tp, so each of `tp`

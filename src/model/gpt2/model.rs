@@ -5,11 +5,11 @@
 //! micro-batch `[B, T]`); `backward` accumulates parameter gradients into a flat buffer with
 //! the same layout as the parameters, so gradient accumulation over micro-batches is free.
 
-use super::attention::AttnDims;
 use super::block::{self, BlockActs, BlockScratch, BlockTensors};
 use super::params::{BlockIdx, ParamLayout};
 use super::Gpt2Config;
 use crate::backend::cpu::Cpu;
+use crate::backend::AttnDims;
 use crate::backend::{Backend, Region};
 use crate::layers::Tp;
 use anyhow::{ensure, Result};

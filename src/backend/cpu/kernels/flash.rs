@@ -164,8 +164,8 @@ pub fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::kernels::attention;
     use crate::backend::cpu::matmul::Gemm;
-    use crate::model::gpt2::attention;
 
     fn wave(n: usize, k: usize) -> Vec<f32> {
         (0..n)

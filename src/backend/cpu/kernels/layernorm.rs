@@ -2,10 +2,12 @@
 //! with the biased variance σ² (PyTorch semantics). Shapes: x, y `[N, C]`; w, b `[C]`;
 //! μ, rstd `[N]` are saved for the backward pass.
 
-use super::LN_EPS;
 use crate::backend::cpu::matmul::add_column_sums;
 use crate::backend::cpu::simd::{self, multiversion};
 use rayon::prelude::*;
+
+/// LayerNorm epsilon of GPT-2.
+pub const LN_EPS: f32 = 1e-5;
 
 /// Forward: writes `out [N, C]`, `mean [N]`, `rstd [N]`.
 pub fn forward(

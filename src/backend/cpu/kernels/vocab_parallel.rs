@@ -137,7 +137,7 @@ pub fn xent_grad(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gpt2::loss::softmax_xent;
+    use crate::backend::cpu::kernels::loss::softmax_xent;
 
     /// Sharding the vocabulary over 1, 2 and 3 ranks reproduces the unsharded fused
     /// cross-entropy (losses and logit gradients).
