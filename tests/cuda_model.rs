@@ -6,8 +6,9 @@
 use ferrotron::backend::cuda::{device_count, CudaBackend};
 use ferrotron::backend::Backend;
 use ferrotron::checkpoint::hf;
-use ferrotron::model::gpt2::{Gpt2, Gpt2Config};
+use ferrotron::model::gpt2::Gpt2Config;
 use ferrotron::optim::{clip, AdamW, AdamWConfig, LrSchedule};
+use ferrotron::parallel::whole::Whole;
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
@@ -68,13 +69,11 @@ fn gpu_matches_hf_fixture() {
             ex["seq"].as_u64().unwrap() as usize,
         );
         let (cfg, host) = hf::load(&dir).unwrap();
-        let model = Gpt2::with_backend(cfg, CudaBackend::new(0).unwrap());
-        let params = model.be.upload(&host).unwrap();
-        let x = model.be.tokens(&ids(&bytes, "input_ids")).unwrap();
-        let y = model.be.tokens(&ids(&bytes, "targets")).unwrap();
-        let mut acts = model.activations(b, t).unwrap();
-        model.forward(&params, &x, None, None, &mut acts).unwrap();
-        let logits = model.be.download(&acts.logits).unwrap();
+        let model = Whole::new(cfg, CudaBackend::new(0).unwrap(), 0).unwrap();
+        let params = model.be().upload(&host).unwrap();
+        let (x, y) = (ids(&bytes, "input_ids"), ids(&bytes, "targets"));
+        let mut slot = model.slot(b, t).unwrap();
+        let logits = model.logits(&mut slot, &params, &x).unwrap();
         let want = tensor(&bytes, "logits");
         let (v, vp) = (cfg.vocab_size, cfg.padded_vocab);
         let mut max_abs = 0.0f32;
@@ -84,18 +83,18 @@ fn gpu_matches_hf_fixture() {
             }
         }
         assert!(max_abs <= 1e-4, "{name}: GPU logits max abs diff {max_abs}");
-        let mut grads = model.be.zeros(model.layout.total).unwrap();
+        let mut grads = model.be().zeros(model.layout().total).unwrap();
+        let scale = 1.0 / (b * t) as f32;
         let loss = model
-            .forward(&params, &x, Some(&y), Some(1.0 / (b * t) as f32), &mut acts)
+            .loss(&mut slot, &params, &x, &y, Some((&mut grads, scale)))
             .unwrap();
         let want_loss = ex["loss"].as_f64().unwrap();
         assert!(
-            ((loss as f64 - want_loss) / want_loss).abs() <= 1e-5,
+            ((loss - want_loss) / want_loss).abs() <= 1e-5,
             "{name}: GPU loss {loss} vs {want_loss}"
         );
-        model.backward(&params, &mut grads, &x, &mut acts).unwrap();
-        let g = model.be.download(&grads).unwrap();
-        for e in &model.layout.entries {
+        let g = model.be().download(&grads).unwrap();
+        for e in &model.layout().entries {
             let want = tensor(&bytes, &format!("grad.transformer.{}", e.name));
             let r = rel_norm(&g[e.offset..e.offset + want.len()], &want);
             assert!(r <= 1e-4, "{name}: GPU gradient of {} rel diff {r}", e.name);
@@ -106,29 +105,30 @@ fn gpu_matches_hf_fixture() {
 
 /// Losses of `steps` AdamW steps on backend `B` over deterministic pseudo-random batches.
 fn train_losses<B: Backend>(
-    model: &Gpt2<B>,
+    model: &Whole<B>,
     init: &[f32],
     steps: usize,
     b: usize,
     t: usize,
 ) -> Vec<f32> {
-    let be = &model.be;
+    let be = model.be();
+    let ly = model.layout();
     let mut p = be.upload(init).unwrap();
-    let mut g = be.zeros(model.layout.total).unwrap();
+    let mut g = be.zeros(ly.total).unwrap();
     let acfg = AdamWConfig {
         beta1: 0.9,
         beta2: 0.95,
         eps: 1e-8,
         weight_decay: 0.1,
     };
-    let mut opt = AdamW::new(be, acfg, &model.layout).unwrap();
+    let mut opt = AdamW::for_entries(be, acfg, &ly.entries, ly.total).unwrap();
     let sched = LrSchedule {
         lr: 1e-3,
         min_lr: 1e-4,
         warmup_steps: 3,
         total_steps: steps,
     };
-    let mut acts = model.activations(b, t).unwrap();
+    let mut slot = model.slot(b, t).unwrap();
     let mut out = Vec::new();
     for s in 0..steps {
         let tok: Vec<u32> = (0..b * t)
@@ -137,12 +137,11 @@ fn train_losses<B: Backend>(
         let tgt: Vec<u32> = (0..b * t)
             .map(|i| ((i * 31 + s * 17 + 3) % 1000) as u32)
             .collect();
-        let (x, y) = (be.tokens(&tok).unwrap(), be.tokens(&tgt).unwrap());
         be.zero(&mut g).unwrap();
+        let scale = 1.0 / (b * t) as f32;
         let loss = model
-            .forward(&p, &x, Some(&y), Some(1.0 / (b * t) as f32), &mut acts)
-            .unwrap();
-        model.backward(&p, &mut g, &x, &mut acts).unwrap();
+            .loss(&mut slot, &p, &tok, &tgt, Some((&mut g, scale)))
+            .unwrap() as f32;
         let norm = be.sum_squares(&g).unwrap().sqrt();
         be.scale(&mut g, clip::clip_coef(norm, 1.0)).unwrap();
         opt.step(be, &mut p, &g, sched.at(s)).unwrap();
@@ -158,9 +157,8 @@ fn gpu_training_matches_cpu_for_20_steps() {
         return;
     }
     let cfg = Gpt2Config::new(1000, 64, 64, 3, 4);
-    let cpu = Gpt2::new(cfg, 2);
-    let mut init = vec![0.0f32; cpu.layout.total];
-    cpu.layout.init(&cfg, 42, &mut init);
+    let cpu = Whole::new(cfg, ferrotron::backend::cpu::Cpu::new(2), 0).unwrap();
+    let init = cpu.init(42);
     let (b, t) = (4, 64);
     let want = train_losses(&cpu, &init, 20, b, t);
     // The materialised attention, then flash attention, then flash attention with the GELU
@@ -170,7 +168,7 @@ fn gpu_training_matches_cpu_for_20_steps() {
             .unwrap()
             .with_flash_attention(flash)
             .with_fused_gelu(fuse);
-        let got = train_losses(&Gpt2::with_backend(cfg, be), &init, 20, b, t);
+        let got = train_losses(&Whole::new(cfg, be, 0).unwrap(), &init, 20, b, t);
         for (s, (g, w)) in got.iter().zip(&want).enumerate() {
             let r = ((g - w) / w).abs();
             assert!(
@@ -194,9 +192,8 @@ fn gpu_reduced_precision_tracks_cpu() {
         return;
     }
     let cfg = Gpt2Config::new(1000, 64, 64, 3, 4);
-    let cpu = Gpt2::new(cfg, 2);
-    let mut init = vec![0.0f32; cpu.layout.total];
-    cpu.layout.init(&cfg, 42, &mut init);
+    let cpu = Whole::new(cfg, ferrotron::backend::cpu::Cpu::new(2), 0).unwrap();
+    let init = cpu.init(42);
     let (b, t) = (4, 64);
     let want = train_losses(&cpu, &init, 20, b, t);
     // TF32 keeps 10 mantissa bits, bf16 8: per-product errors of ~1e-3 and ~4e-3. Over 20 steps
@@ -212,7 +209,7 @@ fn gpu_reduced_precision_tracks_cpu() {
             .unwrap()
             .with_flash_attention(flash)
             .with_fused_gelu(flash);
-        let got = train_losses(&Gpt2::with_backend(cfg, be), &init, 20, b, t);
+        let got = train_losses(&Whole::new(cfg, be, 0).unwrap(), &init, 20, b, t);
         let worst = got
             .iter()
             .zip(&want)
@@ -241,21 +238,20 @@ fn pinned_bf16_weights_equal_per_gemm_rounding() {
     }
     let cfg = Gpt2Config::new(1000, 64, 64, 2, 4);
     let be = CudaBackend::with_options(0, Precision::Bf16).unwrap();
-    let model = Gpt2::with_backend(cfg, be);
-    let be = &model.be;
-    let mut init = vec![0.0f32; model.layout.total];
-    model.layout.init(&cfg, 7, &mut init);
+    let model = Whole::new(cfg, be, 0).unwrap();
+    let be = model.be();
+    let init = model.init(7);
     let (b, t) = (2, 64);
     let tok: Vec<u32> = (0..b * t).map(|i| (i * 7919 % 1000) as u32).collect();
     let tgt: Vec<u32> = (0..b * t).map(|i| (i * 31 % 1000) as u32).collect();
-    let (x, y) = (be.tokens(&tok).unwrap(), be.tokens(&tgt).unwrap());
-    let mut acts = model.activations(b, t).unwrap();
-    let mut g = be.zeros(model.layout.total).unwrap();
+    let mut slot = model.slot(b, t).unwrap();
+    let mut g = be.zeros(model.layout().total).unwrap();
     let mut run = |p: &_| -> (f32, Vec<f32>) {
         be.zero(&mut g).unwrap();
-        let scale = Some(1.0 / (b * t) as f32);
-        let loss = model.forward(p, &x, Some(&y), scale, &mut acts).unwrap();
-        model.backward(p, &mut g, &x, &mut acts).unwrap();
+        let scale = 1.0 / (b * t) as f32;
+        let loss = model
+            .loss(&mut slot, p, &tok, &tgt, Some((&mut g, scale)))
+            .unwrap() as f32;
         (loss, be.download(&g).unwrap())
     };
     let mut p = be.upload(&init).unwrap();

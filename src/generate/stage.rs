@@ -124,8 +124,7 @@ pub fn blocks<B: Backend>(
     Ok(())
 }
 
-/// The last stage's logits `[S, Vp]` (full padded vocabulary, on every TP rank) for rows
-/// `rows` of `x`: ln_f, then the tied head on this rank's vocabulary shard, gathered over TP.
+/// The last stage's logits `[S, Vp]` for rows `rows` of `x` ([`StageModel::logits`]).
 pub fn logits<B: Backend>(
     m: &StageModel<B>,
     params: &B::Buf,
@@ -133,28 +132,5 @@ pub fn logits<B: Backend>(
     rows: &[usize],
     tp: &Tp,
 ) -> Result<Vec<f32>> {
-    let (be, ly, c) = (&m.be, &m.layout, m.cfg.n_embd);
-    let mut picked = Vec::with_capacity(rows.len() * c);
-    for &i in rows {
-        picked.extend(be.download_region(x, Region { off: i * c, len: c })?);
-    }
-    let s = rows.len();
-    let xs = be.upload(&picked)?;
-    let (mut h, mut mean, mut rstd) = (be.zeros(s * c)?, be.zeros(s)?, be.zeros(s)?);
-    let w = m.region(ly.lnf_w.context("the last stage holds ln_f")?);
-    let b = m.region(ly.lnf_b.context("the last stage holds ln_f")?);
-    be.layernorm_forward(&mut h, &mut mean, &mut rstd, &xs, params, w, b)?;
-    let mut z = be.zeros(s * ly.vl)?;
-    be.logits_forward(&mut z, &h, 0, params, m.wte()?, s, c, ly.vl)?;
-    let local = be.download(&z)?;
-    let all = tp.all_gather(&local)?;
-    // all = [tp rank][S, Vl] → [S, tp·Vl] (rank r holds vocabulary rows r·Vl ..).
-    let vp = ly.vl * tp.size;
-    let mut out = vec![0.0f32; s * vp];
-    for (r, block) in all.chunks(s * ly.vl).enumerate() {
-        for (j, row) in block.chunks(ly.vl).enumerate() {
-            out[j * vp + r * ly.vl..][..ly.vl].copy_from_slice(row);
-        }
-    }
-    Ok(out)
+    m.logits(params, x, rows, tp)
 }

@@ -11,6 +11,7 @@ pub mod stage;
 pub mod topology;
 #[cfg(test)]
 mod tp_gradcheck;
+pub mod whole;
 pub mod zero;
 
 pub use crate::layers::Tp;

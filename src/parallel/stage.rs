@@ -1,7 +1,8 @@
 //! One rank's part of the model: the layers of its pipeline stage, sharded over its TP group
-//! (the plain GPT-2 of `model::gpt2` with parallelism applied). The first stage embeds tokens,
-//! the last one runs ln_f, the tied LM head and the vocab-parallel cross-entropy. With tp = pp = 1
-//! it computes exactly what [`crate::model::gpt2::Gpt2`] does.
+//! (the GPT-2 blocks of `model::gpt2` with parallelism applied). The first stage embeds
+//! tokens, the last one runs ln_f, the tied LM head and the vocab-parallel cross-entropy. It is
+//! the only forward and backward: training, evaluation, generation (`generate`) and the 1-rank
+//! reference of the tests ([`super::whole::Whole`]) all run it.
 //!
 //! Activations of one micro-batch `[B, T]` (N = B·T) live in a [`StageActs`] slot; the pipeline
 //! engine keeps one slot per micro-batch in flight.
@@ -109,13 +110,13 @@ impl<B: Backend> StageModel<B> {
         }
     }
 
-    /// Compute the LM head `rows` rows at a time (0 = automatic, see [`HEAD_CHUNK_FLOATS`]).
     /// Activation recomputation ([`Recompute`]; see [`BlockActs`]).
     pub fn with_recompute(mut self, r: Recompute) -> Self {
         self.recompute = r;
         self
     }
 
+    /// Compute the LM head `rows` rows at a time (0 = automatic, see [`HEAD_CHUNK_FLOATS`]).
     pub fn with_head_chunk_rows(mut self, rows: usize) -> Self {
         self.head_chunk_rows = rows;
         self
@@ -390,6 +391,36 @@ impl<B: Backend> StageModel<B> {
             be.xent_grad(&mut hs.logits, &ms, y, vl, ly.v0, v, s)?;
         }
         Ok(losses.iter().map(|&l| l as f64).sum())
+    }
+
+    /// The last stage's logits `[S, Vp]` (full padded vocabulary, on every TP rank) for rows
+    /// `rows` of a stage output `x [·, C]`: ln_f, then the tied head on this rank's vocabulary
+    /// shard, gathered over TP (generation's head, and the parity tests' logits).
+    pub fn logits(&self, params: &B::Buf, x: &B::Buf, rows: &[usize], tp: &Tp) -> Result<Vec<f32>> {
+        let (be, ly, c) = (&self.be, &self.layout, self.cfg.n_embd);
+        let mut picked = Vec::with_capacity(rows.len() * c);
+        for &i in rows {
+            picked.extend(be.download_region(x, Region { off: i * c, len: c })?);
+        }
+        let s = rows.len();
+        let xs = be.upload(&picked)?;
+        let (mut h, mut mean, mut rstd) = (be.zeros(s * c)?, be.zeros(s)?, be.zeros(s)?);
+        let w = self.region(ly.lnf_w.context("the last stage holds ln_f")?);
+        let b = self.region(ly.lnf_b.context("the last stage holds ln_f")?);
+        be.layernorm_forward(&mut h, &mut mean, &mut rstd, &xs, params, w, b)?;
+        let mut z = be.zeros(s * ly.vl)?;
+        be.logits_forward(&mut z, &h, 0, params, self.wte()?, s, c, ly.vl)?;
+        let local = be.download(&z)?;
+        let all = tp.all_gather(&local)?;
+        // all = [tp rank][S, Vl] → [S, tp·Vl] (rank r holds vocabulary rows r·Vl ..).
+        let vp = ly.vl * tp.size;
+        let mut out = vec![0.0f32; s * vp];
+        for (r, block) in all.chunks(s * ly.vl).enumerate() {
+            for (j, row) in block.chunks(ly.vl).enumerate() {
+                out[j * vp + r * ly.vl..][..ly.vl].copy_from_slice(row);
+            }
+        }
+        Ok(out)
     }
 
     /// Backward of one forwarded micro-batch: parameter gradients accumulate into `grads`. On

@@ -1,17 +1,17 @@
 //! GPT-2 exactly as Hugging Face `GPT2LMHeadModel`: pre-LN blocks, tanh-GELU, learned
 //! positions, `lm_head` tied to `wte`, LayerNorm eps 1e-5.
 //!
-//! Each layer's forward and backward sit side by side in one file (llm.c style) and work on
-//! flat row-major f32 slices; shapes are in the doc comments (B batch, T time, C channels,
-//! NH heads, hd = C / NH, Vp padded vocabulary).
+//! Here: the shape ([`Gpt2Config`]), the parameter layout and init ([`ParamLayout`]) and one
+//! transformer block's forward and backward on any backend ([`block`]). The layers' kernels
+//! are the backend's (`backend::cpu::kernels` holds their CPU twins, forward and backward side
+//! by side, llm.c style); parallelism is applied by `parallel` (`parallel::stage::StageModel`,
+//! the only forward and backward of the whole model).
 
 pub mod block;
 #[cfg(test)]
 mod gradcheck;
-pub mod model;
 pub mod params;
 
-pub use model::{Activations, Gpt2};
 pub use params::ParamLayout;
 
 pub use crate::backend::cpu::kernels::layernorm::LN_EPS;
