@@ -6,12 +6,15 @@
 //! |---|---|---|---|
 //! | [`ColumnParallelLinear`] | output columns | copy to TP (identity) | ∂X summed over TP |
 //! | [`RowParallelLinear`] | input rows | Y summed over TP (bias on rank 0) | identity |
+//! | [`VocabParallelEmbedding`] | `wte` rows | Σ over TP (`wpe` on rank 0) | identity |
+//! | [`VocabParallelCrossEntropy`] | logit columns | all-gather of 3 floats per row | — (local gradient) |
 //!
-//! The vocabulary-parallel embedding and cross-entropy are the stage's (`parallel::stage`),
-//! through the backend's shard kernels. Dependencies: layers → backend, comm.
+//! Dependencies: layers → backend, comm.
 
 pub mod linear;
 pub mod tp;
+pub mod vocab;
 
 pub use linear::{ColumnParallelLinear, RowParallelLinear};
 pub use tp::Tp;
+pub use vocab::{VocabParallelCrossEntropy, VocabParallelEmbedding};

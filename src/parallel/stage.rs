@@ -8,12 +8,11 @@
 //! engine keeps one slot per micro-batch in flight.
 
 use super::shard::StageLayout;
-use super::Tp;
 use crate::backend::cpu::kernels::attention::AttnDims;
-use crate::backend::cpu::kernels::vocab_parallel;
 use crate::backend::ledger::MemCategory;
 use crate::backend::{Backend, Region};
 use crate::config::Recompute;
+use crate::layers::{Tp, VocabParallelCrossEntropy, VocabParallelEmbedding};
 use crate::model::gpt2::block::{self, BlockActs, BlockScratch, BlockTensors};
 use crate::model::gpt2::params::BlockIdx;
 use crate::model::gpt2::Gpt2Config;
@@ -265,17 +264,10 @@ impl<B: Backend> StageModel<B> {
         tp: &Tp,
     ) -> Result<f64> {
         let (be, ly) = (&self.be, &self.layout);
-        let (b, t, c) = (a.b, a.t, self.cfg.n_embd);
+        let (b, t) = (a.b, a.t);
         if self.is_first() {
-            let (wte, wpe) = (self.wte()?, self.region(ly.wpe.context("no wpe")?));
-            if tp.size == 1 {
-                be.embedding_forward(&mut a.input, &be.tokens(&a.tokens)?, params, wte, wpe, t, c)?;
-            } else {
-                // Vocab-parallel lookup → reduce from TP; wpe added once (rank 0).
-                let wpe = (tp.rank == 0).then_some(wpe);
-                be.embedding_forward_shard(&mut a.input, &a.tokens, params, wte, wpe, t, c, ly.v0)?;
-                tp.all_reduce(be, &mut a.input)?;
-            }
+            self.embedding()?
+                .forward(be, tp, &mut a.input, &a.tokens, params, t)?;
         }
         for (k, idx) in ly.blocks.iter().enumerate() {
             let (done, rest) = a.blocks.split_at_mut(k);
@@ -351,10 +343,9 @@ impl<B: Backend> StageModel<B> {
         Ok(loss)
     }
 
-    /// Cross-entropy of the first `k = y.len()` rows of `hs.logits [R, Vl]`: returns Σ loss, and
-    /// with `scale` turns those logits into `scale · ∂(Σ loss)/∂logits`. TP = 1: fused softmax
-    /// and loss. TP > 1 (vocab-parallel): per-row partials → all-gather (3 floats per row and
-    /// rank) → combine → local gradient.
+    /// Cross-entropy of the first `k = y.len()` rows of `hs.logits [R, Vl]`
+    /// ([`VocabParallelCrossEntropy`]): returns Σ loss, and with `scale` turns those logits into
+    /// `scale · ∂(Σ loss)/∂logits`.
     fn xent_chunk(
         &self,
         hs: &mut HeadScratch<B>,
@@ -362,35 +353,27 @@ impl<B: Backend> StageModel<B> {
         scale: Option<f32>,
         tp: &Tp,
     ) -> Result<f64> {
-        let (be, ly) = (&self.be, &self.layout);
-        let (k, vl, v) = (y.len(), ly.vl, self.cfg.vocab_size);
-        if tp.size == 1 {
-            be.zero(&mut hs.losses)?; // a last, shorter chunk leaves the tail 0
-            be.softmax_xent(
-                &mut hs.logits,
-                &mut hs.losses,
-                &be.tokens(y)?,
-                k,
-                vl,
-                v,
-                scale,
-            )?;
-            return be.sum(&hs.losses);
-        }
-        be.xent_partial(&hs.logits, &mut hs.stats, y, vl, ly.v0, v)?;
-        let mut stats = be.download(&hs.stats)?;
-        stats.truncate(3 * k);
-        let gathered = tp.all_gather(&stats)?;
-        let (mut ms, mut losses) = (vec![0.0f32; 2 * k], vec![0.0f32; k]);
-        vocab_parallel::xent_combine(&gathered, tp.size, &mut ms, &mut losses);
-        if let Some(s) = scale {
-            let was = be.set_mem_category(MemCategory::Logits);
-            let ms = be.upload(&ms);
-            be.set_mem_category(was);
-            let ms = ms?;
-            be.xent_grad(&mut hs.logits, &ms, y, vl, ly.v0, v, s)?;
-        }
-        Ok(losses.iter().map(|&l| l as f64).sum())
+        let xent = VocabParallelCrossEntropy {
+            v0: self.layout.v0,
+            vl: self.layout.vl,
+            v: self.cfg.vocab_size,
+        };
+        let HeadScratch {
+            logits,
+            losses,
+            stats,
+        } = hs;
+        xent.forward(&self.be, tp, logits, losses, stats, y, scale)
+    }
+
+    /// This stage's token and position embedding (first stage).
+    fn embedding(&self) -> Result<VocabParallelEmbedding> {
+        Ok(VocabParallelEmbedding {
+            wte: self.wte()?,
+            wpe: self.region(self.layout.wpe.context("no wpe")?),
+            v0: self.layout.v0,
+            c: self.cfg.n_embd,
+        })
     }
 
     /// The last stage's logits `[S, Vp]` (full padded vocabulary, on every TP rank) for rows
@@ -437,7 +420,7 @@ impl<B: Backend> StageModel<B> {
         mut ready: Option<&mut OnReady<B>>,
     ) -> Result<()> {
         let (be, ly) = (&self.be, &self.layout);
-        let (b, t, c) = (a.b, a.t, self.cfg.n_embd);
+        let (b, t) = (a.b, a.t);
         if let Some(h) = a.head.as_ref() {
             // The head itself ran in the training forward; dlnf is its output gradient.
             ensure!(
@@ -500,14 +483,8 @@ impl<B: Backend> StageModel<B> {
             }
         }
         if self.is_first() {
-            let (wte, wpe) = (self.wte()?, self.region(ly.wpe.context("no wpe")?));
-            if tp.size == 1 {
-                let tok = be.tokens(&a.tokens)?;
-                be.embedding_backward(grads, wte, wpe, &s.dres, &tok, t, c)?;
-            } else {
-                // Dual of reduce from TP: identity.
-                be.embedding_backward_shard(grads, wte, wpe, &s.dres, &a.tokens, t, c, ly.v0)?;
-            }
+            self.embedding()?
+                .backward(be, tp, grads, &s.dres, &a.tokens, t)?;
         }
         Ok(())
     }
