@@ -611,7 +611,8 @@ fn edge_cases_and_errors() {
 #[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn gelu_epilogues_match_cpu() {
     use ferrotron::backend::cuda::CudaBackend;
-    use ferrotron::backend::{cpu::Cpu, Backend, Region};
+    use ferrotron::backend::prelude::*;
+    use ferrotron::backend::{cpu::Cpu, Region};
     use ferrotron::config::Precision;
     if gpu().is_none() {
         return;

@@ -551,7 +551,8 @@ fn flash_case(g: &Gpu, tc: bool, shapes: &[(usize, usize, usize, usize)], tol: [
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn lm_head_row_range_matches_cpu() {
-    use ferrotron::backend::{cpu::Cpu, Backend, Region};
+    use ferrotron::backend::prelude::*;
+    use ferrotron::backend::{cpu::Cpu, Region};
     if gpu().is_none() {
         return;
     }
@@ -625,7 +626,8 @@ fn lm_head_row_range_matches_cpu() {
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
 fn vocab_parallel_ops_match_cpu() {
-    use ferrotron::backend::{cpu::Cpu, Backend, Region};
+    use ferrotron::backend::prelude::*;
+    use ferrotron::backend::{cpu::Cpu, Region};
     if gpu().is_none() {
         return;
     }
@@ -773,7 +775,7 @@ fn adamw_matches_cpu() {
     for step in 1..=3u64 {
         let grads = r.vec(n, 0.1);
         let lr = 1e-3 * step as f32;
-        use ferrotron::backend::Backend as _;
+        use ferrotron::backend::prelude::*;
         let mut pb = cpu.upload(&p).unwrap();
         opt.step(&cpu, &mut pb, &cpu.upload(&grads).unwrap(), lr)
             .unwrap();
@@ -825,7 +827,7 @@ fn adamw_multi_matches_cpu() {
     for step in 1..=3u64 {
         let grads = r.vec(n, 0.1);
         let lr = 1e-3 * step as f32;
-        use ferrotron::backend::Backend as _;
+        use ferrotron::backend::prelude::*;
         let mut pb = cpu.upload(&p).unwrap();
         opt.step(&cpu, &mut pb, &cpu.upload(&grads).unwrap(), lr)
             .unwrap();

@@ -4,7 +4,7 @@
 //! - 20 AdamW steps on the GPU against the CPU backend from the same init and batches.
 
 use ferrotron::backend::cuda::{device_count, CudaBackend};
-use ferrotron::backend::Backend;
+use ferrotron::backend::prelude::*;
 use ferrotron::checkpoint::hf;
 use ferrotron::model::gpt2::Gpt2Config;
 use ferrotron::optim::{clip, AdamW, AdamWConfig, LrSchedule};

@@ -3,7 +3,7 @@
 //! cosine decay and clipping.
 
 use ferrotron::backend::cpu::Cpu;
-use ferrotron::backend::Backend;
+use ferrotron::backend::prelude::*;
 use ferrotron::checkpoint::hf;
 use ferrotron::optim::{clip, AdamW, AdamWConfig, LrSchedule};
 use ferrotron::parallel::whole::Whole;

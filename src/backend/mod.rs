@@ -55,16 +55,12 @@ pub struct AdamStep {
     pub bc2_sqrt: f32,
 }
 
-/// The ops GPT-2 training needs. Shapes use N = B·T rows, C channels, Vp padded vocabulary.
-/// Ops that produce gradients of parameters accumulate (`+=`) into regions of the flat
-/// gradient buffer `g`; activation gradients are overwritten unless stated.
-pub trait Backend: Send + Sync {
+/// Buffers: allocation, host transfers, memory accounting.
+pub trait Memory: Send + Sync {
     /// An owned f32 buffer.
     type Buf: Send;
     /// Token ids of one micro-batch, prepared for this backend.
     type Tokens;
-
-    fn name(&self) -> String;
     /// Charges the buffers allocated from now on to `c` (memory accounting); returns the
     /// category it replaces.
     fn set_mem_category(&self, c: ledger::MemCategory) -> ledger::MemCategory {
@@ -83,7 +79,37 @@ pub trait Backend: Send + Sync {
     /// Token ids `[B·T]` (all `< Vp`).
     fn tokens(&self, ids: &[u32]) -> Result<Self::Tokens>;
     fn zero(&self, buf: &mut Self::Buf) -> Result<()>;
+    /// A buffer holding `host`, taking ownership (no copy where the backend keeps host memory).
+    fn upload_vec(&self, host: Vec<f32>) -> Result<Self::Buf> {
+        self.upload(&host)
+    }
+    /// `out ← buf` in host memory, reusing `out`'s allocation where the backend can.
+    fn download_into(&self, buf: &Self::Buf, out: &mut Vec<f32>) -> Result<()> {
+        *out = self.download(buf)?;
+        Ok(())
+    }
+    /// A copy of region `r` of `buf` in host memory. Default: the whole buffer, sliced.
+    fn download_region(&self, buf: &Self::Buf, r: Region) -> Result<Vec<f32>> {
+        Ok(self.download(buf)?[r.range()].to_vec())
+    }
+    /// `buf[off .. off + host.len()] ← host`. Default: a round trip of the whole buffer.
+    fn upload_region(&self, buf: &mut Self::Buf, off: usize, host: &[f32]) -> Result<()> {
+        let mut h = self.download(buf)?;
+        h[off..off + host.len()].copy_from_slice(host);
+        *buf = self.upload(&h)?;
+        Ok(())
+    }
+    /// The buffer as a host slice when it lives in host memory (the CPU backend), so
+    /// communication can work in place; None otherwise (callers stage through the host).
+    fn host_mut<'a>(&self, _buf: &'a mut Self::Buf) -> Option<&'a mut [f32]> {
+        None
+    }
+}
 
+/// The compute ops GPT-2 needs. Shapes use N = B·T rows, C channels, Vp padded vocabulary.
+/// Ops that produce gradients of parameters accumulate (`+=`) into regions of the flat
+/// gradient buffer `g`; activation gradients are overwritten unless stated.
+pub trait Ops: Memory {
     /// `out[i] = wte[tok[i]] + wpe[i mod T]`.
     fn embedding_forward(
         &self,
@@ -297,174 +323,6 @@ pub trait Backend: Send + Sync {
         v: usize,
         grad_scale: Option<f32>,
     ) -> Result<()>;
-    /// Σ x (f64 on the host).
-    fn sum(&self, x: &Self::Buf) -> Result<f64>;
-    /// Σ x² (f64 on the host).
-    fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
-    /// `x *= k`.
-    fn scale(&self, x: &mut Self::Buf, k: f32) -> Result<()>;
-    /// One AdamW update of `p[r]` with `g[r]`, state `m[r]`, `v[r]`.
-    fn adamw(
-        &self,
-        p: &mut Self::Buf,
-        g: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        r: Region,
-        s: AdamStep,
-    ) -> Result<()>;
-
-    /// AdamW on every region of `ranges` of the flat buffers (multi-tensor): regions flagged
-    /// `true` decay with `s.decay_factor`, the others use 1. Default (the CPU twin of the
-    /// multi-tensor kernel): [`Backend::adamw`] region by region.
-    fn adamw_multi(
-        &self,
-        p: &mut Self::Buf,
-        g: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        ranges: &[(Region, bool)],
-        s: AdamStep,
-    ) -> Result<()> {
-        for &(r, decay) in ranges {
-            let s = if decay {
-                s
-            } else {
-                AdamStep {
-                    decay_factor: 1.0,
-                    ..s
-                }
-            };
-            self.adamw(p, g, m, v, r, s)?;
-        }
-        Ok(())
-    }
-
-    /// A buffer holding `host`, taking ownership (no copy where the backend keeps host memory).
-    fn upload_vec(&self, host: Vec<f32>) -> Result<Self::Buf> {
-        self.upload(&host)
-    }
-
-    /// `out ← buf` in host memory, reusing `out`'s allocation where the backend can.
-    fn download_into(&self, buf: &Self::Buf, out: &mut Vec<f32>) -> Result<()> {
-        *out = self.download(buf)?;
-        Ok(())
-    }
-
-    /// A copy of region `r` of `buf` in host memory. Default: the whole buffer, sliced.
-    fn download_region(&self, buf: &Self::Buf, r: Region) -> Result<Vec<f32>> {
-        Ok(self.download(buf)?[r.range()].to_vec())
-    }
-
-    /// `buf[off .. off + host.len()] ← host`. Default: a round trip of the whole buffer.
-    fn upload_region(&self, buf: &mut Self::Buf, off: usize, host: &[f32]) -> Result<()> {
-        let mut h = self.download(buf)?;
-        h[off..off + host.len()].copy_from_slice(host);
-        *buf = self.upload(&h)?;
-        Ok(())
-    }
-
-    /// The buffer as a host slice when it lives in host memory (the CPU backend), so
-    /// communication can work in place; None otherwise (callers stage through the host).
-    fn host_mut<'a>(&self, _buf: &'a mut Self::Buf) -> Option<&'a mut [f32]> {
-        None
-    }
-
-    /// `buf[r] ← Σ_group buf[r]` over `comm` (TP activations, the tied-`wte` gradient), by the
-    /// group's transport. Default: in place on host memory, else staged through the host.
-    fn all_reduce_region(
-        &self,
-        comm: &dyn Communicator,
-        buf: &mut Self::Buf,
-        r: Region,
-    ) -> Result<()> {
-        staged::all_reduce_region(self, comm, buf, r)
-    }
-
-    /// Starts `grads[r] ← Σ_group grads[r]` for one data-parallel bucket whose gradients are
-    /// final; [`Backend::finish_all_reduce`] completes it. Default: a host copy reduced with
-    /// `MPI_Iallreduce`.
-    fn start_all_reduce(
-        &self,
-        comm: &MpiComm,
-        grads: &mut Self::Buf,
-        r: Region,
-    ) -> Result<Started> {
-        staged::start_all_reduce(self, comm, grads, r)
-    }
-
-    /// Completes a reduction [`Backend::start_all_reduce`] started on region `r` of `grads`.
-    fn finish_all_reduce(&self, grads: &mut Self::Buf, r: Region, s: Started) -> Result<()> {
-        staged::finish_all_reduce(self, grads, r, s)
-    }
-
-    /// Starts sending all of `buf` to rank `dest` of `comm` (pipeline messages). The buffer may
-    /// be reused at once. Default: a host copy sent with `MPI_Isend`.
-    fn send_buf(&self, comm: &MpiComm, buf: &Self::Buf, dest: usize, tag: i32) -> Result<Pending> {
-        staged::send_buf(self, comm, buf, dest, tag)
-    }
-
-    /// `buf ← ` the `len` floats rank `src` of `comm` sends with `tag`; returns the seconds spent
-    /// waiting for the message. Default: received into host memory, then uploaded.
-    fn recv_buf(
-        &self,
-        comm: &MpiComm,
-        buf: &mut Self::Buf,
-        len: usize,
-        src: usize,
-        tag: i32,
-    ) -> Result<f64> {
-        staged::recv_buf(self, comm, buf, len, src, tag)
-    }
-
-    /// The stream NCCL communicators run on (CUDA backend), None elsewhere.
-    fn cuda_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
-        None
-    }
-
-    /// The stream the data-parallel NCCL communicator runs on, so its reductions overlap the
-    /// backward (CUDA backend); None elsewhere.
-    fn cuda_comm_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
-        self.cuda_stream()
-    }
-
-    /// Declares `params` the weights of the work that follows, until
-    /// [`Backend::unpin_weights`]: one pipeline run (a training step's forwards and backwards,
-    /// or a validation pass), during which they are immutably borrowed. A backend may derive
-    /// what it computes with from them once per run (the CUDA backend with bf16 GEMMs rounds
-    /// them to bf16 once instead of per GEMM). Default: nothing.
-    fn pin_weights(&self, _params: &Self::Buf) -> Result<()> {
-        Ok(())
-    }
-
-    /// Ends [`Backend::pin_weights`]; anything derived from the weights is stale from here.
-    fn unpin_weights(&self) {}
-
-    /// Turns the per-op time profile on or off (`log.profile_ops`, see [`profile`]).
-    /// Default: the backend keeps none.
-    fn set_profiling(&self, _on: bool) {}
-
-    /// Milliseconds and calls per op since the last call (waiting for the device), or None
-    /// when the profile is off.
-    fn take_profile(&self) -> Result<Option<profile::Profile>> {
-        Ok(None)
-    }
-
-    /// A unique id of the device this rank computes on (a GPU's UUID), to find ranks that share
-    /// one; None for host memory.
-    fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
-        Ok(None)
-    }
-
-    /// Σ x² over the given regions of `x` (f64 on the host). Default: staged through the host.
-    fn sum_squares_ranges(&self, x: &Self::Buf, ranges: &[Region]) -> Result<f64> {
-        let h = self.download(x)?;
-        Ok(ranges
-            .iter()
-            .map(|r| cpu::kernels::optim::sum_squares(&h[r.range()]))
-            .sum())
-    }
-
     /// Vocab-parallel embedding of one TP rank (see `model::gpt2::vocab_parallel`): `wte` is the
     /// local `[Vl, C]` block of global rows `v0 ..`; `wpe` is added only where given. Host token
     /// ids. Default: staged through the host with the CPU twin.
@@ -548,4 +406,151 @@ pub trait Backend: Send + Sync {
         *logits = self.upload(&z)?;
         Ok(())
     }
+}
+
+/// The optimizer's ops: reductions over gradients, scaling, AdamW.
+pub trait OptimOps: Memory {
+    /// Σ x (f64 on the host).
+    fn sum(&self, x: &Self::Buf) -> Result<f64>;
+    /// Σ x² (f64 on the host).
+    fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
+    /// `x *= k`.
+    fn scale(&self, x: &mut Self::Buf, k: f32) -> Result<()>;
+    /// One AdamW update of `p[r]` with `g[r]`, state `m[r]`, `v[r]`.
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        r: Region,
+        s: AdamStep,
+    ) -> Result<()>;
+    /// AdamW on every region of `ranges` of the flat buffers (multi-tensor): regions flagged
+    /// `true` decay with `s.decay_factor`, the others use 1. Default (the CPU twin of the
+    /// multi-tensor kernel): [`Backend::adamw`] region by region.
+    fn adamw_multi(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        ranges: &[(Region, bool)],
+        s: AdamStep,
+    ) -> Result<()> {
+        for &(r, decay) in ranges {
+            let s = if decay {
+                s
+            } else {
+                AdamStep {
+                    decay_factor: 1.0,
+                    ..s
+                }
+            };
+            self.adamw(p, g, m, v, r, s)?;
+        }
+        Ok(())
+    }
+    /// Σ x² over the given regions of `x` (f64 on the host). Default: staged through the host.
+    fn sum_squares_ranges(&self, x: &Self::Buf, ranges: &[Region]) -> Result<f64> {
+        let h = self.download(x)?;
+        Ok(ranges
+            .iter()
+            .map(|r| cpu::kernels::optim::sum_squares(&h[r.range()]))
+            .sum())
+    }
+}
+
+/// Moving backend buffers through MPI groups (the data-parallel, tensor-parallel and pipeline
+/// transports: in place on host memory, staged through host copies, or the device's own).
+pub trait BufComm: Memory {
+    /// `buf[r] ← Σ_group buf[r]` over `comm` (TP activations, the tied-`wte` gradient), by the
+    /// group's transport. Default: in place on host memory, else staged through the host.
+    fn all_reduce_region(
+        &self,
+        comm: &dyn Communicator,
+        buf: &mut Self::Buf,
+        r: Region,
+    ) -> Result<()> {
+        staged::all_reduce_region(self, comm, buf, r)
+    }
+    /// Starts `grads[r] ← Σ_group grads[r]` for one data-parallel bucket whose gradients are
+    /// final; [`Backend::finish_all_reduce`] completes it. Default: a host copy reduced with
+    /// `MPI_Iallreduce`.
+    fn start_all_reduce(
+        &self,
+        comm: &MpiComm,
+        grads: &mut Self::Buf,
+        r: Region,
+    ) -> Result<Started> {
+        staged::start_all_reduce(self, comm, grads, r)
+    }
+    /// Completes a reduction [`Backend::start_all_reduce`] started on region `r` of `grads`.
+    fn finish_all_reduce(&self, grads: &mut Self::Buf, r: Region, s: Started) -> Result<()> {
+        staged::finish_all_reduce(self, grads, r, s)
+    }
+    /// Starts sending all of `buf` to rank `dest` of `comm` (pipeline messages). The buffer may
+    /// be reused at once. Default: a host copy sent with `MPI_Isend`.
+    fn send_buf(&self, comm: &MpiComm, buf: &Self::Buf, dest: usize, tag: i32) -> Result<Pending> {
+        staged::send_buf(self, comm, buf, dest, tag)
+    }
+    /// `buf ← ` the `len` floats rank `src` of `comm` sends with `tag`; returns the seconds spent
+    /// waiting for the message. Default: received into host memory, then uploaded.
+    fn recv_buf(
+        &self,
+        comm: &MpiComm,
+        buf: &mut Self::Buf,
+        len: usize,
+        src: usize,
+        tag: i32,
+    ) -> Result<f64> {
+        staged::recv_buf(self, comm, buf, len, src, tag)
+    }
+}
+
+/// The device's life cycle, streams and profiling.
+pub trait Device: Memory {
+    fn name(&self) -> String;
+    /// The stream NCCL communicators run on (CUDA backend), None elsewhere.
+    fn cuda_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
+        None
+    }
+    /// The stream the data-parallel NCCL communicator runs on, so its reductions overlap the
+    /// backward (CUDA backend); None elsewhere.
+    fn cuda_comm_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
+        self.cuda_stream()
+    }
+    /// Declares `params` the weights of the work that follows, until
+    /// [`Backend::unpin_weights`]: one pipeline run (a training step's forwards and backwards,
+    /// or a validation pass), during which they are immutably borrowed. A backend may derive
+    /// what it computes with from them once per run (the CUDA backend with bf16 GEMMs rounds
+    /// them to bf16 once instead of per GEMM). Default: nothing.
+    fn pin_weights(&self, _params: &Self::Buf) -> Result<()> {
+        Ok(())
+    }
+    /// Ends [`Backend::pin_weights`]; anything derived from the weights is stale from here.
+    fn unpin_weights(&self) {}
+    /// Turns the per-op time profile on or off (`log.profile_ops`, see [`profile`]).
+    /// Default: the backend keeps none.
+    fn set_profiling(&self, _on: bool) {}
+    /// Milliseconds and calls per op since the last call (waiting for the device), or None
+    /// when the profile is off.
+    fn take_profile(&self) -> Result<Option<profile::Profile>> {
+        Ok(None)
+    }
+    /// A unique id of the device this rank computes on (a GPU's UUID), to find ranks that share
+    /// one; None for host memory.
+    fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
+        Ok(None)
+    }
+}
+
+/// Everything a model needs from a backend: the focused traits together.
+pub trait Backend: Ops + OptimOps + BufComm + Device {}
+
+impl<T: Ops + OptimOps + BufComm + Device> Backend for T {}
+
+/// The backend traits, for code that calls their methods on a concrete backend.
+pub mod prelude {
+    pub use super::{Backend, BufComm, Device, Memory, Ops, OptimOps};
 }

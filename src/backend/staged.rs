@@ -2,7 +2,8 @@
 //! otherwise through host copies around each MPI call (`comm.backend = "mpi-staged"`, and the
 //! reference the device transports are tested against).
 
-use super::{Backend, Region, Started};
+use super::{Region, Started};
+use crate::backend::prelude::*;
 use crate::comm::link::Transport;
 use crate::comm::mpi::{MpiComm, Pending};
 use crate::comm::Communicator;
@@ -10,7 +11,7 @@ use anyhow::Result;
 
 /// `buf[r] ← Σ_group buf[r]`: in place on host buffers (unless the run asked for staging),
 /// else through a host copy of the region.
-pub fn all_reduce_region<B: Backend + ?Sized>(
+pub fn all_reduce_region<B: Memory + ?Sized>(
     be: &B,
     comm: &dyn Communicator,
     buf: &mut B::Buf,
@@ -27,7 +28,7 @@ pub fn all_reduce_region<B: Backend + ?Sized>(
 }
 
 /// Starts `Σ_group grads[r]` on a host copy of the region (`MPI_Iallreduce`).
-pub fn start_all_reduce<B: Backend + ?Sized>(
+pub fn start_all_reduce<B: Memory + ?Sized>(
     be: &B,
     comm: &MpiComm,
     grads: &B::Buf,
@@ -38,7 +39,7 @@ pub fn start_all_reduce<B: Backend + ?Sized>(
 }
 
 /// Waits for a started reduction; a host one writes its sum back into `grads[r]`.
-pub fn finish_all_reduce<B: Backend + ?Sized>(
+pub fn finish_all_reduce<B: Memory + ?Sized>(
     be: &B,
     grads: &mut B::Buf,
     r: Region,
@@ -51,7 +52,7 @@ pub fn finish_all_reduce<B: Backend + ?Sized>(
 }
 
 /// Starts sending a host copy of `buf` to rank `dest` (`MPI_Isend`).
-pub fn send_buf<B: Backend + ?Sized>(
+pub fn send_buf<B: Memory + ?Sized>(
     be: &B,
     comm: &MpiComm,
     buf: &B::Buf,
@@ -63,7 +64,7 @@ pub fn send_buf<B: Backend + ?Sized>(
 
 /// Receives `len` floats from rank `src` into host memory and uploads them into `buf`; returns
 /// the seconds spent waiting.
-pub fn recv_buf<B: Backend + ?Sized>(
+pub fn recv_buf<B: Memory + ?Sized>(
     be: &B,
     comm: &MpiComm,
     buf: &mut B::Buf,

@@ -13,7 +13,7 @@
 
 use super::sample::{sample, Sampling};
 use super::stage::{self as gen_stage, KvCache, SeqRows};
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::comm::mpi::{MpiComm, Pending};
 use crate::parallel::stage::StageModel;
 use crate::parallel::Tp;

@@ -15,7 +15,7 @@ pub use engine::Prompt;
 pub use sample::Sampling;
 
 use crate::backend::cpu::Cpu;
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::comm::Communicator;
 use crate::config::BackendKind;
 use crate::model::gpt2::Gpt2Config;

@@ -7,7 +7,8 @@
 //! residual stream: the stage input on entry, the stage output on exit.
 
 use crate::backend::cpu::decode::CachedDims;
-use crate::backend::{Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::Region;
 use crate::layers::Tp;
 use crate::model::gpt2::block::BlockLinears;
 use crate::parallel::stage::StageModel;

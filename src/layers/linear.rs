@@ -13,7 +13,8 @@
 //! With P = 1 both are `Y = X·W + b`.
 
 use super::Tp;
-use crate::backend::{Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::Region;
 use anyhow::Result;
 
 /// Output columns split over TP (see the module comment). `oc` is the local width OC/P.

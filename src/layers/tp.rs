@@ -12,7 +12,7 @@
 //! comments at the call sites. Buffers move by the run's transport (`comm.backend`): in place
 //! on host memory, through host copies, by CUDA-aware MPI or by NCCL.
 
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::comm::Communicator;
 use anyhow::Result;
 

@@ -13,7 +13,8 @@
 use super::Tp;
 use crate::backend::cpu::kernels::vocab_parallel;
 use crate::backend::ledger::MemCategory;
-use crate::backend::{Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::Region;
 use anyhow::Result;
 
 /// See the module comment. `wpe` is the position table (used on TP rank 0).

@@ -4,7 +4,8 @@
 //!   p ← p − (lr / (1−β1ᵗ)) · m / (sqrt(v)/sqrt(1−β2ᵗ) + eps)
 //! on fp32 master weights and fp32 state, over the flat parameter buffer, per parameter tensor.
 
-use crate::backend::{AdamStep, Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::{AdamStep, Region};
 use crate::model::gpt2::params::ParamEntry;
 use crate::model::gpt2::ParamLayout;
 

@@ -22,7 +22,8 @@
 //! so all start the same buckets in the same order, as MPI requires of collectives.
 
 use super::shard::StageLayout;
-use crate::backend::{Backend, Region, Started};
+use crate::backend::prelude::*;
+use crate::backend::{Region, Started};
 use crate::comm::mpi::{MpiComm, Pending};
 use crate::comm::Communicator;
 use anyhow::Result;

@@ -3,7 +3,7 @@
 
 use super::shard::StageLayout;
 use super::{Coords, Grid};
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::comm::link::{self, Facts, Plan};
 use crate::comm::mpi::MpiComm;
 use crate::model::gpt2::{Gpt2Config, ParamLayout};

@@ -13,7 +13,7 @@
 
 use super::stage::{OnReady, StageActs, StageModel, StageScratch};
 use super::Tp;
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::comm::mpi::{MpiComm, Pending};
 use crate::schedule::Action;
 use anyhow::{bail, Context, Result};

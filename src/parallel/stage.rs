@@ -10,7 +10,8 @@
 use super::shard::StageLayout;
 use crate::backend::cpu::kernels::attention::AttnDims;
 use crate::backend::ledger::MemCategory;
-use crate::backend::{Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::Region;
 use crate::config::Recompute;
 use crate::layers::{Tp, VocabParallelCrossEntropy, VocabParallelEmbedding};
 use crate::model::gpt2::block::{self, BlockActs, BlockScratch, BlockTensors};
@@ -84,7 +85,8 @@ impl<B: Backend> StageActs<B> {
 /// step of this backward changes gradient elements `o ..` — except the tied `wte`, which is
 /// final only at the end (see [`StageLayout::tail_start`]). Used to start bucketed data-parallel
 /// reductions while the rest of backward runs.
-pub type OnReady<'a, B> = dyn FnMut(&mut <B as Backend>::Buf, usize) -> Result<()> + 'a;
+pub type OnReady<'a, B> =
+    dyn FnMut(&mut <B as crate::backend::Memory>::Buf, usize) -> Result<()> + 'a;
 
 /// Scratch shared by all micro-batches of a stage.
 pub struct StageScratch<B: Backend> {

@@ -9,7 +9,7 @@ use super::shard::{repad, StageLayout};
 use super::stage::StageModel;
 use super::Tp;
 use crate::backend::cpu::Cpu;
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::comm::threads::ThreadComm;
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use rand_chacha::rand_core::{Rng, SeedableRng};

@@ -6,7 +6,7 @@
 use super::shard::StageLayout;
 use super::stage::{StageActs, StageModel, StageScratch};
 use super::Tp;
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use anyhow::{ensure, Result};
 

@@ -7,7 +7,8 @@
 
 use super::shard::StageLayout;
 use crate::backend::cpu::Cpu;
-use crate::backend::{Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::Region;
 use crate::comm::Communicator;
 use crate::optim::{clip, AdamW, AdamWConfig};
 use anyhow::Result;

@@ -16,7 +16,8 @@
 use crate::backend::cpu::bench::Shape;
 use crate::backend::cpu::kernels::attention::AttnDims;
 use crate::backend::cpu::Cpu;
-use crate::backend::{Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::Region;
 use crate::comm::mpi::MpiComm;
 use crate::runtime::Runtime;
 use anyhow::Result;

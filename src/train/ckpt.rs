@@ -2,7 +2,7 @@
 //! its state back from a checkpoint written on any grid. Formats live in `crate::checkpoint`.
 
 use super::{describe, Trainer};
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::checkpoint::format::FORMAT_VERSION;
 use crate::checkpoint::load::{self, Kind, Source};
 use crate::checkpoint::meta::Meta;

@@ -4,7 +4,7 @@
 use super::{ckpt, describe, TrainOptions, TrainSummary, Trainer};
 use crate::backend::cpu::Cpu;
 use crate::backend::ledger::{MemBytes, MemCategory};
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::checkpoint::hf;
 use crate::checkpoint::lock::DirLock;
 use crate::checkpoint::save::{Checkpointer, SavePolicy};

@@ -5,7 +5,7 @@
 
 use super::{ckpt, Trainer};
 use crate::backend::cpu::Cpu;
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::config::{BackendKind, Config};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use crate::parallel::groups::{gather_facts, Groups};

@@ -8,7 +8,8 @@
 //! Validation runs at step 0, every `train.val_every` steps and at the last step.
 
 use crate::backend::ledger::MemCategory;
-use crate::backend::{Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::Region;
 use crate::checkpoint::hf;
 use crate::comm::Communicator;
 use crate::config::{Config, OnNonFinite};

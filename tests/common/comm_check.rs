@@ -10,7 +10,8 @@
 //! `tests/cuda_parallel.rs` (GPU) with `#[path]`.
 
 use crate::common::*;
-use ferrotron::backend::{Backend, Region};
+use ferrotron::backend::prelude::*;
+use ferrotron::backend::Region;
 use ferrotron::comm::link::{Plan, Transport};
 use ferrotron::comm::mpi::MpiComm;
 use ferrotron::comm::Communicator;

@@ -43,8 +43,9 @@ fn online_cpus() -> usize {
 }
 
 use super::ledger::{Ledger, MemCategory};
+use super::prelude::*;
 use super::profile::{HostClock, OpProfiler, Profile};
-use super::{AdamStep, Backend, Region};
+use super::{AdamStep, Region};
 use crate::backend::cpu::kernels::attention::{self, AttnDims};
 use crate::backend::cpu::kernels::{embedding, head, layernorm, linear, loss, mlp, vocab_parallel};
 use anyhow::{ensure, Result};
@@ -185,24 +186,14 @@ fn two_mut(buf: &mut [f32], a: Region, b: Region) -> (&mut [f32], &mut [f32]) {
     }
 }
 
-impl Backend for Cpu {
+impl Memory for Cpu {
     type Buf = HostBuf;
     type Tokens = Vec<u32>;
-
-    fn name(&self) -> String {
-        format!("cpu ({})", self.gemm.describe())
-    }
     fn set_mem_category(&self, c: MemCategory) -> MemCategory {
         self.ledger.set_category(c)
     }
     fn mem_peak(&self) -> Option<super::ledger::MemBytes> {
         Some(self.ledger.peak())
-    }
-    fn set_profiling(&self, on: bool) {
-        self.prof.set(on);
-    }
-    fn take_profile(&self) -> Result<Option<Profile>> {
-        self.prof.take(&HostClock)
     }
     fn buf_len(&self, buf: &HostBuf) -> usize {
         buf.len()
@@ -228,6 +219,31 @@ impl Backend for Cpu {
         buf.fill(0.0);
         Ok(())
     }
+    fn upload_vec(&self, host: Vec<f32>) -> Result<HostBuf> {
+        let _op = self.prof.span(&HostClock, "upload_vec");
+        Ok(self.charge(host))
+    }
+    fn download_into(&self, buf: &HostBuf, out: &mut Vec<f32>) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "download_into");
+        out.clear();
+        out.extend_from_slice(buf);
+        Ok(())
+    }
+    fn download_region(&self, buf: &HostBuf, r: Region) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&HostClock, "download_region");
+        Ok(buf[r.range()].to_vec())
+    }
+    fn upload_region(&self, buf: &mut HostBuf, off: usize, host: &[f32]) -> Result<()> {
+        let _op = self.prof.span(&HostClock, "upload_region");
+        buf[off..off + host.len()].copy_from_slice(host);
+        Ok(())
+    }
+    fn host_mut<'a>(&self, buf: &'a mut HostBuf) -> Option<&'a mut [f32]> {
+        Some(&mut buf.data)
+    }
+}
+
+impl Ops for Cpu {
     fn embedding_forward(
         &self,
         out: &mut HostBuf,
@@ -458,53 +474,6 @@ impl Backend for Cpu {
         loss::softmax_xent(z, l, targets, vp, v, grad_scale);
         Ok(())
     }
-    fn sum(&self, x: &HostBuf) -> Result<f64> {
-        let _op = self.prof.span(&HostClock, "sum");
-        Ok(x.iter().map(|&v| v as f64).sum())
-    }
-    fn upload_vec(&self, host: Vec<f32>) -> Result<HostBuf> {
-        let _op = self.prof.span(&HostClock, "upload_vec");
-        Ok(self.charge(host))
-    }
-    fn download_into(&self, buf: &HostBuf, out: &mut Vec<f32>) -> Result<()> {
-        let _op = self.prof.span(&HostClock, "download_into");
-        out.clear();
-        out.extend_from_slice(buf);
-        Ok(())
-    }
-    fn download_region(&self, buf: &HostBuf, r: Region) -> Result<Vec<f32>> {
-        let _op = self.prof.span(&HostClock, "download_region");
-        Ok(buf[r.range()].to_vec())
-    }
-    fn upload_region(&self, buf: &mut HostBuf, off: usize, host: &[f32]) -> Result<()> {
-        let _op = self.prof.span(&HostClock, "upload_region");
-        buf[off..off + host.len()].copy_from_slice(host);
-        Ok(())
-    }
-    /// Received in place (no buffer is replaced, so nothing is allocated per message).
-    fn recv_buf(
-        &self,
-        comm: &crate::comm::mpi::MpiComm,
-        buf: &mut HostBuf,
-        len: usize,
-        src: usize,
-        tag: i32,
-    ) -> Result<f64> {
-        if buf.len() != len {
-            *buf = self.charge(vec![0.0; len]);
-        }
-        comm.recv_f32(src, tag, &mut buf.data)
-    }
-    fn host_mut<'a>(&self, buf: &'a mut HostBuf) -> Option<&'a mut [f32]> {
-        Some(&mut buf.data)
-    }
-    fn sum_squares_ranges(&self, x: &HostBuf, ranges: &[Region]) -> Result<f64> {
-        let _op = self.prof.span(&HostClock, "sum_squares_ranges");
-        Ok(ranges
-            .iter()
-            .map(|r| clip::sum_squares(&x[r.range()]))
-            .sum())
-    }
     fn embedding_forward_shard(
         &self,
         out: &mut HostBuf,
@@ -568,6 +537,20 @@ impl Backend for Cpu {
         vocab_parallel::xent_grad(z, ms, targets, vl, v0, v, scale);
         Ok(())
     }
+}
+
+impl OptimOps for Cpu {
+    fn sum(&self, x: &HostBuf) -> Result<f64> {
+        let _op = self.prof.span(&HostClock, "sum");
+        Ok(x.iter().map(|&v| v as f64).sum())
+    }
+    fn sum_squares_ranges(&self, x: &HostBuf, ranges: &[Region]) -> Result<f64> {
+        let _op = self.prof.span(&HostClock, "sum_squares_ranges");
+        Ok(ranges
+            .iter()
+            .map(|r| clip::sum_squares(&x[r.range()]))
+            .sum())
+    }
     fn sum_squares(&self, x: &HostBuf) -> Result<f64> {
         let _op = self.prof.span(&HostClock, "sum_squares");
         Ok(clip::sum_squares(x))
@@ -595,5 +578,34 @@ impl Backend for Cpu {
             s,
         );
         Ok(())
+    }
+}
+
+impl BufComm for Cpu {
+    /// Received in place (no buffer is replaced, so nothing is allocated per message).
+    fn recv_buf(
+        &self,
+        comm: &crate::comm::mpi::MpiComm,
+        buf: &mut HostBuf,
+        len: usize,
+        src: usize,
+        tag: i32,
+    ) -> Result<f64> {
+        if buf.len() != len {
+            *buf = self.charge(vec![0.0; len]);
+        }
+        comm.recv_f32(src, tag, &mut buf.data)
+    }
+}
+
+impl Device for Cpu {
+    fn name(&self) -> String {
+        format!("cpu ({})", self.gemm.describe())
+    }
+    fn set_profiling(&self, on: bool) {
+        self.prof.set(on);
+    }
+    fn take_profile(&self) -> Result<Option<Profile>> {
+        self.prof.take(&HostClock)
     }
 }

@@ -13,8 +13,9 @@ use super::gemm::Gemm;
 use super::kernels::{self, AttnShape, Kernels, SUMSQ_PARTS};
 use super::matmul::op;
 use crate::backend::cpu::kernels::attention::AttnDims;
+use crate::backend::prelude::*;
 use crate::backend::profile::{OpProfiler, Profile};
-use crate::backend::{AdamStep, Backend, Region, Started};
+use crate::backend::{AdamStep, Region, Started};
 use crate::comm::mpi::{MpiComm, Pending};
 use crate::comm::Communicator;
 use crate::config::Precision;
@@ -209,20 +210,60 @@ pub(super) fn segments(ids: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     (order.iter().map(|&i| i as i32).collect(), start, token)
 }
 
-impl Backend for CudaBackend {
+impl Memory for CudaBackend {
     type Buf = CudaSlice<f32>;
     type Tokens = DevTokens;
-
-    fn name(&self) -> String {
-        let mut s = self.device.clone();
-        if self.flash {
-            s += ", flash attention";
-        }
-        if self.fused_gelu_active() {
-            s += ", GELU epilogues";
-        }
-        s
+    fn buf_len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
     }
+    fn zeros(&self, n: usize) -> Result<CudaSlice<f32>> {
+        let _op = self.prof.span(&*self.stream, "zeros");
+        self.scratch(n)
+    }
+    fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
+        let _op = self.prof.span(&*self.stream, "upload");
+        Ok(self.stream.clone_htod(host)?)
+    }
+    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&*self.stream, "download");
+        Ok(self.stream.clone_dtoh(buf)?)
+    }
+    fn download_into(&self, buf: &CudaSlice<f32>, out: &mut Vec<f32>) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "download_into");
+        out.resize(buf.len(), 0.0);
+        self.stream.memcpy_dtoh(buf, out.as_mut_slice())?;
+        Ok(())
+    }
+    fn download_region(&self, buf: &CudaSlice<f32>, r: Region) -> Result<Vec<f32>> {
+        let _op = self.prof.span(&*self.stream, "download_region");
+        Ok(self.stream.clone_dtoh(&buf.slice(r.range()))?)
+    }
+    fn upload_region(&self, buf: &mut CudaSlice<f32>, off: usize, host: &[f32]) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "upload_region");
+        let mut dst = buf.slice_mut(off..off + host.len());
+        self.stream.memcpy_htod(host, &mut dst)?;
+        Ok(())
+    }
+    fn tokens(&self, ids: &[u32]) -> Result<DevTokens> {
+        let _op = self.prof.span(&*self.stream, "tokens");
+        let as_i32: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+        let (order, start, token) = segments(ids);
+        let s = &self.stream;
+        Ok(DevTokens {
+            ids: s.clone_htod(&as_i32)?,
+            order: s.clone_htod(&order)?,
+            seg_start: s.clone_htod(&start)?,
+            num_segs: token.len(),
+            seg_token: s.clone_htod(&token)?,
+        })
+    }
+    fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "zero");
+        Ok(self.stream.memset_zeros(buf)?)
+    }
+}
+
+impl Ops for CudaBackend {
     fn embedding_forward_shard(
         &self,
         out: &mut CudaSlice<f32>,
@@ -276,120 +317,6 @@ impl Backend for CudaBackend {
         let _op = self.prof.span(&*self.stream, "xent_grad");
         self.vp_xent_grad(logits, ms, targets, vl, v0, v, scale)
     }
-    fn all_reduce_region(
-        &self,
-        comm: &dyn Communicator,
-        buf: &mut CudaSlice<f32>,
-        r: Region,
-    ) -> Result<()> {
-        let _op = self.prof.span(&*self.stream, "all_reduce_region");
-        self.comm_all_reduce(comm, buf, r)
-    }
-    fn start_all_reduce(
-        &self,
-        comm: &MpiComm,
-        grads: &mut CudaSlice<f32>,
-        r: Region,
-    ) -> Result<Started> {
-        let _op = self.prof.span(&*self.stream, "start_all_reduce");
-        self.comm_start_all_reduce(comm, grads, r)
-    }
-    fn send_buf(
-        &self,
-        comm: &MpiComm,
-        buf: &CudaSlice<f32>,
-        dest: usize,
-        tag: i32,
-    ) -> Result<Pending> {
-        let _op = self.prof.span(&*self.stream, "send_buf");
-        self.comm_send(comm, buf, dest, tag)
-    }
-    fn recv_buf(
-        &self,
-        comm: &MpiComm,
-        buf: &mut CudaSlice<f32>,
-        len: usize,
-        src: usize,
-        tag: i32,
-    ) -> Result<f64> {
-        let _op = self.prof.span(&*self.stream, "recv_buf");
-        self.comm_recv(comm, buf, len, src, tag)
-    }
-    fn cuda_stream(&self) -> Option<Arc<CudaStream>> {
-        Some(self.stream.clone())
-    }
-    fn cuda_comm_stream(&self) -> Option<Arc<CudaStream>> {
-        Some(self.comm_stream.clone())
-    }
-    fn finish_all_reduce(&self, grads: &mut CudaSlice<f32>, r: Region, s: Started) -> Result<()> {
-        let _op = self.prof.span(&*self.stream, "finish_all_reduce");
-        self.comm_finish_all_reduce(grads, r, s)
-    }
-    fn set_profiling(&self, on: bool) {
-        self.prof.set(on);
-    }
-    fn take_profile(&self) -> Result<Option<Profile>> {
-        self.prof.take(&*self.stream)
-    }
-    fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
-        self.uuid().map(Some)
-    }
-    fn pin_weights(&self, params: &CudaSlice<f32>) -> Result<()> {
-        let _op = self.prof.span(&*self.stream, "pin_weights");
-        self.pin(params)
-    }
-    fn unpin_weights(&self) {
-        self.unpin()
-    }
-    fn buf_len(&self, buf: &CudaSlice<f32>) -> usize {
-        buf.len()
-    }
-    fn zeros(&self, n: usize) -> Result<CudaSlice<f32>> {
-        let _op = self.prof.span(&*self.stream, "zeros");
-        self.scratch(n)
-    }
-    fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
-        let _op = self.prof.span(&*self.stream, "upload");
-        Ok(self.stream.clone_htod(host)?)
-    }
-    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
-        let _op = self.prof.span(&*self.stream, "download");
-        Ok(self.stream.clone_dtoh(buf)?)
-    }
-    fn download_into(&self, buf: &CudaSlice<f32>, out: &mut Vec<f32>) -> Result<()> {
-        let _op = self.prof.span(&*self.stream, "download_into");
-        out.resize(buf.len(), 0.0);
-        self.stream.memcpy_dtoh(buf, out.as_mut_slice())?;
-        Ok(())
-    }
-    fn download_region(&self, buf: &CudaSlice<f32>, r: Region) -> Result<Vec<f32>> {
-        let _op = self.prof.span(&*self.stream, "download_region");
-        Ok(self.stream.clone_dtoh(&buf.slice(r.range()))?)
-    }
-    fn upload_region(&self, buf: &mut CudaSlice<f32>, off: usize, host: &[f32]) -> Result<()> {
-        let _op = self.prof.span(&*self.stream, "upload_region");
-        let mut dst = buf.slice_mut(off..off + host.len());
-        self.stream.memcpy_htod(host, &mut dst)?;
-        Ok(())
-    }
-    fn tokens(&self, ids: &[u32]) -> Result<DevTokens> {
-        let _op = self.prof.span(&*self.stream, "tokens");
-        let as_i32: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-        let (order, start, token) = segments(ids);
-        let s = &self.stream;
-        Ok(DevTokens {
-            ids: s.clone_htod(&as_i32)?,
-            order: s.clone_htod(&order)?,
-            seg_start: s.clone_htod(&start)?,
-            num_segs: token.len(),
-            seg_token: s.clone_htod(&token)?,
-        })
-    }
-    fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
-        let _op = self.prof.span(&*self.stream, "zero");
-        Ok(self.stream.memset_zeros(buf)?)
-    }
-
     fn embedding_forward(
         &self,
         out: &mut CudaSlice<f32>,
@@ -718,6 +645,9 @@ impl Backend for CudaBackend {
             grad_scale,
         )
     }
+}
+
+impl OptimOps for CudaBackend {
     fn sum(&self, x: &CudaSlice<f32>) -> Result<f64> {
         let _op = self.prof.span(&*self.stream, "sum");
         Ok(self.download(x)?.iter().map(|&v| v as f64).sum())
@@ -769,6 +699,87 @@ impl Backend for CudaBackend {
             &mut v.slice_mut(r.range()),
             s,
         )
+    }
+}
+
+impl BufComm for CudaBackend {
+    fn all_reduce_region(
+        &self,
+        comm: &dyn Communicator,
+        buf: &mut CudaSlice<f32>,
+        r: Region,
+    ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "all_reduce_region");
+        self.comm_all_reduce(comm, buf, r)
+    }
+    fn start_all_reduce(
+        &self,
+        comm: &MpiComm,
+        grads: &mut CudaSlice<f32>,
+        r: Region,
+    ) -> Result<Started> {
+        let _op = self.prof.span(&*self.stream, "start_all_reduce");
+        self.comm_start_all_reduce(comm, grads, r)
+    }
+    fn send_buf(
+        &self,
+        comm: &MpiComm,
+        buf: &CudaSlice<f32>,
+        dest: usize,
+        tag: i32,
+    ) -> Result<Pending> {
+        let _op = self.prof.span(&*self.stream, "send_buf");
+        self.comm_send(comm, buf, dest, tag)
+    }
+    fn recv_buf(
+        &self,
+        comm: &MpiComm,
+        buf: &mut CudaSlice<f32>,
+        len: usize,
+        src: usize,
+        tag: i32,
+    ) -> Result<f64> {
+        let _op = self.prof.span(&*self.stream, "recv_buf");
+        self.comm_recv(comm, buf, len, src, tag)
+    }
+    fn finish_all_reduce(&self, grads: &mut CudaSlice<f32>, r: Region, s: Started) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "finish_all_reduce");
+        self.comm_finish_all_reduce(grads, r, s)
+    }
+}
+
+impl Device for CudaBackend {
+    fn name(&self) -> String {
+        let mut s = self.device.clone();
+        if self.flash {
+            s += ", flash attention";
+        }
+        if self.fused_gelu_active() {
+            s += ", GELU epilogues";
+        }
+        s
+    }
+    fn cuda_stream(&self) -> Option<Arc<CudaStream>> {
+        Some(self.stream.clone())
+    }
+    fn cuda_comm_stream(&self) -> Option<Arc<CudaStream>> {
+        Some(self.comm_stream.clone())
+    }
+    fn set_profiling(&self, on: bool) {
+        self.prof.set(on);
+    }
+    fn take_profile(&self) -> Result<Option<Profile>> {
+        self.prof.take(&*self.stream)
+    }
+    fn device_uuid(&self) -> Result<Option<[u8; 16]>> {
+        self.uuid().map(Some)
+    }
+    fn pin_weights(&self, params: &CudaSlice<f32>) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "pin_weights");
+        self.pin(params)
+    }
+    fn unpin_weights(&self) {
+        self.unpin()
     }
 }
 

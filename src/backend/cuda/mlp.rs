@@ -13,7 +13,8 @@
 use super::backend::CudaBackend;
 use super::gemm::GeluAux;
 use super::matmul::op;
-use crate::backend::{Backend, Region};
+use crate::backend::prelude::*;
+use crate::backend::Region;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 use std::sync::atomic::Ordering;

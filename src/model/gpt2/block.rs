@@ -11,8 +11,9 @@
 //! gradient of the column-parallel GEMM: dual of "copy to TP"), both inside the layers of
 //! [`crate::layers`]. With P = 1 it is the plain block.
 
+use crate::backend::prelude::*;
 use crate::backend::AttnDims;
-use crate::backend::{Backend, Region};
+use crate::backend::Region;
 use crate::config::Recompute;
 use crate::layers::{ColumnParallelLinear, RowParallelLinear, Tp};
 use anyhow::Result;
