@@ -1,5 +1,6 @@
-//! Evaluation on any grid and backend through the training model: the trainer's set-up (the
-//! grid check, this rank's `StageModel` shard, the pipeline engine) and its validation pass
+//! Evaluation on any grid and backend through the training model: the trainer's set-up for
+//! evaluation (the grid check, this rank's `StageModel` shard, the pipeline engine; no
+//! optimizer state or gradients: `Trainer::for_eval`) and its validation pass
 //! (`Trainer::validate`: batch k on data-parallel replica k mod dp, through the pipeline), with
 //! weights from a Hugging Face directory or a training checkpoint written on any grid.
 
@@ -63,7 +64,7 @@ pub fn evaluate(rt: &Runtime, job: &EvalJob) -> Result<(f64, u64)> {
 
 fn run_on<B: Backend>(rt: &Runtime, cfg: &Config, ckpt_dir: Option<PathBuf>, be: B) -> Result<f64> {
     let set_up = || -> Result<Trainer<B>> {
-        let mut tr = Trainer::new(cfg, rt.size, rt.rank, be, ckpt_dir.is_none())?;
+        let mut tr = Trainer::for_eval(cfg, rt.size, rt.rank, be, ckpt_dir.is_none())?;
         if let Some(dir) = &ckpt_dir {
             tr.load_params(&mut ckpt::open_source(dir)?)?;
         }

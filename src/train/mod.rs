@@ -129,6 +129,23 @@ impl<B: Backend> Trainer<B> {
     /// Validate inputs, load data, build and initialise this rank's stage (`init`: false leaves
     /// the weights zero, for a run that restores them from a checkpoint). No collective calls.
     pub fn new(cfg: &Config, world: usize, rank: usize, be: B, init: bool) -> Result<Self> {
+        Self::build(cfg, world, rank, be, init, false)
+    }
+
+    /// As [`Trainer::new`] for evaluation only ([`Trainer::validate`]): no optimizer state, no
+    /// gradient buffer, no training data, one activation slot.
+    pub fn for_eval(cfg: &Config, world: usize, rank: usize, be: B, init: bool) -> Result<Self> {
+        Self::build(cfg, world, rank, be, init, true)
+    }
+
+    fn build(
+        cfg: &Config,
+        world: usize,
+        rank: usize,
+        be: B,
+        init: bool,
+        eval: bool,
+    ) -> Result<Self> {
         let grid = check_grid(cfg, world)?;
         let coords = grid.coords(rank);
         let gcfg = Gpt2Config::from_model_config(&cfg.model).with_tp_padding(grid.tp);
@@ -148,7 +165,9 @@ impl<B: Backend> Trainer<B> {
             Some(k) => SamplerKind::parse(k).context("data.sampler")?,
             None => SamplerKind::Feistel,
         };
-        let (sampler, val) = if reads_tokens {
+        let (sampler, val) = if reads_tokens && eval {
+            (None, open_val(cfg, gcfg.vocab_size)?)
+        } else if reads_tokens {
             let train_files = TokenData::from_pattern(&cfg.data.train, crate::data::Split::Train)
                 .context("data.train")?;
             let data =
@@ -179,22 +198,22 @@ impl<B: Backend> Trainer<B> {
             .collect();
         let in_flight = crate::schedule::simulate(&lists, accum)?.max_in_flight[coords.pp];
         let ly = &model.layout;
-        let zero = (cfg.optim.zero == 1 && grid.dp > 1)
+        let zero = (!eval && cfg.optim.zero == 1 && grid.dp > 1)
             .then(|| ZeroShard::new(acfg, ly, grid.dp, coords.dp))
             .transpose()?;
         let (b, seq) = (t.micro_batch_size, t.seq_len);
         let be = &model.be;
         be.set_mem_category(MemCategory::Optimizer);
-        let opt = match zero {
-            Some(_) => None,
-            None => Some(AdamW::for_entries(be, acfg, &ly.entries, ly.total)?),
+        let opt = match (eval, &zero) {
+            (true, _) | (_, Some(_)) => None,
+            (false, None) => Some(AdamW::for_entries(be, acfg, &ly.entries, ly.total)?),
         };
         be.set_mem_category(MemCategory::Params);
         let params = be.upload(&host)?;
         be.set_mem_category(MemCategory::Grads);
-        let grads = be.zeros(ly.total)?;
+        let grads = be.zeros(if eval { 0 } else { ly.total })?;
         be.set_mem_category(MemCategory::Activations);
-        let slots: Vec<StageActs<B>> = (0..in_flight.max(1))
+        let slots: Vec<StageActs<B>> = (0..if eval { 1 } else { in_flight.max(1) })
             .map(|_| model.acts(b, seq))
             .collect::<Result<_>>()?;
         be.set_mem_category(MemCategory::Workspace);
