@@ -1,6 +1,6 @@
 //! ferrotron: 3D-parallel GPT training as one SPMD binary.
 //!
-//! See `README.md` for usage; the layout follows the shared `DESIGN.md`.
+//! See `README.md` for usage and `ARCHITECTURE.md` for the map of the code.
 
 // Layer kernels take their buffers and dimensions explicitly (llm.c style); bundling them into
 // structs would hide the shapes that the doc comments state.
