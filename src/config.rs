@@ -275,7 +275,7 @@ pub struct ParallelConfig {
     pub bucket_mb: f64,
 }
 
-/// How the groups move backend buffers (DESIGN "Communication").
+/// How the groups move backend buffers (README.md "GPUs": `comm.backend`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommConfig {

@@ -1,5 +1,5 @@
 //! How the groups move backend buffers: the transport chosen once per run from
-//! `comm.backend` and what the job's ranks found (DESIGN "Communication").
+//! `comm.backend` and what the job's ranks found (README.md "GPUs": `comm.backend`).
 //!
 //! | transport        | collectives (tp, dp, emb)            | pipeline messages (pp)      |
 //! |------------------|--------------------------------------|-----------------------------|

@@ -1,4 +1,4 @@
-//! The communicators of one rank, one per group of the grid (DESIGN "The grid"), built once
+//! The communicators of one rank, one per group of the grid (ARCHITECTURE.md "The grid"), built once
 //! from the world and passed explicitly; and the gather of the sharded weights onto rank 0.
 
 use super::shard::StageLayout;

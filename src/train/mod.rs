@@ -272,7 +272,7 @@ impl<B: Backend> Trainer<B> {
 
     /// One optimizer step (0-based `step`). The global batch is samples `step·G .. step·G + G`;
     /// micro-batch j of data-parallel rank r takes samples `step·G + (j·dp + r)·B ..` (+B), so
-    /// every grid trains on the same global batch. Then, in order (DESIGN invariant 5): tied
+    /// every grid trains on the same global batch. Then, in order: tied
     /// `wte` gradient all-reduced over the embedding group, data-parallel reduction, global
     /// norm over all ranks counting each parameter once, clipping, AdamW.
     pub fn step(&mut self, step: usize, gr: &Groups) -> Result<StepOut> {
