@@ -108,3 +108,64 @@ fn the_model_does_not_use_the_parallel_layout() {
         );
     }
 }
+
+/// Code of `file` (relative to `src/`) outside comments and `#[cfg(test)]`.
+fn code_of(file: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file);
+    let text = std::fs::read_to_string(&p).unwrap();
+    let code = text.split("#[cfg(test)]").next().unwrap();
+    code.lines()
+        .map(|l| l.split("//").next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_generic_traits_name_no_concrete_mpi_or_cuda_type() {
+    // The backend traits and the communicator traits: what the model, the schedules and the
+    // generation engine are written against.
+    for f in ["backend/mod.rs", "comm/mod.rs"] {
+        let code = code_of(f);
+        for banned in ["cudarc", "mpi::", "MpiComm", "CudaStream", "CudaSlice"] {
+            assert!(!code.contains(banned), "{f} names {banned}");
+        }
+    }
+}
+
+#[test]
+fn no_backend_trait_default_is_overridden_by_every_backend() {
+    // A default method every backend replaces is dead code: it should be a required method.
+    let traits = code_of("backend/mod.rs");
+    let impls = [
+        code_of("backend/cpu/mod.rs"),
+        code_of("backend/cuda/backend.rs"),
+    ];
+    let mut dead = Vec::new();
+    for block in traits.split("pub trait ").skip(1) {
+        let body = &block[..block.find("\n}").unwrap()];
+        // A default method: `fn name(…) … {` at the trait's indentation.
+        let mut rest = body;
+        while let Some(i) = rest.find("\n    fn ") {
+            rest = &rest[i + 8..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // The signature ends at the first line ending in `{` or `{}` (a body) or `;` (none).
+            let end = rest
+                .lines()
+                .map(str::trim_end)
+                .find(|l| l.ends_with('{') || l.ends_with("{}") || l.ends_with(';'))
+                .unwrap();
+            let has_default = !end.ends_with(';');
+            let needle = format!("fn {name}(");
+            if has_default && impls.iter().all(|c| c.contains(&needle)) {
+                dead.push(name);
+            }
+        }
+    }
+    assert!(
+        dead.is_empty(),
+        "defaults every backend overrides: {dead:?}"
+    );
+}

@@ -1,11 +1,18 @@
-//! Compute backends: the [`Backend`] trait and its implementations. `cpu` is the f32 reference
-//! (and fast); `cuda` runs the same ops on NVIDIA GPUs.
+//! Compute backends: the focused traits ([`Memory`], [`Ops`], [`OptimOps`], [`BufComm`],
+//! [`Device`]; [`Backend`] is all of them) and their implementations. `cpu` is the f32
+//! reference (and fast); `cuda` runs the same ops on NVIDIA GPUs.
 //!
-//! The model is written once against this trait (candle style). Buffers are whole, owned
+//! The model is written once against these traits (candle style). Buffers are whole, owned
 //! allocations; parameters and their gradients live in one flat buffer each and are addressed
 //! by [`Region`]s (offset, length), like llm.c's pointers into one parameter block. Activations
 //! are separate buffers of the documented shapes. Every op has the same math on every backend;
-//! the CPU functions in `model::gpt2::*` are the twins the GPU kernels are tested against.
+//! the CPU kernels in `cpu::kernels` are the twins the GPU kernels are tested against.
+//!
+//! The traits name no concrete MPI or CUDA type: groups are `comm::Communicator` /
+//! `comm::AsyncComm` trait objects, and a backend whose device transport needs the concrete
+//! communicator (the CUDA backend's NCCL and CUDA-aware MPI) asks the group for it
+//! (`as_any`). A default method is the shared implementation some backend uses; a method
+//! every backend implements has none.
 
 pub mod cpu;
 pub mod cuda;
@@ -13,15 +20,14 @@ pub mod ledger;
 pub mod profile;
 pub mod staged;
 
-use crate::backend::cpu::kernels::{embedding, vocab_parallel};
-use crate::comm::mpi::{MpiComm, Pending};
-use crate::comm::Communicator;
+use crate::comm::link::Plan;
+use crate::comm::{AsyncComm, Communicator, Pending};
 use anyhow::Result;
 pub use cpu::kernels::attention::AttnDims;
 
-/// A started data-parallel reduction ([`Backend::start_all_reduce`]).
+/// A started data-parallel reduction ([`BufComm::start_all_reduce`]).
 pub enum Started {
-    /// MPI on a host copy; the sum is written back when it completes.
+    /// On a host copy (`MPI_Iallreduce`); the sum is written back when it completes.
     Host(Pending),
     /// Enqueued on the backend's stream (NCCL): ordered before everything enqueued later.
     Enqueued,
@@ -84,21 +90,11 @@ pub trait Memory: Send + Sync {
         self.upload(&host)
     }
     /// `out ← buf` in host memory, reusing `out`'s allocation where the backend can.
-    fn download_into(&self, buf: &Self::Buf, out: &mut Vec<f32>) -> Result<()> {
-        *out = self.download(buf)?;
-        Ok(())
-    }
-    /// A copy of region `r` of `buf` in host memory. Default: the whole buffer, sliced.
-    fn download_region(&self, buf: &Self::Buf, r: Region) -> Result<Vec<f32>> {
-        Ok(self.download(buf)?[r.range()].to_vec())
-    }
-    /// `buf[off .. off + host.len()] ← host`. Default: a round trip of the whole buffer.
-    fn upload_region(&self, buf: &mut Self::Buf, off: usize, host: &[f32]) -> Result<()> {
-        let mut h = self.download(buf)?;
-        h[off..off + host.len()].copy_from_slice(host);
-        *buf = self.upload(&h)?;
-        Ok(())
-    }
+    fn download_into(&self, buf: &Self::Buf, out: &mut Vec<f32>) -> Result<()>;
+    /// A copy of region `r` of `buf` in host memory.
+    fn download_region(&self, buf: &Self::Buf, r: Region) -> Result<Vec<f32>>;
+    /// `buf[off .. off + host.len()] ← host`.
+    fn upload_region(&self, buf: &mut Self::Buf, off: usize, host: &[f32]) -> Result<()>;
     /// The buffer as a host slice when it lives in host memory (the CPU backend), so
     /// communication can work in place; None otherwise (callers stage through the host).
     fn host_mut<'a>(&self, _buf: &'a mut Self::Buf) -> Option<&'a mut [f32]> {
@@ -203,7 +199,7 @@ pub trait Ops: Memory {
         self.linear_forward(pre, x, p, w, b, n, ic, oc)?;
         self.gelu_forward(out, pre)
     }
-    /// [`Backend::linear_backward`] of a layer whose input is `x = gelu(pre)` (the MLP's
+    /// [`Ops::linear_backward`] of a layer whose input is `x = gelu(pre)` (the MLP's
     /// projection), passing the gradient on through the GELU:
     /// `dpre = (dy·Wᵀ) ⊙ gelu'(pre)` (overwritten, `[N, IC]`), `dW += xᵀ·dy`, `db += Σ_rows dy`.
     fn linear_backward_dgelu(
@@ -221,13 +217,13 @@ pub trait Ops: Memory {
         ic: usize,
         oc: usize,
     ) -> Result<()>;
-    /// Floats attention keeps for its backward ([`Backend::attention_saved_len`]'s `att`): the
+    /// Floats attention keeps for its backward ([`Ops::attention_saved_len`]'s `att`): the
     /// probabilities `[B, NH, T, T]`, or with flash attention the row statistics `[B, NH, T]`.
     fn attention_saved_len(&self, d: AttnDims) -> usize {
         d.b * d.nh * d.t * d.t
     }
     /// Causal attention from `qkv [B, T, 3C]`: `out [B, T, C]` and what the backward needs in
-    /// `att` ([`Backend::attention_saved_len`] floats).
+    /// `att` ([`Ops::attention_saved_len`] floats).
     fn attention_forward(
         &self,
         out: &mut Self::Buf,
@@ -323,9 +319,9 @@ pub trait Ops: Memory {
         v: usize,
         grad_scale: Option<f32>,
     ) -> Result<()>;
-    /// Vocab-parallel embedding of one TP rank (see `model::gpt2::vocab_parallel`): `wte` is the
-    /// local `[Vl, C]` block of global rows `v0 ..`; `wpe` is added only where given. Host token
-    /// ids. Default: staged through the host with the CPU twin.
+    /// Vocab-parallel embedding of one TP rank (see `layers::VocabParallelEmbedding`): `wte` is
+    /// the local `[Vl, C]` block of global rows `v0 ..`; `wpe` is added only where given. Host
+    /// token ids.
     fn embedding_forward_shard(
         &self,
         out: &mut Self::Buf,
@@ -336,16 +332,9 @@ pub trait Ops: Memory {
         t: usize,
         c: usize,
         v0: usize,
-    ) -> Result<()> {
-        let h = self.download(p)?;
-        let mut o = self.download(out)?;
-        let wpe = wpe.map(|r| &h[r.range()]);
-        vocab_parallel::embedding_forward(&mut o, tok, &h[wte.range()], wpe, t, c, v0);
-        *out = self.upload(&o)?;
-        Ok(())
-    }
-    /// Backward of [`Backend::embedding_forward_shard`]: `dwte` (local rows) and `dwpe`
-    /// accumulate. Default: staged through the host.
+    ) -> Result<()>;
+    /// Backward of [`Ops::embedding_forward_shard`]: `dwte` (local rows) and `dwpe`
+    /// accumulate.
     fn embedding_backward_shard(
         &self,
         g: &mut Self::Buf,
@@ -356,20 +345,10 @@ pub trait Ops: Memory {
         t: usize,
         c: usize,
         v0: usize,
-    ) -> Result<()> {
-        let mut h = self.download(g)?;
-        let dx = self.download(dx)?;
-        let mut a = h[dwte.range()].to_vec();
-        let mut b = h[dwpe.range()].to_vec();
-        embedding::backward_shard(&mut a, &mut b, &dx, tok, t, c, v0);
-        h[dwte.range()].copy_from_slice(&a);
-        h[dwpe.range()].copy_from_slice(&b);
-        *g = self.upload(&h)?;
-        Ok(())
-    }
+    ) -> Result<()>;
     /// Vocab-parallel cross-entropy, step 1: per-row partials `stats [N, 3]` of the local logits
     /// `[N, Vl]` (global columns `v0 ..`, real ones `< v`), N = `targets.len()`; the buffers may
-    /// be longer (rows past N untouched). Default: staged through the host.
+    /// be longer (rows past N untouched).
     fn xent_partial(
         &self,
         logits: &Self::Buf,
@@ -378,17 +357,10 @@ pub trait Ops: Memory {
         vl: usize,
         v0: usize,
         v: usize,
-    ) -> Result<()> {
-        let z = self.download(logits)?;
-        let mut st = self.download(stats)?;
-        let n = targets.len();
-        vocab_parallel::xent_partial(&z[..n * vl], &mut st[..3 * n], targets, vl, v0, v);
-        *stats = self.upload(&st)?;
-        Ok(())
-    }
+    ) -> Result<()>;
     /// Vocab-parallel cross-entropy, step 3: local logits `[N, Vl]` (N = `targets.len()`, the
     /// buffer may be longer) become `scale · (softmax − onehot)` from the combined
-    /// `ms [N, 2] = (M, 1/S)`. Default: staged through the host.
+    /// `ms [N, 2] = (M, 1/S)`.
     fn xent_grad(
         &self,
         logits: &mut Self::Buf,
@@ -398,14 +370,7 @@ pub trait Ops: Memory {
         v0: usize,
         v: usize,
         scale: f32,
-    ) -> Result<()> {
-        let mut z = self.download(logits)?;
-        let ms = self.download(ms)?;
-        let n = targets.len();
-        vocab_parallel::xent_grad(&mut z[..n * vl], &ms[..2 * n], targets, vl, v0, v, scale);
-        *logits = self.upload(&z)?;
-        Ok(())
-    }
+    ) -> Result<()>;
 }
 
 /// The optimizer's ops: reductions over gradients, scaling, AdamW.
@@ -428,7 +393,7 @@ pub trait OptimOps: Memory {
     ) -> Result<()>;
     /// AdamW on every region of `ranges` of the flat buffers (multi-tensor): regions flagged
     /// `true` decay with `s.decay_factor`, the others use 1. Default (the CPU twin of the
-    /// multi-tensor kernel): [`Backend::adamw`] region by region.
+    /// multi-tensor kernel): [`OptimOps::adamw`] region by region.
     fn adamw_multi(
         &self,
         p: &mut Self::Buf,
@@ -461,8 +426,9 @@ pub trait OptimOps: Memory {
     }
 }
 
-/// Moving backend buffers through MPI groups (the data-parallel, tensor-parallel and pipeline
-/// transports: in place on host memory, staged through host copies, or the device's own).
+/// Moving backend buffers through groups of ranks (the data-parallel, tensor-parallel and
+/// pipeline transports: in place on host memory, staged through host copies, or the device's
+/// own, which [`Device::connect`] attached to the group).
 pub trait BufComm: Memory {
     /// `buf[r] ← Σ_group buf[r]` over `comm` (TP activations, the tied-`wte` gradient), by the
     /// group's transport. Default: in place on host memory, else staged through the host.
@@ -475,69 +441,80 @@ pub trait BufComm: Memory {
         staged::all_reduce_region(self, comm, buf, r)
     }
     /// Starts `grads[r] ← Σ_group grads[r]` for one data-parallel bucket whose gradients are
-    /// final; [`Backend::finish_all_reduce`] completes it. Default: a host copy reduced with
-    /// `MPI_Iallreduce`.
+    /// final; [`BufComm::finish_all_reduce`] completes it. Default: a host copy reduced
+    /// non-blocking.
     fn start_all_reduce(
         &self,
-        comm: &MpiComm,
+        comm: &dyn AsyncComm,
         grads: &mut Self::Buf,
         r: Region,
     ) -> Result<Started> {
         staged::start_all_reduce(self, comm, grads, r)
     }
-    /// Completes a reduction [`Backend::start_all_reduce`] started on region `r` of `grads`.
+    /// Completes a reduction [`BufComm::start_all_reduce`] started on region `r` of `grads`.
     fn finish_all_reduce(&self, grads: &mut Self::Buf, r: Region, s: Started) -> Result<()> {
         staged::finish_all_reduce(self, grads, r, s)
     }
     /// Starts sending all of `buf` to rank `dest` of `comm` (pipeline messages). The buffer may
-    /// be reused at once. Default: a host copy sent with `MPI_Isend`.
-    fn send_buf(&self, comm: &MpiComm, buf: &Self::Buf, dest: usize, tag: i32) -> Result<Pending> {
+    /// be reused at once. Default: a host copy sent non-blocking.
+    fn send_buf(
+        &self,
+        comm: &dyn AsyncComm,
+        buf: &Self::Buf,
+        dest: usize,
+        tag: i32,
+    ) -> Result<Pending> {
         staged::send_buf(self, comm, buf, dest, tag)
     }
     /// `buf ← ` the `len` floats rank `src` of `comm` sends with `tag`; returns the seconds spent
-    /// waiting for the message. Default: received into host memory, then uploaded.
+    /// waiting for the message.
     fn recv_buf(
         &self,
-        comm: &MpiComm,
+        comm: &dyn AsyncComm,
         buf: &mut Self::Buf,
         len: usize,
         src: usize,
         tag: i32,
-    ) -> Result<f64> {
-        staged::recv_buf(self, comm, buf, len, src, tag)
-    }
+    ) -> Result<f64>;
 }
 
-/// The device's life cycle, streams and profiling.
+/// Which stream a group's device collectives run on ([`Device::connect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Ordered with the compute kernels (tensor-parallel and embedding groups).
+    Compute,
+    /// A stream of its own, so data-parallel reductions overlap the backward.
+    Comm,
+}
+
+/// The device's life cycle, transports and profiling.
 pub trait Device: Memory {
     fn name(&self) -> String;
-    /// The stream NCCL communicators run on (CUDA backend), None elsewhere.
-    fn cuda_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
-        None
-    }
-    /// The stream the data-parallel NCCL communicator runs on, so its reductions overlap the
-    /// backward (CUDA backend); None elsewhere.
-    fn cuda_comm_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
-        self.cuda_stream()
+    /// Sets `comm`'s transport to `plan`, attaching the device's own collectives (NCCL on the
+    /// stream of `lane`) where the plan names them. Collective over the group. Default: host
+    /// transports only.
+    fn connect(&self, comm: &mut dyn Communicator, plan: Plan, _lane: Lane) -> Result<()> {
+        anyhow::ensure!(
+            plan.coll != crate::comm::link::Transport::Nccl,
+            "NCCL needs the CUDA backend"
+        );
+        comm.set_plan(plan)
     }
     /// Declares `params` the weights of the work that follows, until
-    /// [`Backend::unpin_weights`]: one pipeline run (a training step's forwards and backwards,
+    /// [`Device::unpin_weights`]: one pipeline run (a training step's forwards and backwards,
     /// or a validation pass), during which they are immutably borrowed. A backend may derive
     /// what it computes with from them once per run (the CUDA backend with bf16 GEMMs rounds
     /// them to bf16 once instead of per GEMM). Default: nothing.
     fn pin_weights(&self, _params: &Self::Buf) -> Result<()> {
         Ok(())
     }
-    /// Ends [`Backend::pin_weights`]; anything derived from the weights is stale from here.
+    /// Ends [`Device::pin_weights`]; anything derived from the weights is stale from here.
     fn unpin_weights(&self) {}
     /// Turns the per-op time profile on or off (`log.profile_ops`, see [`profile`]).
-    /// Default: the backend keeps none.
-    fn set_profiling(&self, _on: bool) {}
+    fn set_profiling(&self, on: bool);
     /// Milliseconds and calls per op since the last call (waiting for the device), or None
     /// when the profile is off.
-    fn take_profile(&self) -> Result<Option<profile::Profile>> {
-        Ok(None)
-    }
+    fn take_profile(&self) -> Result<Option<profile::Profile>>;
     /// A unique id of the device this rank computes on (a GPU's UUID), to find ranks that share
     /// one; None for host memory.
     fn device_uuid(&self) -> Result<Option<[u8; 16]>> {

@@ -5,8 +5,7 @@
 use super::{Region, Started};
 use crate::backend::prelude::*;
 use crate::comm::link::Transport;
-use crate::comm::mpi::{MpiComm, Pending};
-use crate::comm::Communicator;
+use crate::comm::{AsyncComm, Communicator, Pending};
 use anyhow::Result;
 
 /// `buf[r] ← Σ_group buf[r]`: in place on host buffers (unless the run asked for staging),
@@ -30,7 +29,7 @@ pub fn all_reduce_region<B: Memory + ?Sized>(
 /// Starts `Σ_group grads[r]` on a host copy of the region (`MPI_Iallreduce`).
 pub fn start_all_reduce<B: Memory + ?Sized>(
     be: &B,
-    comm: &MpiComm,
+    comm: &dyn AsyncComm,
     grads: &B::Buf,
     r: Region,
 ) -> Result<Started> {
@@ -54,7 +53,7 @@ pub fn finish_all_reduce<B: Memory + ?Sized>(
 /// Starts sending a host copy of `buf` to rank `dest` (`MPI_Isend`).
 pub fn send_buf<B: Memory + ?Sized>(
     be: &B,
-    comm: &MpiComm,
+    comm: &dyn AsyncComm,
     buf: &B::Buf,
     dest: usize,
     tag: i32,
@@ -66,7 +65,7 @@ pub fn send_buf<B: Memory + ?Sized>(
 /// the seconds spent waiting.
 pub fn recv_buf<B: Memory + ?Sized>(
     be: &B,
-    comm: &MpiComm,
+    comm: &dyn AsyncComm,
     buf: &mut B::Buf,
     len: usize,
     src: usize,

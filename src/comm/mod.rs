@@ -31,6 +31,18 @@ impl CommStats {
     }
 }
 
+/// A started non-blocking operation on host buffers, which it owns until it completes.
+pub trait Request {
+    /// Drives progress once; true when the operation has completed.
+    fn test(&mut self) -> Result<bool>;
+    /// Blocks until the operation completes; returns its result (a collective's output, or a
+    /// send's buffer for reuse).
+    fn wait(self: Box<Self>) -> Result<Vec<f32>>;
+}
+
+/// A started operation ([`AsyncComm`]); complete it with `wait`, or `test` until true.
+pub type Pending = Box<dyn Request>;
+
 /// Collectives on one group of ranks (host buffers).
 pub trait Communicator {
     /// This rank's index in the group.
@@ -54,18 +66,28 @@ pub trait Communicator {
             p2p: link::Transport::Host,
         }
     }
-    /// The group's NCCL communicator (transport NCCL only).
-    fn nccl(&self) -> Option<&cudarc::nccl::safe::Comm> {
-        None
-    }
-    /// CUDA-aware MPI: `out ← Σ_group input`, `count` floats at device addresses `input` and
-    /// `out` (distinct buffers).
-    ///
-    /// # Safety
-    /// Both addresses must hold `count` floats of device memory whose pending writes have
-    /// completed (the stream is synchronised) and which nothing else touches during the call.
-    unsafe fn all_reduce_device(&self, input: u64, out: u64, count: usize) -> Result<()> {
-        let _ = (input, out, count);
-        anyhow::bail!("this communicator cannot reduce device memory")
-    }
+    /// Sets how this group moves backend buffers (`link::resolve` chose it; a device transport
+    /// such as NCCL is attached by the backend that owns the device, see
+    /// `backend::Device::connect`).
+    fn set_plan(&mut self, plan: link::Plan) -> Result<()>;
+    /// The concrete communicator, for a backend whose device transport needs it (the CUDA
+    /// backend's NCCL and CUDA-aware MPI calls).
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// Non-blocking collectives and point-to-point messages on one group (host buffers): the
+/// data-parallel buckets that overlap the backward, and the pipeline's messages.
+pub trait AsyncComm: Communicator {
+    /// Starts sending `buf` to group rank `dest` with `tag`; counts its bytes.
+    fn isend_f32(&self, dest: usize, tag: i32, buf: Vec<f32>) -> Result<Pending>;
+    /// Receives exactly `buf.len()` floats from group rank `src` with `tag`; returns the
+    /// seconds spent waiting for the message to arrive (a message of another length is an
+    /// error naming both lengths).
+    fn recv_f32(&self, src: usize, tag: i32, buf: &mut [f32]) -> Result<f64>;
+    /// Starts `Σ_group buf`; `wait` returns the sum.
+    fn iall_reduce_f32(&self, buf: Vec<f32>) -> Result<Pending>;
+    /// Starts a reduce-scatter: `buf` is the concatenation of blocks of `counts[r]` floats, and
+    /// rank r receives the group sum of block r (`wait` returns it).
+    fn ireduce_scatter_f32(&self, buf: Vec<f32>, counts: &[usize]) -> Result<Pending>;
 }

@@ -2,7 +2,7 @@
 
 use super::flight::FlightRecorder;
 use super::link::{Plan, Transport};
-use super::{CommStats, Communicator};
+use super::{AsyncComm, CommStats, Communicator, Pending, Request};
 use anyhow::Result;
 use mpi::collective::SystemOperation;
 use mpi::topology::{Color, Communicator as _, SimpleCommunicator};
@@ -79,21 +79,12 @@ impl MpiComm {
         }))
     }
 
-    /// Sets the run's transports; with NCCL collectives, also creates the group's NCCL
-    /// communicator on `stream` (group rank 0 makes the unique id and broadcasts it over MPI).
-    /// Collective over the group.
-    pub fn set_plan(
-        &mut self,
-        plan: Plan,
-        stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
-    ) -> Result<()> {
+    /// Creates the group's NCCL communicator on `stream` (group rank 0 makes the unique id and
+    /// broadcasts it over MPI), for a plan whose collectives use NCCL. Collective over the
+    /// group.
+    pub fn attach_nccl(&mut self, stream: Arc<cudarc::driver::CudaStream>) -> Result<()> {
         use cudarc::nccl::safe::{Comm, Id};
         use mpi::traits::Root;
-        self.plan = plan;
-        if plan.coll != Transport::Nccl {
-            return Ok(());
-        }
-        let stream = stream.ok_or_else(|| anyhow::anyhow!("NCCL needs a CUDA stream"))?;
         let nccl = |e: cudarc::nccl::result::NcclError| anyhow::anyhow!("NCCL: {e:?}");
         let mut id = [0 as std::ffi::c_char; 128];
         if self.rank() == 0 {
@@ -104,6 +95,11 @@ impl MpiComm {
             Comm::from_rank(stream, self.rank(), self.size(), Id::uninit(id)).map_err(nccl)?;
         self.nccl = Some(comm);
         Ok(())
+    }
+
+    /// The group's NCCL communicator (after [`MpiComm::attach_nccl`]).
+    pub fn nccl(&self) -> Option<&cudarc::nccl::safe::Comm> {
+        self.nccl.as_ref()
     }
 }
 
@@ -165,14 +161,30 @@ impl Communicator for MpiComm {
     fn plan(&self) -> Plan {
         self.plan
     }
-    fn nccl(&self) -> Option<&cudarc::nccl::safe::Comm> {
-        self.nccl.as_ref()
+    fn set_plan(&mut self, plan: Plan) -> Result<()> {
+        self.plan = plan;
+        Ok(())
     }
-    unsafe fn all_reduce_device(&self, input: u64, out: u64, count: usize) -> Result<()> {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl MpiComm {
+    /// CUDA-aware MPI: `out ← Σ_group input`, `count` floats at device addresses `input` and
+    /// `out` (distinct buffers).
+    ///
+    /// # Safety
+    /// Both addresses must hold `count` floats of device memory whose pending writes have
+    /// completed (the stream is synchronised) and which nothing else touches during the call.
+    pub unsafe fn all_reduce_device(&self, input: u64, out: u64, count: usize) -> Result<()> {
         use mpi::raw::AsRaw;
         let _op = self.op("all_reduce (device)", 4 * count);
         let t0 = Instant::now();
-        // SAFETY: the caller guarantees both device buffers (see the trait); the MPI library
+        // SAFETY: the caller guarantees both device buffers (see above); the MPI library
         // is CUDA-aware (checked when the plan was made).
         let rc = unsafe {
             mpi::ffi::MPI_Allreduce(
@@ -194,7 +206,7 @@ impl Communicator for MpiComm {
 /// argument arrays the call was given, until MPI has finished with them. Complete it with
 /// `wait` (or `test`); dropping an unfinished one leaks its buffers rather than free them
 /// under MPI (see `Drop`).
-pub struct Pending {
+struct MpiRequest {
     /// The input buffer (a send's message) and, for collectives, the output buffer.
     send: Vec<f32>,
     recv: Vec<f32>,
@@ -214,7 +226,7 @@ fn check(rc: i32, what: &str) -> Result<()> {
     Ok(())
 }
 
-impl Pending {
+impl MpiRequest {
     fn new(send: Vec<f32>, recv: Vec<f32>, counts: Vec<i32>) -> Self {
         Self {
             send,
@@ -228,8 +240,22 @@ impl Pending {
         }
     }
 
+    fn complete(&mut self) -> Result<()> {
+        if !self.done {
+            // SAFETY: `req` came from a non-blocking call on `send`/`recv`/`counts`, which are
+            // still alive and unmoved on the heap; MPI_Wait completes and frees the request.
+            let rc = unsafe { mpi::ffi::MPI_Wait(&mut self.req, mpi::ffi::RSMPI_STATUS_IGNORE) };
+            self.done = true;
+            check(rc, "MPI_Wait")?;
+            self.op.finish();
+        }
+        Ok(())
+    }
+}
+
+impl Request for MpiRequest {
     /// Drives MPI's progress engine once; true when the operation has completed.
-    pub fn test(&mut self) -> Result<bool> {
+    fn test(&mut self) -> Result<bool> {
         if !self.done {
             let mut flag = 0;
             // SAFETY: `req` is an active request on buffers this value owns (see `complete`).
@@ -247,7 +273,7 @@ impl Pending {
 
     /// Blocks until the operation completes; returns its result (a collective's output, or a
     /// send's buffer for reuse).
-    pub fn wait(mut self) -> Result<Vec<f32>> {
+    fn wait(mut self: Box<Self>) -> Result<Vec<f32>> {
         self.complete()?;
         Ok(if self.recv.is_empty() {
             std::mem::take(&mut self.send)
@@ -255,21 +281,9 @@ impl Pending {
             std::mem::take(&mut self.recv)
         })
     }
-
-    fn complete(&mut self) -> Result<()> {
-        if !self.done {
-            // SAFETY: `req` came from a non-blocking call on `send`/`recv`/`counts`, which are
-            // still alive and unmoved on the heap; MPI_Wait completes and frees the request.
-            let rc = unsafe { mpi::ffi::MPI_Wait(&mut self.req, mpi::ffi::RSMPI_STATUS_IGNORE) };
-            self.done = true;
-            check(rc, "MPI_Wait")?;
-            self.op.finish();
-        }
-        Ok(())
-    }
 }
 
-impl Drop for Pending {
+impl Drop for MpiRequest {
     /// Every normal path completes an operation (`wait`, or `test` until true); one is dropped
     /// unfinished only on the way out of an error, towards `MPI_Abort`. Waiting there could
     /// hang the job (the peer may be stuck behind the failure and never match it), so drop
@@ -291,41 +305,18 @@ impl Drop for Pending {
 }
 
 impl MpiComm {
-    /// Starts sending `buf` to group rank `dest` with `tag`; counts its bytes.
-    pub fn isend_f32(&self, dest: usize, tag: i32, buf: Vec<f32>) -> Result<Pending> {
-        use mpi::raw::AsRaw;
-        let t0 = Instant::now();
-        let count = i32::try_from(buf.len())?;
-        let dest = i32::try_from(dest)?;
-        let mut p = Pending::new(buf, Vec::new(), Vec::new());
-        // SAFETY: the buffer is valid for `count` floats and owned by `p`, which keeps it alive
-        // (its heap storage does not move) and untouched until the request completes.
-        let rc = unsafe {
-            mpi::ffi::MPI_Isend(
-                p.send.as_ptr() as *const std::ffi::c_void,
-                count,
-                mpi::ffi::RSMPI_FLOAT,
-                dest,
-                tag,
-                self.comm.as_raw(),
-                &mut p.req,
-            )
-        };
-        self.started(p, rc, "MPI_Isend", t0)
-    }
-
     /// Finishes starting `p` with the call's return code: a failed call leaves no request to
     /// wait for; a started one counts its payload (the host input, or `device_bytes` for an
     /// operation on device memory) and the time the call took.
-    fn started(&self, mut p: Pending, rc: i32, what: &str, t0: Instant) -> Result<Pending> {
+    fn started(&self, mut p: MpiRequest, rc: i32, what: &str, t0: Instant) -> Result<Pending> {
         self.started_bytes(std::mem::size_of_val(&p.send[..]), &mut p, rc, what, t0)?;
-        Ok(p)
+        Ok(Box::new(p))
     }
 
     fn started_bytes(
         &self,
         bytes: usize,
-        p: &mut Pending,
+        p: &mut MpiRequest,
         rc: i32,
         what: &str,
         t0: Instant,
@@ -347,11 +338,11 @@ impl MpiComm {
         call: impl FnOnce(&mut mpi::ffi::MPI_Request) -> i32,
     ) -> Result<Pending> {
         let t0 = Instant::now();
-        let mut p = Pending::new(Vec::new(), Vec::new(), Vec::new());
+        let mut p = MpiRequest::new(Vec::new(), Vec::new(), Vec::new());
         p._keep = Some(keep);
         let rc = call(&mut p.req);
         self.started_bytes(4 * count, &mut p, rc, what, t0)?;
-        Ok(p)
+        Ok(Box::new(p))
     }
 
     /// CUDA-aware MPI: starts sending `count` floats at device address `ptr` to group rank
@@ -413,65 +404,6 @@ impl MpiComm {
         Ok(idle)
     }
 
-    /// Starts `Σ_group buf` (`MPI_Iallreduce`); `wait` returns the sum. Counts the payload.
-    pub fn iall_reduce_f32(&self, buf: Vec<f32>) -> Result<Pending> {
-        use mpi::raw::AsRaw;
-        let t0 = Instant::now();
-        let count = i32::try_from(buf.len())?;
-        let recv = vec![0.0f32; buf.len()];
-        let mut p = Pending::new(buf, recv, Vec::new());
-        // SAFETY: both buffers hold `count` floats and are owned by `p` until completion.
-        let rc = unsafe {
-            mpi::ffi::MPI_Iallreduce(
-                p.send.as_ptr() as *const std::ffi::c_void,
-                p.recv.as_mut_ptr() as *mut std::ffi::c_void,
-                count,
-                mpi::ffi::RSMPI_FLOAT,
-                mpi::ffi::RSMPI_SUM,
-                self.comm.as_raw(),
-                &mut p.req,
-            )
-        };
-        self.started(p, rc, "MPI_Iallreduce", t0)
-    }
-
-    /// Starts a reduce-scatter (`MPI_Ireduce_scatter`): `buf` is the concatenation of blocks of
-    /// `counts[r]` floats, and rank r receives the group sum of block r (`wait` returns it).
-    /// Counts the input payload.
-    pub fn ireduce_scatter_f32(&self, buf: Vec<f32>, counts: &[usize]) -> Result<Pending> {
-        use mpi::raw::AsRaw;
-        anyhow::ensure!(
-            counts.len() == self.size() && counts.iter().sum::<usize>() == buf.len(),
-            "reduce-scatter: {} counts summing to {} for a group of {} and {} floats",
-            counts.len(),
-            counts.iter().sum::<usize>(),
-            self.size(),
-            buf.len()
-        );
-        let t0 = Instant::now();
-        let counts = counts
-            .iter()
-            .map(|&c| i32::try_from(c))
-            .collect::<Result<Vec<i32>, _>>()?;
-        // MPI needs a valid receive buffer even for a zero count.
-        let recv = vec![0.0f32; counts[self.rank()].max(1) as usize];
-        let mut p = Pending::new(buf, recv, counts);
-        // SAFETY: `send` holds Σ counts floats, `recv` at least counts[rank]; both buffers and
-        // the counts array are owned by `p` until completion.
-        let rc = unsafe {
-            mpi::ffi::MPI_Ireduce_scatter(
-                p.send.as_ptr() as *const std::ffi::c_void,
-                p.recv.as_mut_ptr() as *mut std::ffi::c_void,
-                p._counts.as_ptr(),
-                mpi::ffi::RSMPI_FLOAT,
-                mpi::ffi::RSMPI_SUM,
-                self.comm.as_raw(),
-                &mut p.req,
-            )
-        };
-        self.started(p, rc, "MPI_Ireduce_scatter", t0)
-    }
-
     /// Waits for the next message from group rank `src` with `tag` (`MPI_Mprobe`); returns it
     /// with the seconds spent waiting. A message of other than `count` floats is received
     /// anyway (a matched message must be, and its sender then completes) and reported.
@@ -496,23 +428,107 @@ impl MpiComm {
         Ok((msg, idle))
     }
 
-    /// Receives exactly `buf.len()` floats from group rank `src` with `tag`. Returns the seconds
-    /// spent waiting for the message to arrive (idle time: `MPI_Probe`); the transfer itself is
-    /// counted in the stats.
-    pub fn recv_f32(&self, src: usize, tag: i32, buf: &mut [f32]) -> Result<f64> {
-        let (msg, idle) = self.probe_exact(src, tag, buf.len())?;
-        let t1 = Instant::now();
-        msg.matched_receive_into(buf);
-        self.stats
-            .add(std::mem::size_of_val(buf), t1.elapsed().as_secs_f64());
-        Ok(idle)
-    }
-
     /// `buf ← Σ over the group` (f64), not counted in the stats (used for metrics only).
     pub fn all_reduce_sum_f64_uncounted(&self, buf: &mut [f64]) {
         let _op = self.op("all_reduce", std::mem::size_of_val(buf));
         let send = buf.to_vec();
         self.comm
             .all_reduce_into(&send[..], buf, SystemOperation::sum());
+    }
+}
+
+impl AsyncComm for MpiComm {
+    /// Starts sending `buf` to group rank `dest` with `tag`; counts its bytes.
+    fn isend_f32(&self, dest: usize, tag: i32, buf: Vec<f32>) -> Result<Pending> {
+        use mpi::raw::AsRaw;
+        let t0 = Instant::now();
+        let count = i32::try_from(buf.len())?;
+        let dest = i32::try_from(dest)?;
+        let mut p = MpiRequest::new(buf, Vec::new(), Vec::new());
+        // SAFETY: the buffer is valid for `count` floats and owned by `p`, which keeps it alive
+        // (its heap storage does not move) and untouched until the request completes.
+        let rc = unsafe {
+            mpi::ffi::MPI_Isend(
+                p.send.as_ptr() as *const std::ffi::c_void,
+                count,
+                mpi::ffi::RSMPI_FLOAT,
+                dest,
+                tag,
+                self.comm.as_raw(),
+                &mut p.req,
+            )
+        };
+        self.started(p, rc, "MPI_Isend", t0)
+    }
+
+    /// Starts `Σ_group buf` (`MPI_Iallreduce`); `wait` returns the sum. Counts the payload.
+    fn iall_reduce_f32(&self, buf: Vec<f32>) -> Result<Pending> {
+        use mpi::raw::AsRaw;
+        let t0 = Instant::now();
+        let count = i32::try_from(buf.len())?;
+        let recv = vec![0.0f32; buf.len()];
+        let mut p = MpiRequest::new(buf, recv, Vec::new());
+        // SAFETY: both buffers hold `count` floats and are owned by `p` until completion.
+        let rc = unsafe {
+            mpi::ffi::MPI_Iallreduce(
+                p.send.as_ptr() as *const std::ffi::c_void,
+                p.recv.as_mut_ptr() as *mut std::ffi::c_void,
+                count,
+                mpi::ffi::RSMPI_FLOAT,
+                mpi::ffi::RSMPI_SUM,
+                self.comm.as_raw(),
+                &mut p.req,
+            )
+        };
+        self.started(p, rc, "MPI_Iallreduce", t0)
+    }
+
+    /// Starts a reduce-scatter (`MPI_Ireduce_scatter`): `buf` is the concatenation of blocks of
+    /// `counts[r]` floats, and rank r receives the group sum of block r (`wait` returns it).
+    /// Counts the input payload.
+    fn ireduce_scatter_f32(&self, buf: Vec<f32>, counts: &[usize]) -> Result<Pending> {
+        use mpi::raw::AsRaw;
+        anyhow::ensure!(
+            counts.len() == self.size() && counts.iter().sum::<usize>() == buf.len(),
+            "reduce-scatter: {} counts summing to {} for a group of {} and {} floats",
+            counts.len(),
+            counts.iter().sum::<usize>(),
+            self.size(),
+            buf.len()
+        );
+        let t0 = Instant::now();
+        let counts = counts
+            .iter()
+            .map(|&c| i32::try_from(c))
+            .collect::<Result<Vec<i32>, _>>()?;
+        // MPI needs a valid receive buffer even for a zero count.
+        let recv = vec![0.0f32; counts[self.rank()].max(1) as usize];
+        let mut p = MpiRequest::new(buf, recv, counts);
+        // SAFETY: `send` holds Σ counts floats, `recv` at least counts[rank]; both buffers and
+        // the counts array are owned by `p` until completion.
+        let rc = unsafe {
+            mpi::ffi::MPI_Ireduce_scatter(
+                p.send.as_ptr() as *const std::ffi::c_void,
+                p.recv.as_mut_ptr() as *mut std::ffi::c_void,
+                p._counts.as_ptr(),
+                mpi::ffi::RSMPI_FLOAT,
+                mpi::ffi::RSMPI_SUM,
+                self.comm.as_raw(),
+                &mut p.req,
+            )
+        };
+        self.started(p, rc, "MPI_Ireduce_scatter", t0)
+    }
+
+    /// Receives exactly `buf.len()` floats from group rank `src` with `tag`. Returns the seconds
+    /// spent waiting for the message to arrive (idle time: `MPI_Probe`); the transfer itself is
+    /// counted in the stats.
+    fn recv_f32(&self, src: usize, tag: i32, buf: &mut [f32]) -> Result<f64> {
+        let (msg, idle) = self.probe_exact(src, tag, buf.len())?;
+        let t1 = Instant::now();
+        msg.matched_receive_into(buf);
+        self.stats
+            .add(std::mem::size_of_val(buf), t1.elapsed().as_secs_f64());
+        Ok(idle)
     }
 }

@@ -2,6 +2,7 @@
 //! layers without MPI. Each collective deposits this rank's data, waits for every rank, then
 //! combines the deposits in rank order (so all ranks get bitwise the same result).
 
+use super::link::{Plan, Transport};
 use super::{CommStats, Communicator};
 use anyhow::Result;
 use std::sync::{Arc, Barrier, Mutex};
@@ -103,5 +104,19 @@ impl Communicator for ThreadComm {
     }
     fn stats(&self) -> &CommStats {
         &self.stats
+    }
+    /// Host memory only: a thread group has no device transport.
+    fn set_plan(&mut self, plan: Plan) -> Result<()> {
+        anyhow::ensure!(
+            plan.coll == Transport::Host && plan.p2p == Transport::Host,
+            "a thread group moves host memory only (asked for {plan:?})"
+        );
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }

@@ -14,7 +14,7 @@
 use super::sample::{sample, Sampling};
 use super::stage::{self as gen_stage, KvCache, SeqRows};
 use crate::backend::prelude::*;
-use crate::comm::mpi::{MpiComm, Pending};
+use crate::comm::{AsyncComm, Pending};
 use crate::parallel::stage::StageModel;
 use crate::parallel::Tp;
 use anyhow::Result;
@@ -40,7 +40,7 @@ pub fn run<B: Backend>(
     max_new: usize,
     s: &Sampling,
     tp: &Tp,
-    pp: Option<&MpiComm>,
+    pp: Option<&dyn AsyncComm>,
 ) -> Result<Vec<Vec<u32>>> {
     let n = prompts.len();
     if n == 0 {

@@ -143,7 +143,7 @@ fn run_on<B: Backend>(
         })
         .collect();
     let tp = Tp::of(&gr.tp);
-    let pp = (grid.pp > 1).then_some(&gr.pp);
+    let pp = (grid.pp > 1).then_some(&gr.pp as &dyn crate::comm::AsyncComm);
     let t0 = std::time::Instant::now();
     let got = engine::run(&m, &params, &mine, job.max_new, &job.sampling, &tp, pp)?;
     // Gather on every rank: the owner (last stage, tp rank 0) writes its prompts' tokens.

@@ -24,8 +24,7 @@
 use super::shard::StageLayout;
 use crate::backend::prelude::*;
 use crate::backend::{Region, Started};
-use crate::comm::mpi::{MpiComm, Pending};
-use crate::comm::Communicator;
+use crate::comm::{AsyncComm, Pending};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -76,7 +75,7 @@ pub enum Target {
 
 /// The reductions of one step: started bucket by bucket, finished together.
 pub struct DpReducer<'a> {
-    comm: &'a MpiComm,
+    comm: &'a dyn AsyncComm,
     buckets: Vec<Region>,
     target: Target,
     total: usize,
@@ -94,7 +93,12 @@ enum Reduction {
 }
 
 impl<'a> DpReducer<'a> {
-    pub fn new(comm: &'a MpiComm, buckets: Vec<Region>, target: Target, total: usize) -> Self {
+    pub fn new(
+        comm: &'a dyn AsyncComm,
+        buckets: Vec<Region>,
+        target: Target,
+        total: usize,
+    ) -> Self {
         Self {
             comm,
             buckets,

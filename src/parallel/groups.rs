@@ -4,8 +4,10 @@
 use super::shard::StageLayout;
 use super::{Coords, Grid};
 use crate::backend::prelude::*;
+use crate::backend::Lane;
 use crate::comm::link::{self, Facts, Plan};
 use crate::comm::mpi::MpiComm;
+use crate::comm::AsyncComm;
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
 use anyhow::Result;
 use mpi::collective::SystemOperation;
@@ -35,15 +37,14 @@ impl Groups {
     /// be waiting inside `ncclCommInitRank` or in another group's set-up, where no agreement
     /// can reach them.
     pub fn connect<B: Backend>(&mut self, plan: Plan, be: &B) -> Result<()> {
-        for c in [&mut self.tp, &mut self.emb] {
-            c.set_plan(plan, be.cuda_stream())?;
-        }
-        self.dp.set_plan(plan, be.cuda_comm_stream())?;
+        be.connect(&mut self.tp, plan, Lane::Compute)?;
+        be.connect(&mut self.emb, plan, Lane::Compute)?;
+        be.connect(&mut self.dp, plan, Lane::Comm)?;
         let messages_only = Plan {
             coll: plan.p2p,
             ..plan
         };
-        self.pp.set_plan(messages_only, None)
+        be.connect(&mut self.pp, messages_only, Lane::Compute)
     }
 
     /// Records every group's operations in the rank's flight recorder (collective over each
@@ -140,7 +141,7 @@ pub fn gather_facts<B: Backend>(world: &SimpleCommunicator, be: &B) -> Result<Fa
 /// Gathers the weights of data-parallel replica 0 onto rank 0 as one global buffer (layout
 /// `global`); returns None on the other ranks. `local` is this rank's weights.
 pub fn gather_weights(
-    world: &MpiComm,
+    world: &dyn AsyncComm,
     g: Grid,
     rank: usize,
     cfg: &Gpt2Config,

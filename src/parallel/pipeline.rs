@@ -14,7 +14,7 @@
 use super::stage::{OnReady, StageActs, StageModel, StageScratch};
 use super::Tp;
 use crate::backend::prelude::*;
-use crate::comm::mpi::{MpiComm, Pending};
+use crate::comm::{AsyncComm, Pending};
 use crate::schedule::Action;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ const TAG_GRAD: i32 = 1;
 /// rank index is the stage index).
 pub struct Links<'a> {
     pub tp: Tp<'a>,
-    pub pp: Option<&'a MpiComm>,
+    pub pp: Option<&'a dyn AsyncComm>,
 }
 
 /// Micro-batch `mb`'s input tokens and targets, written into the two slices.

@@ -11,7 +11,7 @@ use crate::backend::ledger::MemCategory;
 use crate::backend::prelude::*;
 use crate::backend::Region;
 use crate::checkpoint::hf;
-use crate::comm::Communicator;
+use crate::comm::{AsyncComm, Communicator};
 use crate::config::{Config, OnNonFinite};
 use crate::data::{EvalWindows, SamplerKind, TokenData, TrainSampler};
 use crate::model::gpt2::{Gpt2Config, ParamLayout};
@@ -297,7 +297,7 @@ impl<B: Backend> Trainer<B> {
         };
         let links = Links {
             tp: Tp::of(&gr.tp),
-            pp: (self.grid.pp > 1).then_some(&gr.pp),
+            pp: (self.grid.pp > 1).then_some(&gr.pp as &dyn AsyncComm),
         };
         let target = match &self.zero {
             Some(z) => dp::Target::ReduceScatter { chunk: z.chunk() },
@@ -510,7 +510,7 @@ impl<B: Backend> Trainer<B> {
         };
         let links = Links {
             tp: Tp::of(&gr.tp),
-            pp: (self.grid.pp > 1).then_some(&gr.pp),
+            pp: (self.grid.pp > 1).then_some(&gr.pp as &dyn AsyncComm),
         };
         let run = pipeline::run(
             &self.model,

@@ -11,10 +11,10 @@
 
 use crate::common::*;
 use ferrotron::backend::prelude::*;
-use ferrotron::backend::Region;
+use ferrotron::backend::{Lane, Region};
 use ferrotron::comm::link::{Plan, Transport};
 use ferrotron::comm::mpi::MpiComm;
-use ferrotron::comm::Communicator;
+use ferrotron::comm::{AsyncComm, Communicator};
 use std::path::Path;
 
 /// The environment variable that makes a test binary the MPI child.
@@ -55,12 +55,12 @@ pub fn check<B: Backend>(be: &B, world: &mpi::topology::SimpleCommunicator, t: T
     } else {
         t
     };
-    comm.set_plan(Plan { coll: t, p2p }, be.cuda_stream())
+    be.connect(&mut comm, Plan { coll: t, p2p }, Lane::Compute)
         .unwrap();
     // The data-parallel group's communicator, as the trainer makes it (NCCL on the
     // communication stream).
     let mut dpc = MpiComm::split(world, 0).unwrap();
-    dpc.set_plan(Plan { coll: t, p2p }, be.cuda_comm_stream())
+    be.connect(&mut dpc, Plan { coll: t, p2p }, Lane::Comm)
         .unwrap();
     let (r, n) = (comm.rank(), comm.size());
     let len = 1000;

@@ -585,7 +585,7 @@ impl BufComm for Cpu {
     /// Received in place (no buffer is replaced, so nothing is allocated per message).
     fn recv_buf(
         &self,
-        comm: &crate::comm::mpi::MpiComm,
+        comm: &dyn crate::comm::AsyncComm,
         buf: &mut HostBuf,
         len: usize,
         src: usize,

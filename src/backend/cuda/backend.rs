@@ -15,9 +15,9 @@ use super::matmul::op;
 use crate::backend::cpu::kernels::attention::AttnDims;
 use crate::backend::prelude::*;
 use crate::backend::profile::{OpProfiler, Profile};
-use crate::backend::{AdamStep, Region, Started};
-use crate::comm::mpi::{MpiComm, Pending};
-use crate::comm::Communicator;
+use crate::backend::{AdamStep, Lane, Region, Started};
+use crate::comm::link::Plan;
+use crate::comm::{AsyncComm, Communicator, Pending};
 use crate::config::Precision;
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
@@ -714,7 +714,7 @@ impl BufComm for CudaBackend {
     }
     fn start_all_reduce(
         &self,
-        comm: &MpiComm,
+        comm: &dyn AsyncComm,
         grads: &mut CudaSlice<f32>,
         r: Region,
     ) -> Result<Started> {
@@ -723,7 +723,7 @@ impl BufComm for CudaBackend {
     }
     fn send_buf(
         &self,
-        comm: &MpiComm,
+        comm: &dyn AsyncComm,
         buf: &CudaSlice<f32>,
         dest: usize,
         tag: i32,
@@ -733,7 +733,7 @@ impl BufComm for CudaBackend {
     }
     fn recv_buf(
         &self,
-        comm: &MpiComm,
+        comm: &dyn AsyncComm,
         buf: &mut CudaSlice<f32>,
         len: usize,
         src: usize,
@@ -759,11 +759,8 @@ impl Device for CudaBackend {
         }
         s
     }
-    fn cuda_stream(&self) -> Option<Arc<CudaStream>> {
-        Some(self.stream.clone())
-    }
-    fn cuda_comm_stream(&self) -> Option<Arc<CudaStream>> {
-        Some(self.comm_stream.clone())
+    fn connect(&self, comm: &mut dyn Communicator, plan: Plan, lane: Lane) -> Result<()> {
+        self.comm_connect(comm, plan, lane)
     }
     fn set_profiling(&self, on: bool) {
         self.prof.set(on);

@@ -14,10 +14,10 @@
 //!   handles device memory in point-to-point calls and blocking collectives only.
 
 use super::CudaBackend;
-use crate::backend::{staged, Region, Started};
-use crate::comm::link::Transport;
-use crate::comm::mpi::{MpiComm, Pending};
-use crate::comm::Communicator;
+use crate::backend::{staged, Lane, Region, Started};
+use crate::comm::link::{Plan, Transport};
+use crate::comm::mpi::MpiComm;
+use crate::comm::{AsyncComm, Communicator, Pending};
 use anyhow::{Context, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use cudarc::nccl::safe::ReduceOp;
@@ -27,8 +27,44 @@ fn nccl_err(e: cudarc::nccl::result::NcclError) -> anyhow::Error {
     anyhow::anyhow!("NCCL call failed: {e:?}")
 }
 
+/// The concrete MPI communicator behind a group, which the device transports call directly.
+fn mpi_of(comm: &dyn Communicator) -> Result<&MpiComm> {
+    comm.as_any()
+        .downcast_ref::<MpiComm>()
+        .context("the CUDA backend's device transports need an MPI communicator")
+}
+
+/// The group's NCCL communicator (transport NCCL).
+fn nccl_of(comm: &dyn Communicator) -> Result<&cudarc::nccl::safe::Comm> {
+    mpi_of(comm)?
+        .nccl()
+        .context("transport NCCL without an NCCL communicator")
+}
+
 impl CudaBackend {
-    /// `buf[r] ← Σ_group buf[r]` (see [`crate::backend::Backend::all_reduce_region`]).
+    /// Sets `comm`'s transport; with NCCL collectives, creates its NCCL communicator on the
+    /// stream of `lane` (see [`crate::backend::Device::connect`]).
+    pub(super) fn comm_connect(
+        &self,
+        comm: &mut dyn Communicator,
+        plan: Plan,
+        lane: Lane,
+    ) -> Result<()> {
+        comm.set_plan(plan)?;
+        if plan.coll != Transport::Nccl {
+            return Ok(());
+        }
+        let stream = match lane {
+            Lane::Compute => self.stream.clone(),
+            Lane::Comm => self.comm_stream.clone(),
+        };
+        comm.as_any_mut()
+            .downcast_mut::<MpiComm>()
+            .context("NCCL needs an MPI communicator to agree on its id")?
+            .attach_nccl(stream)
+    }
+
+    /// `buf[r] ← Σ_group buf[r]` (see [`crate::backend::BufComm::all_reduce_region`]).
     pub(super) fn comm_all_reduce(
         &self,
         comm: &dyn Communicator,
@@ -37,9 +73,7 @@ impl CudaBackend {
     ) -> Result<()> {
         match comm.plan().coll {
             Transport::Nccl => {
-                let nccl = comm
-                    .nccl()
-                    .context("transport NCCL without an NCCL communicator")?;
+                let nccl = nccl_of(comm)?;
                 let t0 = Instant::now();
                 // The tp and embedding communicators run on the compute stream; any other
                 // (the dp one) is ordered after the kernels so far and before the ones to come.
@@ -65,7 +99,7 @@ impl CudaBackend {
                 let (dst, _d) = v.device_ptr_mut(&self.stream);
                 // SAFETY: `copy` and the region are distinct device buffers of r.len floats,
                 // the stream is idle, and both stay borrowed for the blocking call.
-                unsafe { comm.all_reduce_device(src, dst, r.len) }
+                unsafe { mpi_of(comm)?.all_reduce_device(src, dst, r.len) }
             }
             Transport::Host | Transport::Staged => staged::all_reduce_region(self, comm, buf, r),
         }
@@ -74,15 +108,13 @@ impl CudaBackend {
     /// Starts `grads[r] ← Σ_group grads[r]` for a data-parallel bucket.
     pub(super) fn comm_start_all_reduce(
         &self,
-        comm: &MpiComm,
+        comm: &dyn AsyncComm,
         grads: &mut CudaSlice<f32>,
         r: Region,
     ) -> Result<Started> {
         match comm.plan().coll {
             Transport::Nccl => {
-                let nccl = comm
-                    .nccl()
-                    .context("transport NCCL without an NCCL communicator")?;
+                let nccl = nccl_of(comm)?;
                 let t0 = Instant::now();
                 let cs = nccl.stream();
                 if cs.cu_stream() != self.stream.cu_stream() {
@@ -121,7 +153,7 @@ impl CudaBackend {
     /// Starts sending all of `buf` to rank `dest` of `comm`.
     pub(super) fn comm_send(
         &self,
-        comm: &MpiComm,
+        comm: &dyn AsyncComm,
         buf: &CudaSlice<f32>,
         dest: usize,
         tag: i32,
@@ -134,13 +166,13 @@ impl CudaBackend {
         let ptr = copy.device_ptr(&self.stream).0;
         let n = copy.len();
         // SAFETY: the pending send owns `copy`, whose writes have completed.
-        unsafe { comm.isend_device(ptr, n, dest, tag, Box::new(copy)) }
+        unsafe { mpi_of(comm)?.isend_device(ptr, n, dest, tag, Box::new(copy)) }
     }
 
     /// `buf ← ` the `len` floats rank `src` sends with `tag`; returns the idle seconds.
     pub(super) fn comm_recv(
         &self,
-        comm: &MpiComm,
+        comm: &dyn AsyncComm,
         buf: &mut CudaSlice<f32>,
         len: usize,
         src: usize,
@@ -156,7 +188,7 @@ impl CudaBackend {
         self.stream.synchronize()?;
         let (ptr, _g) = buf.device_ptr_mut(&self.stream);
         // SAFETY: `buf` holds `len` floats, the stream is idle and `buf` is borrowed mutably.
-        unsafe { comm.recv_device(ptr, len, src, tag) }
+        unsafe { mpi_of(comm)?.recv_device(ptr, len, src, tag) }
     }
 
     /// The GPU's UUID (to find ranks sharing one GPU).
