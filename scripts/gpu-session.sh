@@ -60,7 +60,7 @@ fi
 for tool in racecheck synccheck memcheck; do
   l=$(( $(left) - 5 )); (( l < 20 )) && { echo "sanitizer $tool: not run (budget)" >> "$summary"; continue; }
   cap=$(( l < 90 ? l : 90 ))
-  timeout "$cap" compute-sanitizer --tool "$tool" --error-exitcode 3 .carry/cuda_kernels flash vocab adamw_multi --include-ignored \
+  timeout "$cap" compute-sanitizer --tool "$tool" --error-exitcode 3 .carry/cuda_kernels flash vocab adamw_multi cached --include-ignored \
     --test-threads=1 > "$O/sanitizer-$tool.log" 2>&1
   rc=$?
   (( rc == 3 )) && failed=1 # the tool found errors (a cut run, 124, is reported, not failed)

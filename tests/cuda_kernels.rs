@@ -929,3 +929,55 @@ fn casts_round_to_nearest_even() {
         assert_eq!(got.to_bits(), hi.to_f32().to_bits(), "bf16_to_f32 at {i}");
     }
 }
+
+/// Generation's cached attention (`kernels/decode.cu` through `Ops::attention_cached`) against
+/// the CPU backend over a sequence's life: a prefill at row 2, a decode step, a chunk taking
+/// the positions past 128, another step; the cache equal exactly, the output within 1e-5.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu-session.sh runs it (--include-ignored)"]
+fn cached_attention_matches_cpu() {
+    use ferrotron::backend::cpu::decode::CachedDims;
+    use ferrotron::backend::cpu::Cpu;
+    use ferrotron::backend::prelude::*;
+    if gpu().is_none() {
+        return;
+    }
+    let be = cuda::CudaBackend::new(0).unwrap();
+    let cpu = Cpu::new(1);
+    let mut r = Rng(17);
+    for (c, nh) in [(48usize, 3usize), (768, 12)] {
+        let cap = 160;
+        let mut kv_g = be.zeros(2 * cap * c).unwrap();
+        let mut kv_c = cpu.zeros(2 * cap * c).unwrap();
+        for (row0, rows, start) in [(2, 37, 0), (0, 1, 37), (1, 100, 38), (0, 1, 138)] {
+            let qkv = r.vec((row0 + rows) * 3 * c, 1.0);
+            let d = CachedDims {
+                row0,
+                rows,
+                start,
+                cap,
+                c,
+                nh,
+            };
+            let mut out_g = be.zeros((row0 + rows) * c).unwrap();
+            let mut out_c = cpu.zeros((row0 + rows) * c).unwrap();
+            be.attention_cached(&mut out_g, &be.upload(&qkv).unwrap(), &mut kv_g, d)
+                .unwrap();
+            cpu.attention_cached(&mut out_c, &cpu.upload(&qkv).unwrap(), &mut kv_c, d)
+                .unwrap();
+            let name = format!("cached attention C {c} rows {rows} at {start}");
+            check(
+                &name,
+                &be.download(&out_g).unwrap(),
+                &cpu.download(&out_c).unwrap(),
+                1e-5,
+            );
+            check(
+                &name,
+                &be.download(&kv_g).unwrap(),
+                &cpu.download(&kv_c).unwrap(),
+                0.0,
+            );
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! The CUDA kernels that have not yet run on a GPU (flash attention, the vocab-parallel pieces,
-//! the multi-tensor AdamW), executed on the CPU by `tests/emu/cuda_emu.h` (blocks in turn,
+//! the multi-tensor AdamW, generation's cached attention), executed on the CPU by `tests/emu/cuda_emu.h` (blocks in turn,
 //! their threads as std::threads with barriers for `__syncthreads` and warp shuffles) and
 //! compiled by g++ with AddressSanitizer, launched as the Rust launchers launch them, against
 //! the CPU twins. This checks the kernels' arithmetic, indexing, tiling and masking (and
@@ -7,11 +7,12 @@
 //! `tests/cuda_kernels.rs` still run them on a device.
 //!
 //! Tolerances (‖emu − twin‖ / ‖twin‖): 1e-5 for forwards and lse, 1e-4 for the attention
-//! backward (as on the GPU), 1e-6 for the embedding and AdamW.
+//! backward (as on the GPU), 1e-6 for the embedding and AdamW; the KV cache is copied exactly.
 
 mod common;
 
 use common::scratch;
+use ferrotron::backend::cpu::decode::{attention_cached, CachedDims};
 use ferrotron::backend::cpu::kernels::attention::{self, AttnDims};
 use ferrotron::backend::cpu::kernels::{flash, vocab_parallel};
 use ferrotron::backend::cpu::Cpu;
@@ -281,4 +282,55 @@ fn adamw_multi_kernel_matches_the_twin() {
     check("adamw_multi p", &get(&dir, "p"), &pw, 1e-6);
     check("adamw_multi m", &get(&dir, "m"), &mw, 1e-6);
     check("adamw_multi v", &get(&dir, "v"), &vw, 1e-6);
+}
+
+/// Generation's cached attention (`kernels/decode.cu`) against the CPU twin over a sequence's
+/// life: a prefill at row 2 of a batch, one decode step, a chunk that takes the positions past
+/// 128 (more than one position per thread), and another step; head sizes 16 and 64. After each
+/// call the cache must equal the twin's exactly and the output within 1e-5.
+#[test]
+fn cached_attention_kernels_match_the_twin() {
+    let Some(bin) = harness() else { return };
+    for (case, &(c, nh)) in [(48usize, 3usize), (128, 2)].iter().enumerate() {
+        let cap = 160;
+        let dir = scratch(&format!("emu-decode-{case}"));
+        let (mut kv_emu, mut kv_twin) = (vec![0.0f32; 2 * cap * c], vec![0.0f32; 2 * cap * c]);
+        for (step, &(row0, rows, start)) in [(2, 37, 0), (0, 1, 37), (1, 100, 38), (0, 1, 138)]
+            .iter()
+            .enumerate()
+        {
+            let qkv = vec(
+                100 * case as u64 + step as u64 + 1,
+                (row0 + rows) * 3 * c,
+                1.0,
+            );
+            let out = vec![0.0f32; (row0 + rows) * c];
+            let d = CachedDims {
+                row0,
+                rows,
+                start,
+                cap,
+                c,
+                nh,
+            };
+            put(&dir, "qkv", &qkv);
+            put(&dir, "kv", &kv_emu);
+            put(&dir, "out", &out);
+            let args = [row0, rows, start, cap, c, nh].map(|x| x.to_string());
+            let mut a = vec!["decode".to_string()];
+            a.extend(args);
+            a.push(dir.to_string_lossy().into_owned());
+            run(bin, &a);
+            let mut want = out.clone();
+            attention_cached(&mut want, &qkv, &mut kv_twin, d);
+            kv_emu = get(&dir, "kv");
+            assert_eq!(kv_emu, kv_twin, "KV cache after step {step} (C {c})");
+            check(
+                &format!("cached attention step {step} (C {c}, NH {nh})"),
+                &get(&dir, "out"),
+                &want,
+                1e-5,
+            );
+        }
+    }
 }

@@ -242,37 +242,16 @@ pub trait Ops: Memory {
         att: &Self::Buf,
         d: AttnDims,
     ) -> Result<()>;
-    /// Generation: one sequence's new positions against its KV cache (see
+    /// Generation: one sequence's new positions against its KV cache (CPU twin
     /// [`cpu::decode::attention_cached`]): appends their keys and values to `kv [2, cap, C]`
-    /// and writes their attention output into `out` (rows `d.row0 ..`). Default: through host
-    /// copies and the CPU twin (the CUDA backend has no kernel for it yet).
+    /// and writes their attention output into `out` (rows `d.row0 ..`).
     fn attention_cached(
         &self,
         out: &mut Self::Buf,
         qkv: &Self::Buf,
         kv: &mut Self::Buf,
         d: cpu::decode::CachedDims,
-    ) -> Result<()> {
-        let (rows, c) = (d.row0 + d.rows, d.c);
-        let q = self.download_region(
-            qkv,
-            Region {
-                off: 0,
-                len: rows * 3 * c,
-            },
-        )?;
-        let mut cache = self.download(kv)?;
-        let mut o = self.download_region(
-            out,
-            Region {
-                off: 0,
-                len: rows * c,
-            },
-        )?;
-        cpu::decode::attention_cached(&mut o, &q, &mut cache, d);
-        self.upload_region(kv, 0, &cache)?;
-        self.upload_region(out, 0, &o)
-    }
+    ) -> Result<()>;
     fn gelu_forward(&self, out: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
     fn gelu_backward(&self, dx: &mut Self::Buf, x: &Self::Buf, dy: &Self::Buf) -> Result<()>;
     /// `y += x`.

@@ -1,6 +1,6 @@
 //! One rank's stage of the training model ([`StageModel`]) run for generation: the same
 //! parameters, layers and tensor-parallel regions as training, with attention against a KV
-//! cache ([`Backend::attention_cached`]) instead of saving activations for backward.
+//! cache ([`crate::backend::Ops::attention_cached`]) instead of saving activations for backward.
 //!
 //! Rows: a call processes R rows, the new positions of several sequences side by side
 //! (a whole prompt at prefill, one position per sequence when decoding). `x [R, C]` is the

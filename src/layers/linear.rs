@@ -40,7 +40,7 @@ impl ColumnParallelLinear {
     }
 
     /// The MLP's `c_fc` with its GELU: `pre = x·W_r + b_r`, `out = gelu(pre)`
-    /// ([`Backend::linear_gelu_forward`]).
+    /// ([`Ops::linear_gelu_forward`]).
     pub fn forward_gelu<B: Backend>(
         &self,
         be: &B,
@@ -125,7 +125,7 @@ impl RowParallelLinear {
 
     /// As [`RowParallelLinear::backward`] for the MLP projection whose input was
     /// `act = gelu(pre)`: `dx_r` comes out multiplied by `gelu'(pre)`
-    /// ([`Backend::linear_backward_dgelu`]).
+    /// ([`Ops::linear_backward_dgelu`]).
     pub fn backward_dgelu<B: Backend>(
         &self,
         be: &B,

@@ -65,7 +65,7 @@ impl<'a> Tp<'a> {
 }
 
 /// `buf ← Σ_group buf` on a backend buffer, by the group's transport
-/// ([`Backend::all_reduce_region`]).
+/// ([`BufComm::all_reduce_region`]).
 pub fn all_reduce_buf<B: Backend>(be: &B, comm: &dyn Communicator, buf: &mut B::Buf) -> Result<()> {
     let r = crate::backend::Region {
         off: 0,

@@ -10,7 +10,7 @@
 //!
 //! During the step's last backward the stage reports, after each layer, from which offset its
 //! gradients are final ([`OnReady`](super::stage::OnReady)); every bucket inside that range is
-//! started by the run's transport ([`Backend::start_all_reduce`]: `MPI_Iallreduce` on a host
+//! started by the run's transport ([`BufComm::start_all_reduce`]: `MPI_Iallreduce` on a host
 //! copy, CUDA-aware `MPI_Iallreduce` on device memory, or NCCL on the stream; with ZeRO-1
 //! `MPI_Ireduce_scatter` of a host copy onto the dp shards), and MPI is driven (`MPI_Test`) so
 //! reductions progress while the remaining layers compute. After backward the trainer starts

@@ -2,7 +2,7 @@
 //! step — forwards and backwards of micro-batches on this stage, activations and gradients
 //! exchanged with the neighbouring stages over the `pp` group by point-to-point messages.
 //!
-//! Messages move by the run's point-to-point transport ([`Backend::send_buf`]/`recv_buf`: MPI on
+//! Messages move by the run's point-to-point transport ([`BufComm::send_buf`]/`recv_buf`: MPI on
 //! host copies, or CUDA-aware MPI on device copies).
 //! Sends are non-blocking (each owns its buffer; all are completed at the end of the step), so
 //! a schedule whose simulation completes cannot deadlock; receives block. The time spent

@@ -6,6 +6,7 @@
 //   harness flashtc B T C NH DIR    the same with the tensor-core (WMMA, bf16) kernels
 //   harness vp N T C VL V0 V DIR    rows, wte, wpe, z, targets, ms -> emb, stats, zgrad
 //   harness adamw N CHUNKS DIR      p, g, m, v, table, scalars -> p, m, v
+//   harness decode ROW0 ROWS START CAP C NH DIR   qkv, kv, out -> kv, out
 #include "cuda_emu.h"
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <string>
 
 #include "../../kernels/adamw.cu"
+#include "../../kernels/decode.cu"
 #include "../../kernels/flash_attention.cu"
 #include "../../kernels/flash_attention_tc.cu"
 #include "../../kernels/vocab_parallel.cu"
@@ -137,6 +139,24 @@ static int adamw(size_t N, unsigned chunks, const std::string& d) {
     return 0;
 }
 
+static int decode(int row0, int rows, int start, int cap, int C, int NH, const std::string& d) {
+    auto qkv = load<float>(d + "/qkv", (size_t)(row0 + rows) * 3 * C);
+    auto kv = load<float>(d + "/kv", 2 * (size_t)cap * C);
+    auto out = load<float>(d + "/out", (size_t)(row0 + rows) * C);
+    std::vector<float> scores((size_t)rows * NH * cap, NAN);
+    const float scale = 1.0f / std::sqrt((float)(C / NH));
+    emu_launch(((size_t)rows * C + 255) / 256, 1, 256, [&] {
+        attn_kv_append(kv.data(), qkv.data(), row0, rows, start, cap, C);
+    });
+    emu_launch(rows, NH, 128, [&] {
+        attn_cached(out.data(), scores.data(), qkv.data(), kv.data(), row0, start, cap, C, NH,
+                    scale);
+    });
+    save(d + "/kv", kv);
+    save(d + "/out", out);
+    return 0;
+}
+
 int main(int argc, char** argv) {
     std::string mode = argc > 1 ? argv[1] : "";
     if (mode == "flash" && argc == 7)
@@ -147,6 +167,9 @@ int main(int argc, char** argv) {
         return vp(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]),
                   atoi(argv[7]), argv[8]);
     if (mode == "adamw" && argc == 5) return adamw(atol(argv[2]), atoi(argv[3]), argv[4]);
-    std::fprintf(stderr, "usage: harness flash|vp|adamw ...\n");
+    if (mode == "decode" && argc == 9)
+        return decode(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]),
+                      atoi(argv[7]), argv[8]);
+    std::fprintf(stderr, "usage: harness flash|flashtc|vp|adamw|decode ...\n");
     return 2;
 }

@@ -1,5 +1,5 @@
-//! Attention against a KV cache, for generation: the CPU twin (and, through the trait's
-//! default, the host fallback of every backend).
+//! Attention against a KV cache, for generation: the CPU backend's op and the twin of
+//! `kernels/decode.cu`.
 
 /// Where a sequence's new rows and its cache are.
 #[derive(Debug, Clone, Copy)]

@@ -507,6 +507,16 @@ impl Ops for CudaBackend {
             d.b * d.nh * d.t * d.t
         }
     }
+    fn attention_cached(
+        &self,
+        out: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        kv: &mut CudaSlice<f32>,
+        d: crate::backend::cpu::decode::CachedDims,
+    ) -> Result<()> {
+        let _op = self.prof.span(&*self.stream, "attention_cached");
+        self.decode_attention(out, qkv, kv, d)
+    }
     fn attention_forward(
         &self,
         out: &mut CudaSlice<f32>,

@@ -37,6 +37,7 @@ mod attention;
 pub mod backend;
 pub mod chunks;
 mod comm;
+mod decode;
 mod flash;
 pub mod gemm;
 pub mod kernels;

@@ -41,6 +41,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("flash_attention"),
     kernel!("flash_attention_tc"),
     kernel!("vocab_parallel"),
+    kernel!("decode"),
 ];
 
 /// Every kernel function, by file (the file stem of `kernels/<file>.cu`).
@@ -57,6 +58,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
                  "bias_grad_partial", "column_reduce"]),
     ("cast", &["f32_to_bf16", "bf16_to_f32"]),
     ("vocab_parallel", &["vp_embedding_forward", "vp_xent_partial", "vp_xent_grad"]),
+    ("decode", &["attn_kv_append", "attn_cached"]),
     ("flash_attention", &["flash_attn_forward", "flash_attn_backward_dot",
                           "flash_attn_backward_dq", "flash_attn_backward_dkv"]),
     // bf16 WMMA: sm_80 and newer only (not loaded on older GPUs; see `flash::supports_tc`).

@@ -1,7 +1,7 @@
 //! bf16 compute weights for `train.precision = "bf16"` (fp32 master weights, bf16 weights for
 //! the GEMMs, as in llm.c and mixed-precision training generally).
 //!
-//! [`Backend::pin_weights`](crate::backend::Backend::pin_weights) rounds the whole fp32
+//! [`Backend::pin_weights`](crate::backend::Device::pin_weights) rounds the whole fp32
 //! parameter buffer to bf16 once, at the start of a pipeline run (a training step or a
 //! validation pass), and records its device address. While pinned, a GEMM operand that lies
 //! inside that buffer (a weight region) reads the bf16 copy at the same offset; every other
@@ -58,7 +58,7 @@ pub fn offset_within(base: u64, n: usize, ptr: u64, len: usize) -> Option<usize>
 }
 
 impl CudaBackend {
-    /// See [`crate::backend::Backend::pin_weights`]: with bf16 GEMMs, round `p` into the bf16
+    /// See [`crate::backend::Device::pin_weights`]: with bf16 GEMMs, round `p` into the bf16
     /// copy (reusing its allocation) and activate it; otherwise nothing.
     pub(super) fn pin(&self, p: &CudaSlice<f32>) -> Result<()> {
         if self.precision != Precision::Bf16 {

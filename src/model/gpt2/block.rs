@@ -143,7 +143,7 @@ pub struct BlockScratch<B: Backend> {
     /// `[N, 4C]`: `gelu(fch)` — in the forward, and recomputed in the backward for the MLP
     /// projection's weight gradient.
     fch4: B::Buf,
-    /// `[N, 4C]`: `∂L/∂fch` (through the GELU, [`Backend::linear_backward_dgelu`]).
+    /// `[N, 4C]`: `∂L/∂fch` (through the GELU, [`Ops::linear_backward_dgelu`]).
     dgelu: B::Buf,
     /// Attention's saved floats for blocks that do not keep them (`Selective`): written by the
     /// forward, recomputed by the backward; empty otherwise.
@@ -151,7 +151,7 @@ pub struct BlockScratch<B: Backend> {
 }
 
 impl<B: Backend> BlockScratch<B> {
-    /// `att_floats`: [`Backend::attention_saved_len`] of the local heads with selective
+    /// `att_floats`: [`Ops::attention_saved_len`] of the local heads with selective
     /// recomputation, else 0.
     pub fn new(be: &B, n: usize, c: usize, tp: usize, att_floats: usize) -> Result<Self> {
         let cl = c / tp;
