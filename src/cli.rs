@@ -268,6 +268,9 @@ pub struct GenerateArgs {
     /// One JSON object per prompt: {"index", "prompt", "prompt_ids", "ids", "text"}.
     #[arg(long)]
     pub json: bool,
+    /// Log where each rank's generation time went, op by op (the backend's op profile).
+    #[arg(long)]
+    pub profile_ops: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -297,6 +297,7 @@ fn generate(rt: &Runtime, a: GenerateArgs, threads: usize) -> Result<()> {
         pp: a.pp,
         backend: backend_kind(&a.backend)?,
         threads,
+        profile_ops: a.profile_ops,
     };
     let out = ferrotron::generate::run(rt, &job)?;
     if rt.rank != 0 {

@@ -1,7 +1,8 @@
 """Generation speed on this CPU: ferrotron's batched generation (1 rank) and pipelined
-generation (pp = 2, one rank per core) against transformers' `generate` with KV cache, same
-threads in all, side by side; plus activation recomputation's memory and step time for
-GPT-2 124M training. Writes benchmarks/results/generate.{json,md}.
+generation (pp = 2, one rank per core; pp = 4, oversubscribed) against transformers' `generate`
+with KV cache, same threads in all, side by side; where ferrotron's time goes (its op profile);
+plus activation recomputation's memory and step time for GPT-2 124M training. Writes
+benchmarks/results/generate.{json,md}.
 
     PYTHONPATH=<torch site> python3 benchmarks/generate/run.py [--rounds 3]
 
@@ -9,13 +10,18 @@ Generation, per shape (GPT-2 f32 of random weights written by transformers, a ba
 `PROMPTS` prompts of `PROMPT_LEN` random token ids, `MAX_NEW` greedy tokens each):
   ferrotron 1 rank × 2 threads   `ferrotron --threads 2 generate --prompts … --temperature 0`
   ferrotron pp 2 (2 ranks × 1)   `mpirun -np 2 --bind-to core ferrotron --threads 1 generate --pp 2`
+  ferrotron pp 4 (4 ranks × 1)   `mpirun -np 4 --oversubscribe --bind-to none … --pp 4`: 4 ranks
+                                 share 2 cores, so this shows the pipeline's overheads, not its
+                                 speed-up on 4 cores
   transformers (2 threads)       hf_side.py: `model.generate(use_cache=True, do_sample=False)`
 Time: ferrotron's own "generated N tokens … in S s" line (the engine, model loading excluded);
 transformers' time around `generate` after a 2-token warm-up call. Statistic, the same for every
 side: generated tokens / seconds, one process per side and round, median over rounds whose side
 order alternates. The greedy tokens of ferrotron and transformers are compared (equal ids =
-the same computation). pp = 4 is not run: 4 ranks on this machine's 2 cores would be
-oversubscribed.
+the same computation).
+
+Profile: after the timed rounds, one more run of the 1-rank and pp 2 sides with `--profile-ops`
+(not timed): the share of the engine's wall time spent in backend ops and the largest ops.
 
 Recomputation: `train` of GPT-2 124M (T 256, micro-batch 4, 1 rank × 2 threads) with
 `train.recompute` none / selective / full: the activations saved per micro-batch (the log) and
@@ -39,18 +45,22 @@ def make_model(d, L, H, C):
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
-def ferrotron(model, prompts_jsonl, max_new, pp):
+def ferrotron(model, prompts_jsonl, max_new, pp, profile=False):
     if pp == 1:
         cmd = [BIN, "--threads", "2"]
-    else:
+    elif pp <= 2:
         cmd = ["mpirun", "-np", str(pp), "--bind-to", "core", BIN, "--threads", "1"]
+    else:
+        cmd = ["mpirun", "-np", str(pp), "--oversubscribe", "--bind-to", "none", BIN, "--threads", "1"]
     cmd += ["generate", "--hf", model, "--prompts", prompts_jsonl, "--max-new-tokens", str(max_new),
-            "--temperature", "0", "--pp", str(pp), "--json"]
+            "--temperature", "0", "--pp", str(pp), "--json"] + (["--profile-ops"] if profile else [])
     p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"ferrotron failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
     m = re.search(r"generated (\d+) tokens .* in ([0-9.]+) s", p.stderr)
     ids = [json.loads(l)["ids"] for l in p.stdout.splitlines() if l.startswith("{")]
+    if profile:
+        return re.findall(r"op profile of rank (\d+) \(stage (\d+), tp \d+\): ops ([0-9.]+) of ([0-9.]+) ms \(\d+%\): (.*)", p.stderr)
     return int(m.group(1)) / float(m.group(2)), ids
 
 
@@ -76,6 +86,7 @@ def generation(rounds):
             open(pl, "w").write("".join(json.dumps({"prompt_ids": p}) + "\n" for p in prompts))
             sides = {"ferrotron 1 rank x 2 threads": lambda: ferrotron(d, pl, N, 1),
                      "ferrotron pp 2 (2 ranks x 1 thread)": lambda: ferrotron(d, pl, N, 2),
+                     "ferrotron pp 4 (4 ranks x 1 thread, oversubscribed)": lambda: ferrotron(d, pl, N, 4),
                      "transformers generate (2 threads)": lambda: hf(d, pj, N)}
             rates = {k: [] for k in sides}
             ids = {}
@@ -86,9 +97,16 @@ def generation(rounds):
                     rates[k].append(tps)
                     ids[k] = got
             med = {k: statistics.median(v) for k, v in rates.items()}
+            profile = {}
+            for pp in (1, 2):
+                profile[f"pp {pp}"] = [
+                    {"rank": int(r), "stage": int(st), "ops_ms": float(o), "wall_ms": float(w),
+                     "top": [x.strip() for x in top.split(",")[:4]]}
+                    for r, st, o, w, top in ferrotron(d, pl, N, pp, profile=True)]
             same = all(v == ids["transformers generate (2 threads)"] for v in ids.values())
             rows.append({"shape": name, "layers": L, "width": C, "prompts": B, "prompt_len": T, "max_new": N,
-                         "tokens_per_s": med, "rounds": rates, "greedy_ids_equal": same})
+                         "tokens_per_s": med, "rounds": rates, "greedy_ids_equal": same,
+                         "profile": profile})
             print(rows[-1], flush=True)
     return rows
 
@@ -141,13 +159,23 @@ def main():
     lines = [f"CPU: {cpu} ({os.cpu_count()} cores), commit {commit}, torch {versions['torch']}, "
              f"transformers {versions['transformers']}. `PYTHONPATH=… python3 benchmarks/generate/run.py "
              f"--rounds {a.rounds}`: median over rounds of generated tokens / s (greedy, random weights).", "",
-             "| shape | prompts × (prompt + new) | ferrotron 1 rank × 2 threads | ferrotron pp 2 (2 × 1) | transformers (2 threads) | same greedy ids |",
-             "|---|---|---:|---:|---:|---|"]
+             "| shape | prompts × (prompt + new) | ferrotron 1 rank × 2 threads | ferrotron pp 2 (2 × 1) | ferrotron pp 4 (4 × 1, oversubscribed) | transformers (2 threads) | same greedy ids |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for r in gen:
         t = r["tokens_per_s"]
         lines.append(f"| {r['shape']} | {r['prompts']} × ({r['prompt_len']} + {r['max_new']}) | "
                      f"{t['ferrotron 1 rank x 2 threads']:.1f} | {t['ferrotron pp 2 (2 ranks x 1 thread)']:.1f} | "
+                     f"{t['ferrotron pp 4 (4 ranks x 1 thread, oversubscribed)']:.1f} | "
                      f"{t['transformers generate (2 threads)']:.1f} | {'yes' if r['greedy_ids_equal'] else 'NO'} |")
+    lines += ["", "Where ferrotron's generation time goes (`--profile-ops`, one untimed run per side): "
+              "backend ops' share of the engine's wall time per rank, and the largest ops "
+              "(the rest is sampling, messages and waiting for the other stages):", "",
+              "| shape | side | rank (stage) | ops / wall | largest ops |", "|---|---|---|---:|---|"]
+    for r in gen:
+        for side, ranks in r["profile"].items():
+            for x in ranks:
+                lines.append(f"| {r['shape']} | {side} | {x['rank']} ({x['stage']}) | "
+                             f"{x['ops_ms']:.0f} / {x['wall_ms']:.0f} ms | {'; '.join(x['top'])} |")
     lines += ["", "Activation recomputation, GPT-2 124M training (T 256, micro-batch 4, 1 rank × 2 threads), "
               "median step after 2 warm-ups, median over rounds:", "",
               "| train.recompute | activations saved per micro-batch | step ms | vs none |", "|---|---:|---:|---:|"]

@@ -38,6 +38,8 @@ pub struct GenJob {
     pub pp: usize,
     pub backend: BackendKind,
     pub threads: usize,
+    /// Log each rank's op profile of the generation (`--profile-ops`).
+    pub profile_ops: bool,
 }
 
 /// The model shape `weights` hold.
@@ -109,6 +111,31 @@ pub fn run(rt: &Runtime, job: &GenJob) -> Result<Vec<Vec<u32>>> {
     }
 }
 
+/// One line per rank: the engine's wall time, the share its backend ops took, and the ops by
+/// time (the rest is sampling, messages and waiting for other stages).
+fn log_profile(
+    rank: usize,
+    c: crate::parallel::Coords,
+    ops: &crate::backend::profile::Profile,
+    secs: f64,
+) {
+    let mut v: Vec<_> = ops.iter().collect();
+    v.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms));
+    let total: f64 = v.iter().map(|(_, s)| s.ms).sum();
+    let wall = secs * 1e3;
+    let list: Vec<String> = v
+        .iter()
+        .map(|(name, s)| format!("{name} {:.1} ms ({} calls)", s.ms, s.calls))
+        .collect();
+    log::info!(
+        "op profile of rank {rank} (stage {}, tp {}): ops {total:.1} of {wall:.1} ms ({:.0}%): {}",
+        c.pp,
+        c.tp,
+        100.0 * total / wall.max(1e-9),
+        list.join(", ")
+    );
+}
+
 fn run_on<B: Backend>(
     rt: &Runtime,
     job: &GenJob,
@@ -144,8 +171,13 @@ fn run_on<B: Backend>(
         .collect();
     let tp = Tp::of(&gr.tp);
     let pp = (grid.pp > 1).then_some(&gr.pp as &dyn crate::comm::AsyncComm);
+    m.be.set_profiling(job.profile_ops);
     let t0 = std::time::Instant::now();
     let got = engine::run(&m, &params, &mine, job.max_new, &job.sampling, &tp, pp)?;
+    if let Some(ops) = m.be.take_profile()? {
+        log_profile(rt.rank, coords, &ops, t0.elapsed().as_secs_f64());
+    }
+    m.be.set_profiling(false);
     // Gather on every rank: the owner (last stage, tp rank 0) writes its prompts' tokens.
     let n = job.prompts.len();
     let mut all = vec![0.0f64; n * job.max_new];
