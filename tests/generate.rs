@@ -1,7 +1,8 @@
 //! `ferrotron generate` on grids under mpirun, through the training model: greedy
 //! continuations equal transformers' (with cache) on 1 rank and on tp 2, pp 2, tp 2 × pp 2 and
 //! dp 2; sampled tokens for a batch of prompts are the same on every grid for a seed;
-//! checkpoints of any grid are sampled directly; bad input fails on every rank.
+//! checkpoints of any grid are sampled directly; bad input fails on every rank; `--profile-ops`
+//! logs every rank's op profile.
 
 mod common;
 use common::*;
@@ -183,4 +184,67 @@ fn bad_generation_input_fails_on_every_rank() {
         &["--prompts", bad.to_str().unwrap(), "--max-new-tokens", "4"],
     )
     .assert_clean_failure("line 1: expected {\"prompt\": ...} or {\"prompt_ids\": [...]}");
+}
+
+/// `--profile-ops` on a tp 2 × pp 2 grid: the tokens are unchanged, and every rank logs its op
+/// profile once: cached attention on every stage, the LM head only on the last.
+#[test]
+fn op_profile_is_logged_by_every_rank() {
+    let dir = scratch("gen-profile");
+    let hf = fixture("gpt2_v1000");
+    let args = |profile: bool| {
+        let mut a = vec![
+            "--hf".to_string(),
+            hf.to_str().unwrap().to_string(),
+            "--prompt-ids".into(),
+            "1,2,3,4,5".into(),
+            "--max-new-tokens".into(),
+            "4".into(),
+            "--temperature".into(),
+            "0".into(),
+        ];
+        if profile {
+            a.push("--profile-ops".into());
+        }
+        a
+    };
+    let plain = args(false);
+    let want = generate(
+        4,
+        2,
+        2,
+        &plain.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        &dir,
+    );
+    let prof = args(true);
+    let mut a = vec!["generate", "--tp", "2", "--pp", "2", "--json"];
+    a.extend(prof.iter().map(|s| s.as_str()));
+    let o = mpirun(4, &a, &[], &dir);
+    o.assert_ok();
+    let got: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        ids(&got[0]["ids"]),
+        ids(&want[0]["ids"]),
+        "profiling changed the tokens"
+    );
+    let lines: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| l.contains("op profile of rank"))
+        .collect();
+    assert_eq!(lines.len(), 4, "one profile line per rank:\n{}", o.stderr);
+    for rank in 0..4 {
+        let l = lines
+            .iter()
+            .find(|l| l.contains(&format!("op profile of rank {rank} ")))
+            .unwrap_or_else(|| panic!("no profile of rank {rank}:\n{}", o.stderr));
+        let last_stage = l.contains("(stage 1,");
+        assert!(l.contains("attention_cached"), "{l}");
+        assert_eq!(l.contains("logits_forward"), last_stage, "{l}");
+    }
 }
