@@ -35,10 +35,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         if top == "main" || top == "lib" {
             continue;
         }
-        let text = std::fs::read_to_string(&f).unwrap();
-        let code = text.split("#[cfg(test)]").next().unwrap();
-        for line in code.lines() {
-            let line = line.split("//").next().unwrap();
+        for line in code(&std::fs::read_to_string(&f).unwrap()).lines() {
             let mut rest = line;
             while let Some(i) = rest.find("crate::") {
                 rest = &rest[i + 7..];
@@ -109,15 +106,20 @@ fn the_model_does_not_use_the_parallel_layout() {
     }
 }
 
-/// Code of `file` (relative to `src/`) outside comments and `#[cfg(test)]`.
-fn code_of(file: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file);
-    let text = std::fs::read_to_string(&p).unwrap();
-    let code = text.split("#[cfg(test)]").next().unwrap();
-    code.lines()
+/// `text` without comments and `#[cfg(test)]` code.
+fn code(text: &str) -> String {
+    let before_tests = text.split("#[cfg(test)]").next().unwrap();
+    before_tests
+        .lines()
         .map(|l| l.split("//").next().unwrap())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Code of `file` (relative to `src/`), as [`code`].
+fn code_of(file: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file);
+    code(&std::fs::read_to_string(&p).unwrap())
 }
 
 #[test]

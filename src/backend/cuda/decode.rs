@@ -2,17 +2,14 @@
 //! `backend::cpu::decode::attention_cached`): generation's prefill and decode steps append to
 //! and read the cache where it lives, instead of copying it to the host per layer and token.
 
+use super::kernels::{cfg, grid_for, i32_of};
 use super::CudaBackend;
 use crate::backend::cpu::decode::CachedDims;
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// Threads per block of `attn_cached` (a multiple of 32).
 const THREADS: u32 = 128;
-
-fn i32_of(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).with_context(|| format!("{what} = {v} does not fit in i32"))
-}
 
 impl CudaBackend {
     /// See [`crate::backend::Ops::attention_cached`]: the new rows' keys and values appended
@@ -46,53 +43,31 @@ impl CudaBackend {
             out.len(),
             kv.len()
         );
-        let ints = |v: &[(usize, &str)]| {
-            v.iter()
-                .map(|&(x, w)| i32_of(x, w))
-                .collect::<Result<Vec<i32>>>()
-        };
-        let a = ints(&[
-            (row0, "row0"),
-            (rows, "rows"),
-            (start, "start"),
-            (cap, "cap"),
-            (c, "C"),
-            (nh, "NH"),
-        ])?;
-        let n = rows * c;
+        // The kernels' int arguments (the usize values still size the buffers below).
+        let (rows_i, cap_i) = (i32_of(rows, "rows")?, i32_of(cap, "cap")?);
+        let (c_i, nh_i) = (i32_of(c, "C")?, i32_of(nh, "NH")?);
+        let (row0, start) = (i32_of(row0, "row0")?, i32_of(start, "start")?);
         let mut l = self.stream.launch_builder(self.k.f("attn_kv_append")?);
-        l.arg(&mut *kv)
-            .arg(qkv)
-            .arg(&a[0])
-            .arg(&a[1])
-            .arg(&a[2])
-            .arg(&a[3])
-            .arg(&a[4]);
-        let grid = u32::try_from(n.div_ceil(256)).context("grid too large")?;
+        l.arg(&mut *kv).arg(qkv).arg(&row0).arg(&rows_i).arg(&start);
+        l.arg(&cap_i).arg(&c_i);
         // SAFETY: kv holds [2, cap, C] and qkv rows row0 .. row0 + rows (checked above); the
         // kernel writes positions start .. start + rows < cap.
-        unsafe {
-            l.launch(LaunchConfig {
-                grid_dim: (grid, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }?;
+        unsafe { l.launch(cfg(grid_for(rows * c, 256)?, 256)) }?;
         let mut scores = self.stream.alloc_zeros::<f32>(rows * nh * cap)?;
         let scale = 1.0f32 / ((c / nh) as f32).sqrt();
         let mut l = self.stream.launch_builder(self.k.f("attn_cached")?);
         l.arg(out).arg(&mut scores).arg(qkv).arg(&*kv);
-        l.arg(&a[0])
-            .arg(&a[2])
-            .arg(&a[3])
-            .arg(&a[4])
-            .arg(&a[5])
+        l.arg(&row0)
+            .arg(&start)
+            .arg(&cap_i)
+            .arg(&c_i)
+            .arg(&nh_i)
             .arg(&scale);
         // SAFETY: as above; scores holds [rows, NH, cap] and each block reads positions
         // 0 ..= start + i < cap of the cache.
         unsafe {
             l.launch(LaunchConfig {
-                grid_dim: (a[1] as u32, a[5] as u32, 1),
+                grid_dim: (rows_i as u32, nh_i as u32, 1),
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             })

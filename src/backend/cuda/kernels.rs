@@ -102,15 +102,15 @@ pub struct Kernels {
     pub(super) stream: Arc<CudaStream>,
 }
 
-fn i32_of(v: usize, what: &str) -> Result<i32> {
+pub(super) fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).with_context(|| format!("{what} = {v} does not fit in i32"))
 }
 
-fn grid_for(n: usize, threads: u32) -> Result<u32> {
+pub(super) fn grid_for(n: usize, threads: u32) -> Result<u32> {
     u32::try_from(n.div_ceil(threads as usize).max(1)).context("grid too large")
 }
 
-fn cfg(grid: u32, block: u32) -> LaunchConfig {
+pub(super) fn cfg(grid: u32, block: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid, 1, 1),
         block_dim: (block, 1, 1),
